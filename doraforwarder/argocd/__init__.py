@@ -1,0 +1,1 @@
+"""ArgoCD source: watch Applications, detect deployments."""

@@ -1,0 +1,28 @@
+"""``doraforwarder check-config``: validate and print the effective configuration."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from doraforwarder.commands.common import add_config_argument
+from doraforwarder.config import load_config
+
+
+def add_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "check-config",
+        help="validate the configuration and print it (secrets as ***)",
+        description="Exit 0 and print the effective configuration, or exit 2 naming the problem.",
+    )
+    add_config_argument(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"# configuration from {config.source} is valid; effective values:")
+    print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
+    return 0

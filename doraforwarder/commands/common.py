@@ -1,0 +1,40 @@
+"""Options and set-up shared by the commands that read the configuration."""
+
+from __future__ import annotations
+
+import argparse
+
+from doraforwarder.config import LoadedConfig, load_config
+from doraforwarder.logging import configure_logging
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=None,
+        help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default=None,
+        help="log rendering (default: server.log_format; auto = console on a terminal)",
+    )
+    parser.add_argument("--log-level", default=None, help="override server.log_level")
+
+
+def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
+    """Load the configuration and set up logging with its secrets redacted."""
+    config = load_config(args.config)
+    server = config.settings.server
+    configure_logging(
+        level=getattr(args, "log_level", None) or server.log_level,
+        log_format=getattr(args, "log_format", None) or server.log_format,
+        secrets=config.secrets.values(),
+    )
+    return config

@@ -1,0 +1,1 @@
+"""Commit resolution: container image tags to GitHub commits."""

@@ -1,0 +1,517 @@
+"""Configuration: the reference YAML file, our additions, environment overrides.
+
+The file format of redhat-appstudio/dora-metrics loads unchanged, so its users
+switch without edits. Every section forbids unknown keys: a typo is an error
+naming the key and the file, never a silently ignored setting.
+
+Secrets never live in the file. They come from ``GITHUB_TOKEN``,
+``DEVLAKE_WEBHOOK_TOKEN`` and ``OFFLINE_TOKEN`` (or ``*_FILE`` variables naming a
+mounted secret) and are held as :class:`pydantic.SecretStr`, so printing the
+configuration can never show them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = "config/config.yaml"
+CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator (exit code 2)."""
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse ``30s``, ``5m``, ``1h``, ``1h30m``, ``30d`` or plain seconds.
+
+    The reference uses Go duration strings; plain numbers are seconds.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=float(value))
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return timedelta(seconds=float(text))
+    position = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"unparseable duration {value!r}: use forms like 30s, 5m, 1h, 1h30m")
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a duration the way an operator writes it (``90s`` -> ``1m30s``)."""
+    seconds = value.total_seconds()
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    remaining = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, remaining = divmod(remaining, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""A ``timedelta`` read from Go-style duration strings and printed back the same way."""
+
+
+def _string_or_number(value: object) -> object:
+    """The reference quotes ports and ids (``"8080"``, ``"1"``); accept numbers too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+StrOrInt = Annotated[str, BeforeValidator(_string_or_number)]
+
+
+SSO_ENDPOINT = (
+    "https://sso.redhat.com/auth/realms/redhat-external/protocol/openid-connect/token"
+)
+EnvironmentName = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
+
+
+def _production_only() -> list[EnvironmentName]:
+    return ["PRODUCTION"]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Section):
+    port: StrOrInt = "8080"
+    environment: str = "production"
+    log_level: Literal["debug", "info", "warning", "warn", "error"] = "info"
+    host: str = "0.0.0.0"  # noqa: S104 - a pod serves its probes on every interface
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_timeout: Duration = timedelta(seconds=20)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("port")
+    @classmethod
+    def _valid_port(cls, value: str) -> str:
+        if not value.isdigit() or not 0 <= int(value) <= 65535:
+            raise ValueError(f"port must be a number from 0 to 65535, got {value!r}")
+        return value
+
+    @property
+    def port_number(self) -> int:
+        return int(self.port)
+
+
+class WebRCAConfig(Section):
+    enabled: bool = False
+    api_url: str = "https://api.openshift.com/api/web-rca/v1/incidents"
+    interval: Duration = timedelta(minutes=30)
+    token: str = Field(default="", repr=False, exclude=True)
+    """Accepted for compatibility with the reference file, never used: see ``OFFLINE_TOKEN``."""
+    token_url: str = SSO_ENDPOINT
+    client_id: str = "cloud-services"
+    products: list[str] = Field(default_factory=list)
+    """Empty means every incident; the reference behaviour is ``[konflux]``."""
+    incident_url: str = "https://web-rca.devshift.net/incident/{incident_id}"
+    close_resolved: bool = False
+    page_size: int = Field(default=100, ge=1, le=1000)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("incident_url")
+    @classmethod
+    def _has_placeholder(cls, value: str) -> str:
+        if "{incident_id}" not in value:
+            raise ValueError("incident_url must contain the placeholder {incident_id}")
+        return value
+
+
+class ArgoCDConfig(Section):
+    enabled: bool = True
+    namespaces: list[str] = Field(default_factory=lambda: ["argocd"])
+    components_to_ignore: list[str] = Field(default_factory=list)
+    known_clusters: list[str] = Field(default_factory=list)
+    repository_blacklist: list[str] = Field(default_factory=list)
+    environments: list[EnvironmentName] = Field(default_factory=_production_only)
+    health_timeout: Duration = timedelta(minutes=10)
+    unsettled_result: Literal["SUCCESS", "FAILURE"] = "SUCCESS"
+    dedupe_scope: Literal["component", "cluster"] = "component"
+    dedupe_window: Duration = timedelta(hours=24)
+    state_ttl: Duration = timedelta(days=30)
+    kubeconfig: str | None = None
+    context: str | None = None
+    workers: int = Field(default=8, ge=1, le=256)
+    """Applications are decided in parallel across this many ordered lanes."""
+    queue_size: int = Field(default=1000, ge=1)
+    """Events waiting per lane before the watch stops reading (back-pressure)."""
+    watch_timeout: Duration = timedelta(minutes=5)
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _upper_environments(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [item.upper() if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('list at least one namespace, or ["*"] for every namespace')
+        if "*" in value and len(value) > 1:
+            raise ValueError('"*" watches every namespace and cannot be combined with names')
+        return value
+
+    @property
+    def all_namespaces(self) -> bool:
+        return self.namespaces == ["*"]
+
+
+class RedisConfig(Section):
+    enabled: bool = True
+    address: str = "localhost:6379"
+    password: str = Field(default="", repr=False)
+    database: int = Field(default=0, ge=0)
+    key_prefix: str = "dora-metrics"
+    url: str | None = None
+    """``redis://`` or ``rediss://`` URL; wins over address/password/database."""
+
+    def connection_url(self) -> str:
+        """The URL redis-py connects with (password embedded; never log it)."""
+        if self.url:
+            return self.url
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.address}/{self.database}"
+
+    def display_url(self) -> str:
+        """The connection URL with any password shown as ``***``."""
+        return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.connection_url())
+
+
+class StorageConfig(Section):
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+
+
+class TeamConfig(Section):
+    name: str
+    project_id: StrOrInt | None = None
+    connection_name: str | None = None
+    project_name: str | None = None
+    argocd_components: list[str] = Field(default_factory=list)
+    webrca_products: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> TeamConfig:
+        given = [v for v in (self.project_id, self.connection_name, self.project_name) if v]
+        if len(given) != 1:
+            raise ValueError(
+                f"team {self.name!r} needs exactly one of project_id, connection_name "
+                "or project_name"
+            )
+        return self
+
+
+class DevLakeConfig(Section):
+    enabled: bool = True
+    base_url: str = ""
+    project_id: StrOrInt | None = None
+    """The global webhook connection id (the reference calls it a project id)."""
+    connection_name: str | None = None
+    project_name: str | None = None
+    timeout_seconds: float = Field(default=30, gt=0)
+    api_prefix: str = "/api/rest"
+    """``/api/rest`` through config-ui (default), ``/api`` directly on the server."""
+    teams: list[TeamConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> DevLakeConfig:
+        if not self.enabled:
+            return self
+        if not self.base_url:
+            raise ValueError("base_url is required when integration.devlake is enabled")
+        if not re.match(r"https?://", self.base_url):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        given = [v for v in (self.project_id, self.connection_name, self.project_name) if v]
+        if len(given) != 1:
+            raise ValueError(
+                "the global target needs exactly one of project_id, connection_name "
+                "or project_name"
+            )
+        seen: dict[tuple[str, str], str] = {}
+        for team in self.teams:
+            target = team.project_id or team.connection_name or team.project_name or ""
+            for component in team.argocd_components:
+                previous = seen.get((component, target))
+                if previous is not None:
+                    raise ValueError(
+                        f"teams {previous!r} and {team.name!r} both route component "
+                        f"{component!r} to the same target {target!r}"
+                    )
+                seen[(component, target)] = team.name
+        return self
+
+
+class IntegrationConfig(Section):
+    devlake: DevLakeConfig = Field(default_factory=lambda: DevLakeConfig(enabled=False))
+
+
+class ImageRepositoryRule(Section):
+    prefix: str
+    repo: str = Field(validation_alias=AliasChoices("repo", "repository", "url"))
+
+
+class GitHubConfig(Section):
+    api_url: str = "https://api.github.com"
+    image_repositories: list[ImageRepositoryRule] = Field(default_factory=list)
+    tag_patterns: list[str] = Field(default_factory=list)
+    max_commits: int = Field(default=250, ge=1, le=10000)
+    resolve_timeout: Duration = timedelta(minutes=30)
+    timeout_seconds: float = Field(default=30, gt=0)
+    search_cache_ttl: Duration = timedelta(days=30)
+    negative_cache_ttl: Duration = timedelta(hours=1)
+
+    @field_validator("tag_patterns")
+    @classmethod
+    def _patterns_have_sha_group(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"tag pattern {pattern!r} is not a regular expression: {exc}"
+                ) from None
+            if "sha" not in compiled.groupindex:
+                raise ValueError(f"tag pattern {pattern!r} needs a named group (?P<sha>...)")
+        return value
+
+
+class DeliveryConfig(Section):
+    workers: int = Field(default=4, ge=1, le=128)
+    initial_backoff: Duration = timedelta(seconds=1)
+    max_backoff: Duration = timedelta(minutes=5)
+    claim_idle: Duration = timedelta(seconds=60)
+    resolvers: int = Field(default=2, ge=1, le=64)
+    """Workers turning detected deployments into payloads (GitHub look-ups)."""
+
+
+class Settings(Section):
+    """The whole configuration, as validated from file and environment."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    webrca: WebRCAConfig = Field(default_factory=WebRCAConfig)
+    argocd: ArgoCDConfig = Field(default_factory=ArgoCDConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
+    github: GitHubConfig = Field(default_factory=GitHubConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+
+
+class Secrets(BaseModel):
+    """Tokens from the environment. ``SecretStr`` keeps them out of every repr."""
+
+    model_config = ConfigDict(frozen=True)
+
+    github_token: SecretStr | None = None
+    devlake_webhook_token: SecretStr | None = None
+    offline_token: SecretStr | None = None
+    redis_password: SecretStr | None = None
+
+    def values(self) -> list[str]:
+        """Every secret value, for the log redaction processor."""
+        found = []
+        for secret in (
+            self.github_token,
+            self.devlake_webhook_token,
+            self.offline_token,
+            self.redis_password,
+        ):
+            if secret is not None and secret.get_secret_value():
+                found.append(secret.get_secret_value())
+        return found
+
+
+class EnvironmentOverrides(BaseSettings):
+    """Variables the reference honours, read with pydantic-settings."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    port: str | None = None
+    log_level: str | None = None
+    environment: str | None = None
+    redis_host: str | None = None
+    redis_port: str | None = None
+    redis_password: str | None = None
+    github_token: str | None = None
+    github_token_file: str | None = None
+    devlake_webhook_token: str | None = None
+    devlake_webhook_token_file: str | None = None
+    offline_token: str | None = None
+    offline_token_file: str | None = None
+
+
+class LoadedConfig(BaseModel):
+    """What the daemon runs with: settings, secrets and where they came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    settings: Settings
+    secrets: Secrets
+    source: str
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret shown as ``***``."""
+        data = self.settings.model_dump(mode="json")
+        redis = data["storage"]["redis"]
+        if redis.get("password"):
+            redis["password"] = "***"  # noqa: S105 - a mask, not a password
+        if redis.get("url"):
+            redis["url"] = self.settings.storage.redis.display_url()
+        data["secrets"] = {
+            name: ("***" if value is not None else None)
+            for name, value in (
+                ("GITHUB_TOKEN", self.secrets.github_token),
+                ("DEVLAKE_WEBHOOK_TOKEN", self.secrets.devlake_webhook_token),
+                ("OFFLINE_TOKEN", self.secrets.offline_token),
+            )
+        }
+        return data
+
+
+def _read_secret(env: EnvironmentOverrides, name: str) -> SecretStr | None:
+    value: str | None = getattr(env, name)
+    file_name: str | None = getattr(env, f"{name}_file")
+    if file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{name.upper()}_FILE names {file_name!r}, which cannot be read: {exc.strerror}"
+            ) from None
+    return SecretStr(value) if value else None
+
+
+def _section(data: dict[str, Any], *path: str) -> dict[str, Any] | None:
+    """The nested mapping at ``path``, created when absent; None when the file has a non-mapping."""
+    node: Any = data
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+def _apply_overrides(data: dict[str, Any], env: EnvironmentOverrides) -> dict[str, Any]:
+    """Environment variables win over the file, as in the reference."""
+    server = _section(data, "server")
+    if server is not None:
+        for key in ("port", "log_level", "environment"):
+            if getattr(env, key):
+                server[key] = getattr(env, key)
+    redis = _section(data, "storage", "redis")
+    if redis is not None:
+        if env.redis_host or env.redis_port:
+            host, _, port = str(redis.get("address", "localhost:6379")).rpartition(":")
+            redis["address"] = f"{env.redis_host or host or 'localhost'}:{env.redis_port or port}"
+        if env.redis_password:
+            redis["password"] = env.redis_password
+    return data
+
+
+def _describe(error: ErrorDetails) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{location}: unknown key (check its spelling)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}"
+
+
+def validate_settings(data: Mapping[str, Any], source: str) -> Settings:
+    """Validate a parsed document; problems raise one :class:`ConfigError`."""
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"invalid configuration in {source}: {problems}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read, override from the environment and validate.
+
+    Raises :class:`ConfigError` with one clear message naming the key and the file.
+    """
+    source = str(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {source}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {source} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {source} must hold a mapping of sections")
+    env = EnvironmentOverrides()
+    data = _apply_overrides(data, env)
+    settings = validate_settings(data, source)
+    secrets = Secrets(
+        github_token=_read_secret(env, "github_token"),
+        devlake_webhook_token=_read_secret(env, "devlake_webhook_token"),
+        offline_token=_read_secret(env, "offline_token"),
+        redis_password=SecretStr(settings.storage.redis.password)
+        if settings.storage.redis.password
+        else None,
+    )
+    return LoadedConfig(settings=settings, secrets=secrets, source=source)

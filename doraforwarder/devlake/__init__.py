@@ -1,0 +1,1 @@
+"""DevLake sink: contract payloads, team routing, delivery."""

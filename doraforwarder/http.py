@@ -1,0 +1,112 @@
+"""HTTP endpoints: the reference's two, plus readiness, metrics and status.
+
+- ``GET /`` and ``GET /api/v1/health``: the reference JSON shapes, unchanged.
+  Liveness only: answering proves the process and its event loop are alive.
+- ``GET /readyz``: 200 when Redis answers, every enabled source runs and no
+  delivery is blocked by DevLake refusing the token; else 503 with reasons.
+- ``GET /metrics``: Prometheus text.
+- ``GET /api/v1/status``: what the daemon is doing, as JSON.
+
+Nothing served here ever contains a secret: the status board holds no tokens
+and the metrics carry none.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from doraforwarder import __version__
+from doraforwarder.context import AppContext
+from doraforwarder.metrics import CONTENT_TYPE
+
+CONTEXT_KEY = web.AppKey("context", AppContext)
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's ``time.Duration.String`` (``1h2m3.5s``), as the reference does."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3f}ms".rstrip("0").rstrip(".") if seconds else "0s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.6f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{text}"
+    if minutes:
+        return f"{int(minutes)}m{text}"
+    return text
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"message": "DORA Metrics Server", "version": __version__, "docs": "/api/v1/health"}
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT_KEY]
+    return web.json_response(
+        {
+            "status": "healthy",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "version": __version__,
+            "uptime": go_duration(time.time() - context.started_at),
+        }
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT_KEY]
+    try:
+        await context.redis.ping()
+        context.readiness.ready("redis")
+    except Exception as exc:  # any failure to answer is "not ready", never a 500
+        context.readiness.not_ready("redis", f"Redis does not answer ({type(exc).__name__})")
+    reasons = context.readiness.reasons()
+    if reasons:
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready", "reasons": []})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT_KEY]
+    return web.Response(body=context.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def status(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT_KEY]
+    body = context.status.snapshot()
+    body["version"] = __version__
+    body["ready"] = context.readiness.is_ready()
+    body["not_ready_reasons"] = context.readiness.reasons()
+    return web.json_response(body)
+
+
+def build_app(context: AppContext) -> web.Application:
+    app = web.Application()
+    app[CONTEXT_KEY] = context
+    app.router.add_get("/", root)
+    app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/status", status)
+    return app
+
+
+async def start_http(context: AppContext, host: str, port: int) -> web.AppRunner:
+    """Start serving; returns the runner (``await runner.cleanup()`` stops it)."""
+    runner = web.AppRunner(build_app(context), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with port 0 in tests)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the HTTP server is not listening")

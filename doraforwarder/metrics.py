@@ -1,0 +1,163 @@
+"""Prometheus metrics, one registry per daemon so tests can run several.
+
+Names start with ``doraforwarder_``. Every long wait (rate limits, DevLake
+outages, watch restarts) has a gauge or counter here, so operators see it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """All metrics of one daemon instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # ArgoCD source
+        self.events_seen = Counter(
+            "doraforwarder_argocd_events", "Watch events received, by type.", ["type"], registry=r
+        )
+        self.events_noop = Counter(
+            "doraforwarder_argocd_noop_events",
+            "Events decided in memory as nothing to do (refresh only).",
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "doraforwarder_argocd_watch_restarts",
+            "Watches restarted, by namespace and reason.",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.relists = Counter(
+            "doraforwarder_argocd_relists", "Full re-lists (start, 410 Gone).", ["namespace"],
+            registry=r,
+        )
+        self.apps_tracked = Gauge(
+            "doraforwarder_argocd_apps_tracked", "Applications with state in memory.", registry=r
+        )
+        self.malformed_objects = Counter(
+            "doraforwarder_argocd_malformed_objects",
+            "Application objects skipped because a field is missing or mistyped.",
+            ["field"],
+            registry=r,
+        )
+        self.deployments_detected = Counter(
+            "doraforwarder_deployments_detected",
+            "Deployments decided, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.deployments_pending = Gauge(
+            "doraforwarder_deployments_pending_health",
+            "Syncs waiting for health to settle.",
+            registry=r,
+        )
+        self.lane_queue_depth = Gauge(
+            "doraforwarder_argocd_queue_depth", "Events waiting for a decision lane.", registry=r
+        )
+        # Commits
+        self.github_requests = Counter(
+            "doraforwarder_github_requests", "GitHub API requests, by kind and status.",
+            ["kind", "status"], registry=r,
+        )
+        self.github_rate_limit_remaining = Gauge(
+            "doraforwarder_github_rate_limit_remaining",
+            "X-RateLimit-Remaining of the last GitHub answer, by resource.",
+            ["resource"],
+            registry=r,
+        )
+        self.github_rate_limit_waiting = Gauge(
+            "doraforwarder_github_rate_limit_wait_seconds",
+            "Seconds left to wait for the GitHub rate limit to reset (0 when not waiting).",
+            registry=r,
+        )
+        self.commits_truncated = Counter(
+            "doraforwarder_commit_ranges_truncated",
+            "Commit ranges cut at github.max_commits.",
+            registry=r,
+        )
+        self.commits_unresolved = Counter(
+            "doraforwarder_commits_unresolved",
+            "Image SHAs whose repository or details could not be resolved.",
+            ["reason"],
+            registry=r,
+        )
+        self.resolve_queue_depth = Gauge(
+            "doraforwarder_resolve_queue_depth",
+            "Detected deployments waiting for commit resolution.",
+            registry=r,
+        )
+        # Delivery
+        self.deployments_sent = Counter(
+            "doraforwarder_deployments_sent",
+            "Deployment records accepted by DevLake, by target.",
+            ["target"],
+            registry=r,
+        )
+        self.records_sent = Counter(
+            "doraforwarder_records_sent",
+            "Records accepted by DevLake, by kind and target.",
+            ["kind", "target"],
+            registry=r,
+        )
+        self.delivery_retries = Counter(
+            "doraforwarder_delivery_retries",
+            "Delivery attempts that will be retried, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "doraforwarder_outbox_depth", "Entries waiting in the outbox.", registry=r
+        )
+        self.dead_letters = Gauge(
+            "doraforwarder_dead_letters", "Entries in the dead-letter stream.", registry=r
+        )
+        self.dead_lettered = Counter(
+            "doraforwarder_dead_lettered", "Entries moved to dead letters, by reason.",
+            ["reason"], registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "doraforwarder_delivery_latency_seconds",
+            "From enqueue to DevLake acknowledgement.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300, 1800, 7200),
+            registry=r,
+        )
+        # WebRCA
+        self.incidents_seen = Counter(
+            "doraforwarder_webrca_incidents_seen", "Incidents read from WebRCA.", registry=r
+        )
+        self.incidents_changed = Counter(
+            "doraforwarder_webrca_incidents_changed",
+            "Incidents new or changed, enqueued for DevLake.",
+            registry=r,
+        )
+        self.webrca_malformed = Counter(
+            "doraforwarder_webrca_malformed", "Malformed WebRCA pages or items.", ["what"],
+            registry=r,
+        )
+        self.webrca_polls = Counter(
+            "doraforwarder_webrca_polls", "WebRCA polls, by outcome.", ["outcome"], registry=r
+        )
+        # Sources in general
+        self.source_last_success = Gauge(
+            "doraforwarder_source_last_success_timestamp_seconds",
+            "Unix time of the last successful action of each source.",
+            ["source"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "doraforwarder_redis_errors", "Redis operations that failed.", ["operation"], registry=r
+        )
+
+    def mark_success(self, source: str) -> None:
+        """Record that ``source`` (argocd, webrca, devlake, github) just worked."""
+        self.source_last_success.labels(source).set(time.time())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

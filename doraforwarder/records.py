@@ -1,0 +1,90 @@
+"""Plain records that cross stage boundaries (and Redis) between the pipeline steps.
+
+``DetectedDeployment`` is what ArgoCD detection decides: everything known about
+one sync without any network look-up. Commit resolution turns it into
+``ResolvedCommit`` rows; the DevLake payload models (``devlake/payloads.py``)
+turn both into the contract. Records are JSON round-trippable so they can wait
+in Redis streams across restarts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Result = Literal["SUCCESS", "FAILURE"]
+Environment = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
+
+
+def utc(value: datetime) -> datetime:
+    """The same instant in UTC; naive datetimes are taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GitSource(Record):
+    """One gitops source of a sync: the repository and the revision deployed from it."""
+
+    repo_url: str
+    revision: str
+    path: str = ""
+
+
+class DetectedDeployment(Record):
+    """One deployment decided from ArgoCD, before commit resolution.
+
+    ``id`` is deterministic (see ARCHITECTURE.md, Identity and dedupe), so any
+    redelivery is an upsert in DevLake, never a second deployment.
+    """
+
+    id: str
+    app_namespace: str
+    app_name: str
+    component: str
+    cluster: str
+    environment: Environment
+    result: Result
+    revision: str
+    """The gitops revision (first source's revision for multi-source apps)."""
+    sources: list[GitSource] = Field(default_factory=list)
+    history_id: int | None = None
+    """None for a failed operation (ArgoCD adds no history entry for those)."""
+    started_at: datetime
+    deployed_at: datetime
+    images: list[str] = Field(default_factory=list)
+    previous_images: list[str] = Field(default_factory=list)
+    """Images of the previous deployment of this app: the base of commit ranges."""
+    message: str = ""
+    detected_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("started_at", "deployed_at", "detected_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return utc(value)
+
+    @property
+    def app(self) -> str:
+        return f"{self.app_namespace}/{self.app_name}"
+
+
+class ResolvedCommit(Record):
+    """A source commit shipped by a deployment (one DevLake deployment commit row)."""
+
+    repo_url: str
+    sha: str
+    message: str = ""
+    author_date: datetime
+    url: str | None = None
+    ref_name: str | None = None
+
+    @field_validator("author_date")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return utc(value)

@@ -1,0 +1,124 @@
+"""Every Redis key the daemon uses, in one place.
+
+One module owns the key names so no two parts of the daemon invent the same
+key, and an operator can read here what lives in Redis. All keys start with
+``storage.redis.key_prefix`` (default ``dora-metrics``, as in the reference).
+
+Streams (durable queues, consumer groups):
+
+- ``deployments``: detected deployments waiting for commit resolution.
+- ``outbox``: one entry per (record, DevLake target), waiting for delivery.
+- ``dead``: entries DevLake refused for good (400/404/422) or that failed
+  validation; inspect and requeue with ``doraforwarder outbox``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import redis.asyncio as aioredis
+
+from doraforwarder.config import RedisConfig
+
+DEPLOYMENTS_GROUP = "resolvers"
+OUTBOX_GROUP = "delivery"
+
+
+class Keys:
+    """Key builders under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip(":")
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- ArgoCD state (owner: argocd) ---------------------------------------
+    def app_state(self, namespace: str, name: str) -> str:
+        """JSON state of one Application: baseline, pending decisions, failures seen."""
+        return self._key("app", f"{namespace}/{name}")
+
+    def app_state_pattern(self) -> str:
+        return self._key("app", "*")
+
+    def dedupe(self, scope_key: str) -> str:
+        """Deployment id already produced for a component+revision (TTL = dedupe window)."""
+        return self._key("dedupe", scope_key)
+
+    # --- Streams (owner: pipeline / outbox) ----------------------------------
+    @property
+    def deployments_stream(self) -> str:
+        return self._key("stream", "deployments")
+
+    @property
+    def outbox_stream(self) -> str:
+        return self._key("stream", "outbox")
+
+    @property
+    def dead_stream(self) -> str:
+        return self._key("stream", "dead")
+
+    def delivery_order(self, order_key: str) -> str:
+        """Hash of sequence numbers that keeps per-issue order (owner: outbox)."""
+        return self._key("order", order_key)
+
+    def delivery_lock(self, order_key: str) -> str:
+        return self._key("lock", "order", order_key)
+
+    @property
+    def recent_deployments(self) -> str:
+        """Capped list of the last delivered deployments, for /api/v1/status."""
+        return self._key("status", "recent-deployments")
+
+    # --- GitHub caches (owner: commits) ---------------------------------------
+    def github_repo_of_sha(self, sha: str) -> str:
+        return self._key("gh", "repo", sha.lower())
+
+    def github_commit(self, repo: str, sha: str) -> str:
+        return self._key("gh", "commit", _short_hash(repo), sha.lower())
+
+    def github_etag(self, url: str) -> str:
+        return self._key("gh", "etag", _short_hash(url))
+
+    def resolved_commits(self, deployment_id: str) -> str:
+        return self._key("gh", "resolved", _short_hash(deployment_id))
+
+    # --- WebRCA (owner: webrca) -------------------------------------------------
+    @property
+    def incident_fingerprints(self) -> str:
+        """Hash: incident_id -> fingerprint of what DevLake was last given."""
+        return self._key("webrca", "fingerprints")
+
+    @property
+    def webrca_lease(self) -> str:
+        return self._key("webrca", "lease")
+
+    @property
+    def webrca_last_poll(self) -> str:
+        return self._key("webrca", "last-poll")
+
+    # --- Replicas -----------------------------------------------------------------
+    def lock(self, name: str) -> str:
+        return self._key("lock", name)
+
+
+def _short_hash(text: str) -> str:
+    """Stable short digest, so URLs and ids never bloat key names."""
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def connect(config: RedisConfig) -> aioredis.Redis:
+    """An asyncio client; it connects lazily, so a down Redis is not an error here.
+
+    Callers see connection errors on first use and retry with
+    :mod:`doraforwarder.backoff`; the daemon reports not-ready meanwhile.
+    """
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        config.connection_url(),
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+    return client

@@ -1,0 +1,1 @@
+"""WebRCA source: poll incidents, send what changed."""

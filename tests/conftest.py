@@ -1,0 +1,61 @@
+"""Shared fixtures: a real redis-server per test session (fresh database per test)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from doraforwarder.testing.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+REFERENCE_CONFIGS = SHARED / "reference" / "configs"
+
+SECRET_ENV = ("GITHUB_TOKEN", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "REDIS_PASSWORD",
+              "GITHUB_TOKEN_FILE", "DEVLAKE_WEBHOOK_TOKEN_FILE", "OFFLINE_TOKEN_FILE",
+              "REDIS_HOST", "REDIS_PORT", "PORT", "LOG_LEVEL", "ENVIRONMENT",
+              "DORAFORWARDER_CONFIG")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's tokens or overrides."""
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server (no persistence) shared by the session; flushed per test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def durable_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with AOF on: ``restart()`` keeps the data."""
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def write_config(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}

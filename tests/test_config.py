@@ -1,0 +1,175 @@
+"""Configuration: reference files load unchanged; every bad file exits 2 with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from doraforwarder.config import ConfigError, load_config, parse_duration
+from tests.conftest import REFERENCE_CONFIGS, ROOT, write_config
+
+VALID_DEVLAKE = """
+integration:
+  devlake:
+    enabled: true
+    base_url: "https://devlake.example.com/"
+    project_id: "1"
+"""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ROOT / "config" / "config.yaml",
+        REFERENCE_CONFIGS / "reference-config.yaml",
+        REFERENCE_CONFIGS / "reference-config-production.yaml",
+    ],
+    ids=lambda p: p.name,
+)
+def test_shipped_and_reference_files_load(path: Path) -> None:
+    config = load_config(path)
+    assert config.settings.argocd.enabled
+
+
+def test_reference_values_are_read() -> None:
+    config = load_config(REFERENCE_CONFIGS / "reference-config-production.yaml")
+    s = config.settings
+    assert s.webrca.enabled and s.webrca.interval == timedelta(hours=1)
+    assert s.argocd.namespaces == ["konflux-public-production", "argocd"]
+    assert "kflux-ocp-p01" in s.argocd.known_clusters
+    assert s.integration.devlake.project_id == "1"
+    assert [t.project_id for t in s.integration.devlake.teams][:2] == ["3", "6"]
+    assert s.storage.redis.key_prefix == "dora-metrics"
+
+
+@pytest.mark.parametrize(
+    ("text", "duration"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("500ms", 0.5), ("30d", 2592000),
+     (45, 45), ("12", 12), ("2.5s", 2.5)],
+)
+def test_durations(text: object, duration: float) -> None:
+    assert parse_duration(text).total_seconds() == duration
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "1h-", "-5s", "1.2.3s", True, [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+BAD_FILES = [
+    ("unknown section", "servr:\n  port: '8080'\n", "servr: unknown key"),
+    ("unknown key", "argocd:\n  namespace: [a]\n", "argocd.namespace: unknown key"),
+    ("wrong type", "argocd:\n  enabled: maybe\n", "argocd.enabled"),
+    ("wrong list type", "argocd:\n  namespaces: argocd\n", "argocd.namespaces"),
+    ("bad port", "server:\n  port: http\n", "server.port"),
+    ("missing base_url", "integration:\n  devlake:\n    enabled: true\n    project_id: '1'\n",
+     "base_url is required"),
+    ("team without project_id", VALID_DEVLAKE + "    teams:\n      - name: t1\n        argocd_components: [a]\n",
+     "team 't1' needs exactly one of project_id"),
+    ("duplicate team target",
+     VALID_DEVLAKE + "    teams:\n      - {name: t1, project_id: '2', argocd_components: [a]}\n"
+     "      - {name: t2, project_id: '2', argocd_components: [a]}\n",
+     "both route component 'a' to the same target '2'"),
+    ("unparseable duration", "argocd:\n  health_timeout: soon\n", "argocd.health_timeout: unparseable"),
+    ("bad environment", "argocd:\n  environments: [PROD]\n", "argocd.environments.0"),
+    ("bad tag pattern", "github:\n  tag_patterns: ['^(?P<x>[0-9a-f]+)$']\n", "named group"),
+    ("not a mapping", "- a\n- b\n", "must hold a mapping"),
+    ("not yaml", "server: [unclosed\n", "not valid YAML"),
+    ("bad log level", "server:\n  log_level: loud\n", "server.log_level"),
+    ("star mixed", "argocd:\n  namespaces: ['*', a]\n", "cannot be combined"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_bad_files_raise_clear_errors(tmp_path: Path, case: str, text: str, message: str) -> None:
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read configuration file .*missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, "storage:\n  redis:\n    address: 'redis:6379'\n")
+    monkeypatch.setenv("PORT", "9090")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("ENVIRONMENT", "prod-east")
+    monkeypatch.setenv("REDIS_HOST", "cache.local")
+    monkeypatch.setenv("REDIS_PASSWORD", "pw-from-env")
+    settings = load_config(path).settings
+    assert settings.server.port_number == 9090
+    assert settings.server.log_level == "debug"
+    assert settings.server.environment == "prod-east"
+    assert settings.storage.redis.address == "cache.local:6379"
+    assert settings.storage.redis.connection_url() == "redis://:pw-from-env@cache.local:6379/0"
+    assert "pw-from-env" not in settings.storage.redis.display_url()
+
+
+def test_secrets_from_env_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token_file = tmp_path / "devlake-token"
+    token_file.write_text("devlake-secret-value\n")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_example_value")
+    monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN_FILE", str(token_file))
+    config = load_config(write_config(tmp_path, ""))
+    assert config.secrets.github_token is not None
+    assert config.secrets.github_token.get_secret_value() == "ghp_example_value"
+    assert config.secrets.devlake_webhook_token is not None
+    assert config.secrets.devlake_webhook_token.get_secret_value() == "devlake-secret-value"
+    assert config.secrets.offline_token is None
+    shown = str(config.redacted()) + repr(config)
+    assert "ghp_example_value" not in shown and "devlake-secret-value" not in shown
+
+
+def test_missing_secret_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLINE_TOKEN_FILE", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="OFFLINE_TOKEN_FILE names"):
+        load_config(write_config(tmp_path, ""))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "doraforwarder", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD_FILES[:9], ids=[c[0] for c in BAD_FILES[:9]])
+def test_cli_exit_code_2_without_traceback(tmp_path: Path, case: str, text: str, message: str,
+                                           clean_env: dict[str, str]) -> None:
+    path = write_config(tmp_path, text)
+    result = run_cli("check-config", "--config", str(path), env=clean_env)
+    assert result.returncode == 2
+    assert message in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_check_config_masks_secrets(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    env = dict(clean_env, GITHUB_TOKEN="ghp_supersecret1234", REDIS_PASSWORD="redis-pass-123",
+               DEVLAKE_WEBHOOK_TOKEN="dl-token-5678")
+    result = run_cli("check-config", "--config", str(REFERENCE_CONFIGS / "reference-config.yaml"),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    for secret in ("ghp_supersecret1234", "redis-pass-123", "dl-token-5678"):
+        assert secret not in result.stdout
+    assert "GITHUB_TOKEN: '***'" in result.stdout
+    assert "password: '***'" in result.stdout
+
+
+def test_cli_run_with_unreadable_config_exits_2(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    result = run_cli("run", "--config", str(tmp_path / "absent.yaml"), env=clean_env)
+    assert result.returncode == 2
+    assert "cannot read configuration file" in result.stderr
+
+
+def test_cli_version(clean_env: dict[str, str]) -> None:
+    result = run_cli("version", env=clean_env)
+    assert result.returncode == 0 and result.stdout.startswith("doraforwarder ")
