@@ -1,0 +1,176 @@
+"""The DevLake webhook contract as pydantic models; nothing is sent that fails them.
+
+Rules come from DevLake's webhook plugin (``shared/reference/devlake-webhook.md``):
+required fields, environment and status enums, a non-empty commit list, dates
+as ``2020-01-01T12:00:00+00:00`` in UTC, and ``startedDate <= finishedDate``.
+Field contents for deployments follow the reference implementation, whose
+``displayTitle`` format DevLake dashboards parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+from doraforwarder.records import DetectedDeployment, Environment, ResolvedCommit, Result, utc
+
+DEVLAKE_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S+00:00"
+
+
+def format_devlake_date(value: datetime) -> str:
+    """``2020-01-01T12:00:00+00:00``: the one form every DevLake version parses."""
+    return utc(value).strftime(DEVLAKE_DATE_FORMAT)
+
+
+DevLakeDate = Annotated[datetime, PlainSerializer(format_devlake_date, return_type=str)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _dates_in_utc(cls, value: Any) -> Any:
+        return utc(value) if isinstance(value, datetime) else value
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body to post: camelCase keys, absent optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class DeploymentCommitPayload(Payload):
+    repo_url: NonEmpty = Field(alias="repoUrl")
+    commit_sha: NonEmpty = Field(alias="commitSha")
+    started_date: DevLakeDate = Field(alias="startedDate")
+    """The commit's author date: DevLake measures lead time from it."""
+    finished_date: DevLakeDate = Field(alias="finishedDate")
+    """The deployment time."""
+    ref_name: str | None = Field(default=None, alias="refName")
+    commit_msg: str | None = Field(default=None, alias="commitMsg")
+    result: Result | None = None
+    display_title: str | None = Field(default=None, alias="displayTitle")
+    name: str | None = None
+    created_date: DevLakeDate | None = Field(default=None, alias="createdDate")
+    repo_id: str | None = Field(default=None, alias="repoId")
+
+
+class DeploymentPayload(Payload):
+    id: NonEmpty
+    started_date: DevLakeDate = Field(alias="startedDate")
+    finished_date: DevLakeDate = Field(alias="finishedDate")
+    created_date: DevLakeDate | None = Field(default=None, alias="createdDate")
+    environment: Environment = "PRODUCTION"
+    result: Result = "SUCCESS"
+    display_title: str | None = Field(default=None, alias="displayTitle")
+    name: str | None = None
+    original_environment: str | None = Field(default=None, alias="originalEnvironment")
+    url: str | None = None
+    deployment_commits: list[DeploymentCommitPayload] = Field(
+        alias="deploymentCommits", min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> DeploymentPayload:
+        if self.started_date > self.finished_date:
+            raise ValueError("startedDate is after finishedDate")
+        return self
+
+
+IssueStatus = Literal["TODO", "IN_PROGRESS", "DONE"]
+
+
+class IssuePayload(Payload):
+    issue_key: NonEmpty = Field(alias="issueKey")
+    title: NonEmpty
+    status: IssueStatus
+    original_status: NonEmpty = Field(alias="originalStatus")
+    created_date: DevLakeDate = Field(alias="createdDate")
+    type: str | None = None
+    resolution_date: DevLakeDate | None = Field(default=None, alias="resolutionDate")
+    updated_date: DevLakeDate | None = Field(default=None, alias="updatedDate")
+    url: str | None = None
+    description: str | None = None
+    severity: str | None = None
+    component: str | None = None
+    priority: str | None = None
+    creator_id: str | None = Field(default=None, alias="creatorId")
+    creator_name: str | None = Field(default=None, alias="creatorName")
+    assignee_id: str | None = Field(default=None, alias="assigneeId")
+    assignee_name: str | None = Field(default=None, alias="assigneeName")
+    epic_key: str | None = Field(default=None, alias="epicKey")
+    parent_issue_key: str | None = Field(default=None, alias="parentIssueKey")
+    story_point: float | None = Field(default=None, alias="storyPoint")
+    lead_time_minutes: int | None = Field(default=None, alias="leadTimeMinutes", ge=0)
+
+    @model_validator(mode="after")
+    def _resolution_after_creation(self) -> IssuePayload:
+        if self.resolution_date is not None and self.resolution_date < self.created_date:
+            raise ValueError("resolutionDate is before createdDate")
+        return self
+
+
+def display_title(deployment: DetectedDeployment) -> str:
+    """The reference's title, which DevLake dashboards parse: keep it byte for byte."""
+    deployed = utc(deployment.deployed_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"ArgoCD Deployment | Component: {deployment.component} | Cluster: {deployment.cluster} "
+        f"| Environment: {deployment.environment} | Revision: {deployment.revision} "
+        f"| Status: {deployment.result} | Deployed: {deployed}"
+    )
+
+
+def deployment_name(deployment: DetectedDeployment) -> str:
+    return (
+        f"deploy {deployment.component} to {deployment.cluster} "
+        f"({deployment.environment.lower()})"
+    )
+
+
+def build_deployment_payload(
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+) -> DeploymentPayload:
+    """The DevLake deployment for ``deployment`` shipping ``commits``.
+
+    Raises :class:`pydantic.ValidationError` when the contract cannot be met
+    (no commits, dates out of order): the caller dead-letters such records.
+    """
+    title = display_title(deployment)
+    name = deployment_name(deployment)
+    finished = deployment.deployed_at
+    rows = [
+        DeploymentCommitPayload(
+            repo_url=commit.repo_url,
+            commit_sha=commit.sha,
+            started_date=min(commit.author_date, finished),
+            finished_date=finished,
+            ref_name=commit.ref_name,
+            commit_msg=commit.message,
+            result=deployment.result,
+            display_title=title,
+            name=name,
+        )
+        for commit in commits
+    ]
+    return DeploymentPayload(
+        id=deployment.id,
+        started_date=min(deployment.started_at, finished),
+        finished_date=finished,
+        created_date=min(deployment.started_at, finished),
+        environment=deployment.environment,
+        result=deployment.result,
+        display_title=title,
+        name=name,
+        original_environment=deployment.environment,
+        deployment_commits=rows,
+    )

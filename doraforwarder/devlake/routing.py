@@ -1,0 +1,96 @@
+"""Which DevLake targets receive a record, and at which URL.
+
+Every record goes to the global target; a deployment also goes to each team
+whose ``argocd_components`` lists its component, an incident to each team
+whose ``webrca_products`` lists one of its products. Two teams naming the same
+target share one delivery: DevLake would only upsert the same record twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import quote
+
+from doraforwarder.config import DevLakeConfig, TeamConfig
+from doraforwarder.outbox import RecordKind, Target
+
+
+def _target(team: str, project_id: str | None, connection_name: str | None,
+            project_name: str | None) -> Target:
+    if project_id:
+        return Target(kind="connection_id", value=project_id, team=team)
+    if connection_name:
+        return Target(kind="connection_name", value=connection_name, team=team)
+    if project_name:
+        return Target(kind="project_name", value=project_name, team=team)
+    raise ValueError(f"{team}: no target configured")
+
+
+def team_target(team: TeamConfig) -> Target:
+    return _target(team.name, team.project_id, team.connection_name, team.project_name)
+
+
+def global_target(config: DevLakeConfig) -> Target:
+    return _target("global", config.project_id, config.connection_name, config.project_name)
+
+
+def _unique(targets: Iterable[Target]) -> list[Target]:
+    seen: set[str] = set()
+    unique = []
+    for target in targets:
+        if target.key not in seen:
+            seen.add(target.key)
+            unique.append(target)
+    return unique
+
+
+class Router:
+    """Pure routing over the ``integration.devlake`` section."""
+
+    def __init__(self, config: DevLakeConfig) -> None:
+        self.config = config
+        self.global_target = global_target(config)
+
+    def for_component(self, component: str) -> list[Target]:
+        """Targets of a deployment of ``component``: global first, then teams in file order."""
+        teams = (team_target(t) for t in self.config.teams if component in t.argocd_components)
+        return _unique([self.global_target, *teams])
+
+    def for_products(self, products: Iterable[str]) -> list[Target]:
+        """Targets of an incident touching ``products``.
+
+        DevLake takes issues only through webhook connections, so targets
+        given as a project name are left out here.
+        """
+        wanted = set(products)
+        teams = (team_target(t) for t in self.config.teams if wanted & set(t.webrca_products))
+        targets = _unique([self.global_target, *teams])
+        return [target for target in targets if target.kind != "project_name"]
+
+
+def endpoint(base_url: str, api_prefix: str, target: Target, kind: RecordKind,
+             record_id: str = "") -> str:
+    """The URL to POST ``kind`` to ``target``; ``record_id`` is the issue key for ``close``.
+
+    ``base_url`` may end in ``/`` or not; ``api_prefix`` is ``/api/rest``
+    through config-ui or ``/api`` directly on the DevLake server.
+    """
+    base = base_url.rstrip("/")
+    prefix = "/" + api_prefix.strip("/") if api_prefix.strip("/") else ""
+    if target.kind == "project_name":
+        if kind != "deployment":
+            raise ValueError(
+                f"DevLake accepts only deployments by project name; {kind} to project "
+                f"{target.value!r} needs a connection id or name"
+            )
+        return f"{base}{prefix}/projects/{quote(target.value, safe='')}/deployments"
+    if target.kind == "connection_id":
+        connection = f"connections/{quote(target.value, safe='')}"
+    else:
+        connection = f"connections/by-name/{quote(target.value, safe='')}"
+    webhook = f"{base}{prefix}/plugins/webhook/{connection}"
+    if kind == "deployment":
+        return f"{webhook}/deployments"
+    if kind == "issue":
+        return f"{webhook}/issues"
+    return f"{webhook}/issue/{quote(record_id, safe='')}/close"
