@@ -1,0 +1,81 @@
+# doraforwarder container image.
+#
+#   docker build -t quay.io/doraforwarder/doraforwarder:0.1.0 --build-arg VERSION=0.1.0 .
+#
+# Two stages: the builder turns the source tree into a wheel and installs it,
+# with its dependencies, into a virtual environment at /opt/venv; the runtime
+# stage gets that virtual environment and nothing else (no compiler, no pip
+# cache, no source tree). Both stages use the same base image, so the
+# interpreter the venv links to exists at the same path in both.
+#
+# Pin the base by digest in your build pipeline for reproducible images, e.g.
+#   --build-arg PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:<digest>
+
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# --------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+
+# Only what the wheel needs; .dockerignore keeps the rest of the tree out.
+COPY pyproject.toml README.md ./
+COPY doraforwarder/ doraforwarder/
+
+# Build the project's wheel (hatchling comes from PyPI in pip's isolated build
+# environment), then install it and its dependencies into the venv. pip
+# compiles the .pyc files at install time, so the read-only runtime never
+# needs to write them.
+RUN python -m venv /opt/venv \
+ && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install --no-cache-dir /wheels/doraforwarder-*.whl
+
+# --------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+# Set both from the release pipeline; the defaults describe this tree.
+ARG VERSION=0.1.0
+ARG SOURCE_URL=https://github.com/doraforwarder/doraforwarder
+
+LABEL org.opencontainers.image.title="doraforwarder" \
+      org.opencontainers.image.description="Forwards ArgoCD deployments and WebRCA incidents to Apache DevLake for DORA metrics." \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}"
+
+# A fixed numeric user (the Kubernetes manifests set runAsUser 10001 to match),
+# so runAsNonRoot can be verified without reading /etc/passwd. No home
+# directory and no login shell: the daemon needs neither.
+RUN groupadd --system --gid 10001 doraforwarder \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin doraforwarder
+
+COPY --from=builder /opt/venv /opt/venv
+
+# The example configuration, owned by root and readable by everyone: the
+# daemon only reads it. In Kubernetes a ConfigMap is mounted over
+# /etc/doraforwarder instead.
+COPY config/config.yaml /etc/doraforwarder/config.yaml
+
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only in the cluster.
+# HOME=/tmp: libraries that look up "~" get a writable place (an emptyDir in
+# the manifests) rather than a directory that does not exist.
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    DORAFORWARDER_CONFIG=/etc/doraforwarder/config.yaml
+
+USER 10001:10001
+
+# HTTP: /api/v1/health (liveness), /readyz (readiness), /metrics (Prometheus).
+EXPOSE 8080
+
+# No HEALTHCHECK: Kubernetes probes the HTTP endpoints above, and Docker's
+# HEALTHCHECK would need a shell or curl in the image.
+ENTRYPOINT ["doraforwarder"]
+CMD ["run"]
