@@ -65,6 +65,10 @@ class Keys:
     def delivery_lock(self, order_key: str) -> str:
         return self._key("lock", "order", order_key)
 
+    def delivery_queue(self, order_key: str) -> str:
+        """Sorted set: outbox ids still outstanding for ``order_key``, scored by sequence."""
+        return self._key("order-queue", order_key)
+
     @property
     def recent_deployments(self) -> str:
         """Capped list of the last delivered deployments, for /api/v1/status."""

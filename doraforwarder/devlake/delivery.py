@@ -1,17 +1,524 @@
-"""Placeholder until issue 5 lands: a service that starts, does nothing, stops."""
+"""The DevLake sink: workers that drain the outbox stream into DevLake.
+
+One feeder reads new outbox entries with the consumer group
+(``store.OUTBOX_GROUP``) into an in-memory schedule; ``delivery.workers``
+workers take entries that are due and post them. An entry stays pending in
+Redis until DevLake accepted it (then ``XACK`` + ``XDEL``) or refused it for
+good (then it moves to the dead letters), so a crash loses nothing: another
+worker or replica reclaims it with ``XAUTOCLAIM`` after ``delivery.claim_idle``.
+
+Retries never block other entries: a failed entry gets its own next-attempt
+time (exponential backoff with full jitter, ``Retry-After`` for 429) and
+workers go on with other due entries. Entries held here are kept fresh in
+Redis (``XCLAIM ... JUSTID``) so a healthy replica's retrying entries are not
+mistaken for a crashed one's.
+
+Ordered entries (issues and their close calls) go through
+:func:`doraforwarder.outbox.order_gate` and a short per-order-key lock; see
+the contract in :mod:`doraforwarder.outbox`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import LockError, RedisError
+
+from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
+from doraforwarder.devlake.client import (
+    Answer,
+    DevLakeClient,
+    DryRunPrinter,
+    Sender,
+    Verdict,
+    classify,
+)
+from doraforwarder.devlake.payloads import contract_body
+from doraforwarder.devlake.routing import endpoint
+from doraforwarder.logging import get_logger
+from doraforwarder.outbox import (
+    StreamItem,
+    ack_delivered,
+    consumer_name,
+    dead_letter,
+    ensure_group,
+    order_gate,
+    raw_entries,
+    read_group_entries,
+)
+from doraforwarder.store import OUTBOX_GROUP
+
+log = get_logger("devlake")
+
+AUTH_CONDITION = "devlake auth"
+
+
+@dataclass
+class Held:
+    """An entry this process holds (read, not yet acknowledged), with its retry state."""
+
+    item: StreamItem
+    backoff: Backoff
+    attempts: int = 0
+    last_reason: str | None = None
+    first_failure: float | None = None
+
+
+@dataclass(order=True)
+class _Slot:
+    due: float
+    tie: int
+    entry_id: str = field(compare=False)
+
+
+class Schedule:
+    """Held entries and when each may be tried next; workers take whichever is due.
+
+    An entry is either waiting in the heap or in a worker's hands, never both.
+    Ordered entries blocked behind an earlier one are *parked* under their
+    order key and woken when that key makes progress here (with a timed
+    recheck in case the progress happens on another replica).
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, Held] = {}
+        self._heap: list[_Slot] = []
+        self._due: dict[str, float] = {}
+        self._parked: dict[str, set[str]] = {}
+        self._tie = itertools.count()
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self.held
+
+    async def put(self, held: Held, delay: float = 0.0) -> None:
+        """Hold ``held`` (new, or back from a worker) and make it due after ``delay``."""
+        self.held[held.item.id] = held
+        due = time.monotonic() + max(0.0, delay)
+        self._due[held.item.id] = due
+        heapq.heappush(self._heap, _Slot(due, next(self._tie), held.item.id))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def park(self, held: Held, order_key: str, recheck: float) -> None:
+        self._parked.setdefault(order_key, set()).add(held.item.id)
+        await self.put(held, recheck)
+
+    async def wake(self, order_key: str) -> None:
+        """Make entries parked under ``order_key`` due now."""
+        for entry_id in self._parked.pop(order_key, set()):
+            held = self.held.get(entry_id)
+            if held is not None and entry_id in self._due:
+                await self.put(held)
+
+    def release(self, entry_id: str) -> None:
+        """Forget an entry (acknowledged, dead-lettered, dropped)."""
+        self.held.pop(entry_id, None)
+        self._due.pop(entry_id, None)
+
+    async def take(self) -> Held | None:
+        """Wait for the next due entry; None once closed."""
+        async with self._changed:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap:
+                    slot = self._heap[0]
+                    if self._due.get(slot.entry_id) != slot.due:
+                        heapq.heappop(self._heap)  # stale slot (rescheduled or released)
+                        continue
+                    if slot.due > now:
+                        break
+                    heapq.heappop(self._heap)
+                    del self._due[slot.entry_id]
+                    return self.held[slot.entry_id]
+                timeout = self._heap[0].due - now if self._heap else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
 
 
 class DeliveryPool:
+    """The delivery service: feeder, housekeeping and ``delivery.workers`` workers."""
+
     name = "delivery"
 
-    def __init__(self, context: AppContext) -> None:
+    def __init__(self, context: AppContext, sender: Sender | None = None, *,
+                 consumer: str | None = None, max_held: int = 1000,
+                 read_block_ms: int = 500) -> None:
         self.context = context
+        self.settings = context.settings
+        self.keys = context.keys
+        self.redis: aioredis.Redis = context.redis
+        self.consumer = consumer or consumer_name()
+        self.max_held = max_held
+        self.read_block_ms = read_block_ms
+        self._sender = sender
+        delivery = self.settings.delivery
+        self.initial_backoff = max(delivery.initial_backoff.total_seconds(), 0.001)
+        self.max_backoff = max(delivery.max_backoff.total_seconds(), self.initial_backoff)
+        self.claim_idle_ms = max(1, int(delivery.claim_idle.total_seconds() * 1000))
+        self.recheck = min(self.max_backoff, 1.0)
+        """How soon a blocked or locked ordered entry is looked at again."""
+        self.schedule = Schedule()
+        self._room = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def _build_sender(self) -> Sender:
+        if self.context.dry_run:
+            return DryRunPrinter()
+        devlake = self.settings.integration.devlake
+        token = self.context.config.secrets.devlake_webhook_token
+        client = DevLakeClient(token, devlake.timeout_seconds)
+        if not client.has_token:
+            log.warning("DEVLAKE_WEBHOOK_TOKEN is not set: DevLake will refuse deliveries")
+        return client
 
     async def run(self, stop: asyncio.Event) -> None:
+        sender = self._sender or self._build_sender()
+        self.schedule = Schedule()
+        await ensure_group(self.redis, self.keys.outbox_stream, OUTBOX_GROUP)
+        devlake = self.settings.integration.devlake
+        log.info(
+            "delivery started",
+            workers=self.settings.delivery.workers,
+            consumer=self.consumer,
+            dry_run=self.context.dry_run,
+            base_url=devlake.base_url,
+            api_prefix=devlake.api_prefix,
+        )
+        # Loops watch ``halt``, not ``stop``: when one part crashes the
+        # others finish their step instead of being cancelled in the middle.
+        halt = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._feed(halt), name="delivery:feed"),
+            asyncio.create_task(self._housekeep(halt), name="delivery:housekeep"),
+            *(
+                asyncio.create_task(self._work(sender), name=f"delivery:worker-{n}")
+                for n in range(self.settings.delivery.workers)
+            ),
+        ]
+        stopper = asyncio.create_task(self._close_on_stop(stop, halt))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            await self._halt(halt)
+            stopper.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await sender.aclose()
+            log.info("delivery stopped", held=len(self.schedule))
+
+    async def _close_on_stop(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
         await stop.wait()
+        await self._halt(halt)
+
+    async def _halt(self, halt: asyncio.Event) -> None:
+        halt.set()
+        await self.schedule.close()
+        self._room.set()
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _feed(self, stop: asyncio.Event) -> None:
+        """Read new entries while there is room; Redis errors are retried, never fatal."""
+        backoff = Backoff(0.2, 10.0)
+        while not stop.is_set():
+            room = self.max_held - len(self.schedule)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                answer = await self.redis.xreadgroup(
+                    OUTBOX_GROUP, self.consumer, {self.keys.outbox_stream: ">"},
+                    count=min(room, 100), block=self.read_block_ms,
+                )
+            except RedisError as exc:
+                await self._redis_trouble("xreadgroup", exc, backoff, stop)
+                continue
+            backoff.reset()
+            for entry_id, fields in read_group_entries(answer):
+                await self._hold(StreamItem.parse(entry_id, fields))
+
+    async def _hold(self, item: StreamItem) -> None:
+        if item.id in self.schedule:
+            return
+        held = Held(item=item, backoff=Backoff(self.initial_backoff, self.max_backoff))
+        await self.schedule.put(held)
+
+    async def _housekeep(self, stop: asyncio.Event) -> None:
+        """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
+        interval = min(max(self.claim_idle_ms / 3000.0, 0.02), 5.0)
+        backoff = Backoff(0.2, 10.0)
+        while not stop.is_set():
+            try:
+                await self._heartbeat()
+                await self._reclaim()
+                await self._update_gauges()
+                backoff.reset()
+            except RedisError as exc:
+                await self._redis_trouble("housekeeping", exc, backoff, stop)
+                continue
+            if await wait_or_stop(stop, interval):
+                return
+
+    async def _heartbeat(self) -> None:
+        ids: list[str | bytes | int | memoryview] = list(self.schedule.held)
+        for start in range(0, len(ids), 500):
+            await self.redis.xclaim(
+                self.keys.outbox_stream, OUTBOX_GROUP, self.consumer, 0,
+                ids[start:start + 500], justid=True,
+            )
+
+    async def _reclaim(self) -> None:
+        cursor = "0-0"
+        while len(self.schedule) < self.max_held:
+            answer = await self.redis.xautoclaim(
+                self.keys.outbox_stream, OUTBOX_GROUP, self.consumer, self.claim_idle_ms,
+                start_id=cursor, count=min(100, self.max_held - len(self.schedule)),
+            )
+            cursor = str(answer[0])
+            for entry_id, fields in raw_entries(answer[1]):
+                if entry_id in self.schedule:
+                    continue
+                log.info("reclaimed outbox entry left by another consumer", entry=entry_id)
+                await self._hold(StreamItem.parse(entry_id, fields))
+            if cursor == "0-0":
+                return
+
+    async def _update_gauges(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.outbox_stream)
+            pipe.xlen(self.keys.dead_stream)
+            depth, dead = await pipe.execute()
+        self.context.metrics.outbox_depth.set(depth)
+        self.context.metrics.dead_letters.set(dead)
+        self.context.status.outbox_depth = int(depth)
+        self.context.status.dead_letters = int(dead)
+
+    async def _redis_trouble(self, operation: str, exc: Exception, backoff: Backoff,
+                             stop: asyncio.Event) -> None:
+        delay = backoff.next_delay()
+        self.context.metrics.redis_errors.labels(operation).inc()
+        log.warning("redis error in delivery, retrying", operation=operation,
+                    error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
+        await wait_or_stop(stop, delay)
+
+    # --- delivering ------------------------------------------------------------------
+
+    async def _work(self, sender: Sender) -> None:
+        while (held := await self.schedule.take()) is not None:
+            try:
+                await self._attempt(held, sender)
+            except RedisError as exc:
+                self.context.metrics.redis_errors.labels("delivery").inc()
+                delay = held.backoff.next_delay()
+                log.warning("redis error while delivering, will retry", entry=held.item.id,
+                            error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
+                await self.schedule.put(held, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = held.backoff.next_delay()
+                log.exception("unexpected error while delivering, will retry",
+                              entry=held.item.id, retry_in=round(delay, 3))
+                await self.schedule.put(held, delay)
+
+    async def _attempt(self, held: Held, sender: Sender) -> None:
+        item = held.item
+        entry = item.entry
+        if entry is None:
+            await self._dead(held, "unreadable", item.error or "unreadable entry")
+            return
+        try:
+            body: dict[str, Any] | None = contract_body(entry.kind, entry.payload)
+        except (ValidationError, KeyError) as exc:
+            await self._dead(held, "invalid_payload", f"payload breaks the DevLake contract: {exc}")
+            return
+        if entry.kind == "close":
+            body = None
+        devlake = self.settings.integration.devlake
+        try:
+            url = endpoint(devlake.base_url, devlake.api_prefix, entry.target, entry.kind,
+                           entry.record_id)
+        except ValueError as exc:
+            await self._dead(held, "unroutable", str(exc))
+            return
+        if not item.ordered or entry.order_key is None:
+            await self._send(held, sender, url, body)
+            return
+        gate = await order_gate(self.redis, self.keys, item)
+        if gate.verdict == "obsolete":
+            log.info("dropping obsolete entry: a later state was already delivered",
+                     entry=item.id, order_key=entry.order_key, seq=item.seq,
+                     delivered_seq=gate.delivered)
+            await self._finish(held, entry.order_key)
+            return
+        if gate.verdict == "blocked":
+            await self.schedule.park(held, entry.order_key, self.recheck)
+            return
+        lock = self.redis.lock(
+            self.keys.delivery_lock(entry.order_key),
+            timeout=devlake.timeout_seconds * 2 + 5, blocking=False,
+        )
+        if not await lock.acquire():
+            await self.schedule.put(held, self.recheck)
+            return
+        try:
+            await self._send(held, sender, url, body)
+        finally:
+            with contextlib.suppress(LockError):
+                await lock.release()
+
+    async def _send(self, held: Held, sender: Sender, url: str,
+                    body: dict[str, Any] | None) -> None:
+        entry = held.item.entry
+        assert entry is not None
+        held.attempts += 1
+        answer = await sender.deliver(entry, url, body)
+        verdict = classify(answer)
+        if verdict.action == "ack":
+            await self._delivered(held, answer)
+        elif verdict.action == "dead":
+            await self._dead(held, verdict.reason, _describe(answer, url), answer)
+        else:
+            await self._retry(held, verdict, answer, url)
+
+    async def _delivered(self, held: Held, answer: Answer) -> None:
+        item = held.item
+        entry = item.entry
+        assert entry is not None
+        await self._finish(held, entry.order_key)
+        metrics = self.context.metrics
+        metrics.records_sent.labels(entry.kind, entry.target.key).inc()
+        metrics.delivery_latency.observe(max(0.0, time.time() - entry.enqueued_at))
+        metrics.mark_success("devlake")
+        if not self.context.readiness.is_ready(AUTH_CONDITION):
+            log.info("devlake accepts the token again")
+        self.context.readiness.ready(AUTH_CONDITION)
+        if held.first_failure is not None:
+            log.info("delivered after retries", entry=item.id, kind=entry.kind,
+                     record=entry.record_id, target=entry.target.key, attempts=held.attempts,
+                     waited=round(time.monotonic() - held.first_failure, 3))
+        else:
+            log.debug("delivered", entry=item.id, kind=entry.kind, record=entry.record_id,
+                      target=entry.target.key)
+        if entry.kind == "deployment":
+            metrics.deployments_sent.labels(entry.target.key).inc()
+            self.context.status.recent_deployments.appendleft(_summary(entry))
+
+    async def _finish(self, held: Held, order_key: str | None) -> None:
+        """Acknowledge a delivered or obsolete entry and let its order key move on."""
+        await ack_delivered(self.redis, self.keys, held.item)
+        self.schedule.release(held.item.id)
+        self._room.set()
+        if order_key is not None:
+            await self.schedule.wake(order_key)
+
+    async def _dead(self, held: Held, reason: str, detail: str,
+                    answer: Answer | None = None) -> None:
+        item = held.item
+        entry = item.entry
+        dead_id = await dead_letter(
+            self.redis, self.keys, item, reason=f"{reason}: {detail}",
+            status=answer.status if answer else None, body=answer.body if answer else "",
+        )
+        self.schedule.release(item.id)
+        self._room.set()
+        self.context.metrics.dead_lettered.labels(reason).inc()
+        log.error(
+            "moved to dead letters",
+            entry=item.id,
+            dead_id=dead_id,
+            reason=reason,
+            detail=detail,
+            kind=entry.kind if entry else None,
+            record=entry.record_id if entry else None,
+            target=entry.target.key if entry else None,
+            hint="inspect with 'doraforwarder outbox dead', retry with "
+                 "'doraforwarder outbox requeue ID'",
+        )
+        if entry is not None and entry.order_key is not None:
+            await self.schedule.wake(entry.order_key)
+
+    async def _retry(self, held: Held, verdict: Verdict, answer: Answer, url: str) -> None:
+        entry = held.item.entry
+        assert entry is not None
+        if held.first_failure is None:
+            held.first_failure = time.monotonic()
+        if verdict.action == "auth":
+            delay = self.max_backoff
+            self.context.readiness.not_ready(
+                AUTH_CONDITION,
+                f"DevLake refused the webhook token (HTTP {answer.status}) for "
+                f"{entry.target.key}; set DEVLAKE_WEBHOOK_TOKEN to a valid DevLake API key",
+            )
+        elif answer.retry_after is not None and verdict.reason == "rate_limited":
+            delay = answer.retry_after
+            held.backoff.next_delay()
+        else:
+            delay = held.backoff.next_delay()
+        self.context.metrics.delivery_retries.labels(verdict.reason).inc()
+        held.last_reason = verdict.reason
+        log.warning(
+            "delivery failed, will retry",
+            entry=held.item.id,
+            kind=entry.kind,
+            record=entry.record_id,
+            target=entry.target.key,
+            reason=verdict.reason,
+            status=answer.status,
+            error=answer.error,
+            attempt=held.attempts,
+            retry_in=round(delay, 3),
+            url=url,
+        )
+        await self.schedule.put(held, delay)
+
+
+def _describe(answer: Answer, url: str) -> str:
+    if answer.status is None:
+        return f"{answer.error} (POST {url})"
+    text = " ".join(answer.body.split())[:300]
+    return f"HTTP {answer.status} from POST {url}: {text}" if text else \
+        f"HTTP {answer.status} from POST {url}"
+
+
+def _summary(entry: Any) -> dict[str, Any]:
+    payload = entry.payload
+    return {
+        "id": entry.record_id,
+        "name": payload.get("name"),
+        "result": payload.get("result"),
+        "environment": payload.get("environment"),
+        "finished": payload.get("finishedDate"),
+        "commits": len(payload.get("deploymentCommits") or []),
+        "target": entry.target.key,
+        "team": entry.target.team,
+        "delivered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

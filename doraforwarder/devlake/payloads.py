@@ -112,6 +112,9 @@ class IssuePayload(Payload):
     parent_issue_key: str | None = Field(default=None, alias="parentIssueKey")
     story_point: float | None = Field(default=None, alias="storyPoint")
     lead_time_minutes: int | None = Field(default=None, alias="leadTimeMinutes", ge=0)
+    original_estimate_minutes: int | None = Field(default=None, alias="originalEstimateMinutes")
+    time_spent_minutes: int | None = Field(default=None, alias="timeSpentMinutes")
+    time_remaining_minutes: int | None = Field(default=None, alias="timeRemainingMinutes")
 
     @model_validator(mode="after")
     def _resolution_after_creation(self) -> IssuePayload:
@@ -137,40 +140,92 @@ def deployment_name(deployment: DetectedDeployment) -> str:
     )
 
 
+def _deployment_fields(
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Field values (python names) of the deployment and of its commit rows."""
+    title = display_title(deployment)
+    name = deployment_name(deployment)
+    finished = deployment.deployed_at
+    rows = [
+        {
+            "repo_url": commit.repo_url,
+            "commit_sha": commit.sha,
+            # A commit authored "after" the deployment (clock skew) would give
+            # a negative lead time: DevLake gets zero instead.
+            "started_date": min(commit.author_date, finished),
+            "finished_date": finished,
+            "ref_name": commit.ref_name,
+            "commit_msg": commit.message,
+            "result": deployment.result,
+            "display_title": title,
+            "name": name,
+        }
+        for commit in commits
+    ]
+    fields: dict[str, Any] = {
+        "id": deployment.id,
+        "started_date": min(deployment.started_at, finished),
+        "finished_date": finished,
+        "created_date": min(deployment.started_at, finished),
+        "environment": deployment.environment,
+        "result": deployment.result,
+        "display_title": title,
+        "name": name,
+        "original_environment": deployment.environment,
+    }
+    return fields, rows
+
+
 def build_deployment_payload(
     deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
 ) -> DeploymentPayload:
     """The DevLake deployment for ``deployment`` shipping ``commits``.
 
     Raises :class:`pydantic.ValidationError` when the contract cannot be met
-    (no commits, dates out of order): the caller dead-letters such records.
+    (no commits, empty repository URL or SHA): the caller dead-letters such
+    records, with :func:`unchecked_deployment_body` as the body to inspect.
     """
-    title = display_title(deployment)
-    name = deployment_name(deployment)
-    finished = deployment.deployed_at
-    rows = [
-        DeploymentCommitPayload(
-            repo_url=commit.repo_url,
-            commit_sha=commit.sha,
-            started_date=min(commit.author_date, finished),
-            finished_date=finished,
-            ref_name=commit.ref_name,
-            commit_msg=commit.message,
-            result=deployment.result,
-            display_title=title,
-            name=name,
-        )
-        for commit in commits
-    ]
+    fields, rows = _deployment_fields(deployment, commits)
     return DeploymentPayload(
-        id=deployment.id,
-        started_date=min(deployment.started_at, finished),
-        finished_date=finished,
-        created_date=min(deployment.started_at, finished),
-        environment=deployment.environment,
-        result=deployment.result,
-        display_title=title,
-        name=name,
-        original_environment=deployment.environment,
-        deployment_commits=rows,
+        **fields, deployment_commits=[DeploymentCommitPayload(**row) for row in rows]
     )
+
+
+def unchecked_deployment_body(
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+) -> dict[str, Any]:
+    """The body :func:`build_deployment_payload` would give, built without validation.
+
+    Only for dead letters: an operator sees what was refused and why.
+    """
+    fields, rows = _deployment_fields(deployment, commits)
+    payload = DeploymentPayload.model_construct(
+        **fields,
+        deployment_commits=[DeploymentCommitPayload.model_construct(**row) for row in rows],
+    )
+    body: dict[str, Any] = payload.model_dump(
+        mode="json", by_alias=True, exclude_none=True, warnings=False
+    )
+    return body
+
+
+class ClosePayload(Payload):
+    """The close call has no body: the issue key is in the URL."""
+
+
+CONTRACT: dict[str, type[Payload]] = {
+    "deployment": DeploymentPayload,
+    "issue": IssuePayload,
+    "close": ClosePayload,
+}
+"""The contract model of each outbox record kind."""
+
+
+def contract_body(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``payload`` against the model of ``kind``; returns the body to post.
+
+    Raises :class:`pydantic.ValidationError` (or :class:`KeyError` for an
+    unknown kind): such a record is dead-lettered, never sent.
+    """
+    return CONTRACT[kind].model_validate(payload).body()

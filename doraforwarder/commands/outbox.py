@@ -1,0 +1,190 @@
+"""``doraforwarder outbox stats|list|dead|requeue|drop``: inspect and repair delivery.
+
+Works on the Redis of the configuration file, while the daemon runs or not:
+every change is one atomic Redis operation the running workers cope with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from doraforwarder import outbox
+from doraforwarder.commands.common import add_config_argument
+from doraforwarder.config import load_config
+from doraforwarder.store import Keys, connect
+
+
+def add_parser(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "outbox",
+        help="inspect and repair DevLake delivery (outbox and dead letters)",
+        description="Show what waits for DevLake, what it refused, and put entries back.",
+    )
+    add_config_argument(parser)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("stats", help="counts: waiting, in delivery, dead letters")
+    listing = actions.add_parser("list", help="entries waiting for delivery, oldest first")
+    listing.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    dead = actions.add_parser("dead", help="dead letters with the reason DevLake refused them")
+    dead.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    requeue = actions.add_parser("requeue", help="move dead letters back to the outbox")
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="dead-letter id (see 'outbox dead')")
+    which.add_argument("--all", action="store_true", help="requeue every dead letter")
+    drop = actions.add_parser("drop", help="delete an outbox entry or a dead letter for good")
+    drop.add_argument("id", help="entry id (see 'outbox list' or 'outbox dead')")
+    for action in actions.choices.values():
+        # ``outbox list --config FILE`` works as well as ``outbox --config FILE list``.
+        action.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
+                            help="configuration file")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    redis_config = config.settings.storage.redis
+    return asyncio.run(_run(args, connect(redis_config), Keys(redis_config.key_prefix),
+                            redis_config.display_url()))
+
+
+async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys, where: str) -> int:
+    try:
+        action = args.action
+        if action == "stats":
+            print(format_stats(await outbox.outbox_stats(redis, keys), where))
+        elif action == "list":
+            items = await outbox.read_stream(redis, keys.outbox_stream, args.limit)
+            total = await redis.xlen(keys.outbox_stream)
+            print(format_outbox(items, total))
+        elif action == "dead":
+            items = await outbox.read_stream(redis, keys.dead_stream, args.limit)
+            total = await redis.xlen(keys.dead_stream)
+            print(format_dead(items, total))
+        elif action == "requeue":
+            return await _requeue(args, redis, keys)
+        elif action == "drop":
+            stream = await outbox.drop(redis, keys, args.id)
+            where_from = "the outbox" if stream == "outbox" else "the dead letters"
+            print(f"dropped {args.id} from {where_from}")
+        return 0
+    except outbox.RepairError as exc:
+        print(f"doraforwarder outbox: {exc}")
+        return 1
+    except aioredis.ConnectionError as exc:
+        print(f"doraforwarder outbox: cannot reach Redis at {where}: {exc}")
+        return 1
+    finally:
+        await redis.aclose()
+
+
+async def _requeue(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys) -> int:
+    if not args.all:
+        new_id = await outbox.requeue(redis, keys, args.id)
+        print(f"requeued {args.id} as outbox entry {new_id}")
+        return 0
+    moved, errors = await outbox.requeue_all(redis, keys)
+    for dead_id, new_id in moved:
+        print(f"requeued {dead_id} as outbox entry {new_id}")
+    for error in errors:
+        print(f"skipped: {error}")
+    print(f"{len(moved)} requeued, {len(errors)} skipped")
+    return 1 if errors else 0
+
+
+# --- rendering (pure) --------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) if rows else len(headers[i])
+              for i in range(len(headers))]
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(widths[i]) if i < len(row) - 1 else cell
+                 for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+
+
+def _describe(item: outbox.StreamItem) -> tuple[str, str, str]:
+    entry = item.entry
+    if entry is None:
+        return "?", "(unreadable)", item.error or ""
+    target = entry.target.key if entry.target.team == "global" \
+        else f"{entry.target.key} ({entry.target.team})"
+    return entry.kind, target, entry.record_id
+
+
+def format_stats(stats: outbox.OutboxStats, where: str) -> str:
+    lines = [
+        f"redis:          {where}",
+        f"outbox:         {stats.outbox} entries waiting for DevLake "
+        f"({stats.pending} being delivered or retried)",
+        f"oldest entry:   {age(stats.oldest_age_seconds)}",
+        f"dead letters:   {stats.dead}",
+    ]
+    if stats.by_kind:
+        lines.append("by kind:        " + ", ".join(
+            f"{kind}={count}" for kind, count in sorted(stats.by_kind.items())))
+    if stats.by_target:
+        lines += ["", table(["TARGET", "WAITING"],
+                            [[t, str(n)] for t, n in sorted(stats.by_target.items())])]
+    if stats.consumers:
+        lines += ["", table(["CONSUMER", "HOLDING"],
+                            [[c, str(n)] for c, n in sorted(stats.consumers.items())])]
+    if stats.dead_by_reason:
+        lines += ["", table(["DEAD REASON", "COUNT"],
+                            [[r, str(n)] for r, n in sorted(stats.dead_by_reason.items())])]
+    return "\n".join(lines)
+
+
+def format_outbox(items: Sequence[outbox.StreamItem], total: int) -> str:
+    if not items:
+        return "the outbox is empty: everything was delivered"
+    rows = []
+    for item in items:
+        kind, target, record = _describe(item)
+        order = f"{item.entry.order_key}#{item.seq}" if item.entry and item.entry.order_key \
+            else "-"
+        rows.append([item.id, kind, target, age(item.age_seconds), order, record])
+    text = table(["ID", "KIND", "TARGET", "AGE", "ORDER", "RECORD"], rows)
+    if total > len(items):
+        text += f"\n... {total - len(items)} more (use --limit)"
+    return text
+
+
+def format_dead(items: Sequence[outbox.StreamItem], total: int) -> str:
+    if not items:
+        return "no dead letters"
+    rows = []
+    for item in items:
+        kind, target, record = _describe(item)
+        failed = item.fields.get("failed_at", "")
+        when = age(time.time() - float(failed)) + " ago" if failed else "-"
+        reason = " ".join(item.fields.get("reason", "").split())
+        rows.append([item.id, kind, target, record, item.fields.get("status") or "-", when,
+                     reason[:160]])
+    text = table(["ID", "KIND", "TARGET", "RECORD", "STATUS", "FAILED", "REASON"], rows)
+    if total > len(items):
+        text += f"\n... {total - len(items)} more (use --limit)"
+    text += "\n\nrequeue after fixing the cause: doraforwarder outbox requeue ID | --all"
+    return text

@@ -1,0 +1,152 @@
+"""Answer classification, Retry-After, the httpx client and the fake's contract checks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from doraforwarder.devlake.client import Answer, DevLakeClient, classify, parse_retry_after
+from doraforwarder.testing.fake_devlake import FakeDevLake, parse_devlake_date
+from tests.devlake_support import TOKEN, deployment_entry, deployment_payload, issue_payload
+
+CLASSIFY = [
+    (Answer(200), "ack", "sent"),
+    (Answer(204), "ack", "sent"),
+    (Answer(None, failure="network"), "retry", "network"),
+    (Answer(None, failure="timeout"), "retry", "timeout"),
+    (Answer(408), "retry", "timeout"),
+    (Answer(429), "retry", "rate_limited"),
+    (Answer(500), "retry", "server_error"),
+    (Answer(503), "retry", "server_error"),
+    (Answer(401), "auth", "auth"),
+    (Answer(403), "auth", "auth"),
+    (Answer(400), "dead", "rejected"),
+    (Answer(422), "dead", "rejected"),
+    (Answer(404), "dead", "not_found"),
+    (Answer(405), "dead", "client_error"),
+    (Answer(302), "retry", "unexpected_status"),
+]
+
+
+@pytest.mark.parametrize(("answer", "action", "reason"), CLASSIFY)
+def test_classify(answer: Answer, action: str, reason: str) -> None:
+    verdict = classify(answer)
+    assert (verdict.action, verdict.reason) == (action, reason)
+
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), ("", None), ("7", 7.0), ("0.5", 0.5), ("-3", 0.0), ("soon", None),
+     ("Wed, 01 May 2024 12:00:30 GMT", 30.0), ("Wed, 01 May 2024 11:00:00 GMT", 0.0)],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("2020-01-01T12:00:00+00:00", True), ("2020-01-01T12:00:00+0000", True),
+     ("2020-01-01T12:00:00.123+00:00", True), ("2020-01-01 12:00:00", True),
+     ("2020-01-01T12:00:00Z", True), ("2020-01-01", False), ("yesterday", False)],
+)
+def test_fake_parses_dates_like_devlake(text: str, ok: bool) -> None:
+    assert (parse_devlake_date(text) is not None) == ok
+
+
+@pytest.fixture
+def devlake():
+    with FakeDevLake(token=TOKEN, connections={1: "global", 6: "team"},
+                     projects=["P"]) as fake:
+        yield fake
+
+
+async def post(url: str, body: Any, token: str | None = TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient() as http:
+        return await http.post(url, json=body, headers=headers)
+
+
+ROUTES = [
+    "/api/rest/plugins/webhook/connections/1/deployments",
+    "/api/plugins/webhook/connections/1/deployments",
+    "/api/rest/plugins/webhook/connections/by-name/team/deployments",
+    "/api/plugins/webhook/connections/by-name/team/deployments",
+    "/api/rest/projects/P/deployments",
+]
+
+
+@pytest.mark.parametrize("path", ROUTES)
+async def test_fake_serves_every_deployment_route(devlake: FakeDevLake, path: str) -> None:
+    answer = await post(devlake.url + path, deployment_payload("d1"))
+    assert answer.status_code == 200
+    assert len(devlake.accepted("deployment")) == 1
+
+
+async def test_fake_upserts_and_closes(devlake: FakeDevLake) -> None:
+    base = devlake.url + "/api/rest/plugins/webhook/connections/1"
+    assert (await post(f"{base}/issue/K-1/close", None)).status_code == 404
+    assert (await post(f"{base}/issues", issue_payload("K-1"))).status_code == 200
+    assert (await post(f"{base}/issues", issue_payload("K-1", "DONE"))).status_code == 200
+    assert (await post(f"{base}/issue/K-1/close", None)).status_code == 200
+    issue = devlake.issue(1, "K-1")
+    assert issue is not None and issue["status"] == "DONE" and issue["closed"]
+    assert len(devlake.accepted("issue")) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(deployment_payload("d") | {"deploymentCommits": []}, "deployment_commits is empty"),
+     (deployment_payload("d") | {"environment": "PROD"}, "environment"),
+     (deployment_payload("d") | {"startedDate": "nope"}, "startedDate"),
+     ({k: v for k, v in deployment_payload("d").items() if k != "id"}, "id is required")],
+)
+async def test_fake_refuses_what_devlake_refuses(devlake: FakeDevLake, body: Any,
+                                                 message: str) -> None:
+    answer = await post(devlake.url + ROUTES[0], body)
+    assert answer.status_code == 400
+    assert message in answer.json()["message"]
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 401), ("wrong", 403), (TOKEN, 200)])
+async def test_fake_checks_the_token(devlake: FakeDevLake, token: str | None,
+                                     status: int) -> None:
+    assert (await post(devlake.url + ROUTES[0], deployment_payload("d"), token)).status_code \
+        == status
+
+
+async def test_fake_unknown_connection_and_project_are_404(devlake: FakeDevLake) -> None:
+    assert (await post(devlake.url + "/api/rest/plugins/webhook/connections/9/deployments",
+                       deployment_payload("d"))).status_code == 404
+    assert (await post(devlake.url + "/api/rest/projects/Q/deployments",
+                       deployment_payload("d"))).status_code == 404
+
+
+async def test_client_sends_the_bearer_token_and_reports_failures(devlake: FakeDevLake) -> None:
+    client = DevLakeClient(SecretStr(TOKEN), timeout_seconds=0.2)
+    entry = deployment_entry("d1")
+    url = devlake.url + ROUTES[0]
+    try:
+        assert (await client.deliver(entry, url, entry.payload)).status == 200
+        connection = await client.get(devlake.url + "/api/rest/plugins/webhook/connections/6")
+        assert connection.status == 200 and '"team"' in connection.body
+        devlake.rate_limit_next(1, retry_after=12)
+        limited = await client.deliver(entry, url, entry.payload)
+        assert (limited.status, limited.retry_after) == (429, 12.0)
+        devlake.slow(1.0)
+        timed_out = await client.deliver(entry, url, entry.payload)
+        assert timed_out.status is None and timed_out.failure == "timeout"
+        devlake.slow(0)
+        devlake.stop()
+        refused = await client.deliver(entry, url, entry.payload)
+        assert refused.status is None and refused.failure == "network"
+        assert TOKEN not in (refused.error or "")
+    finally:
+        await client.aclose()
+    assert devlake.posts()[0].authorization == f"Bearer {TOKEN}"

@@ -1,0 +1,184 @@
+"""ResolverPool with a stub resolver and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from doraforwarder import outbox
+from doraforwarder.pipeline import DRY_RUN_TARGET, ResolverPool, read_detected, stage_detected
+from doraforwarder.records import DetectedDeployment, ResolvedCommit
+from doraforwarder.store import DEPLOYMENTS_GROUP
+from tests.devlake_support import (
+    RunningService,
+    commit,
+    detected,
+    devlake_section,
+    eventually,
+    make_context,
+)
+
+TEAMS = [{"name": "build", "project_id": "6", "argocd_components": ["build-service"]},
+         {"name": "dup", "project_id": "6", "argocd_components": ["other"]}]
+
+
+class StubResolver:
+    """Resolves from a table; can fail a number of times first."""
+
+    def __init__(self, commits: dict[str, list[ResolvedCommit]], failures: int = 0) -> None:
+        self.commits = commits
+        self.failures = failures
+        self.calls: list[str] = []
+
+    async def resolve(self, deployment: DetectedDeployment, stop: asyncio.Event
+                      ) -> list[ResolvedCommit]:
+        self.calls.append(deployment.id)
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("github exploded")
+        return self.commits.get(deployment.id, [commit()])
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def detect(redis: aioredis.Redis, context, *deployments: DetectedDeployment) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        for deployment in deployments:
+            stage_detected(pipe, context.keys, deployment)
+        await pipe.execute()
+
+
+async def stream_done(redis: aioredis.Redis, context) -> bool:
+    return await redis.xlen(context.keys.deployments_stream) == 0
+
+
+def test_detected_round_trip() -> None:
+    deployment = detected()
+    assert read_detected({"deployment": deployment.model_dump_json()}) == deployment
+
+
+async def test_stages_one_entry_per_target_and_acknowledges(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS))
+    first, second = detected("build-service", n=1), detected("monitoring", n=2)
+    await detect(redis_client, context, first, second)
+    resolver = StubResolver({})
+    async with RunningService(ResolverPool(context, resolver)):
+        await eventually(lambda: stream_done(redis_client, context))
+        await eventually(lambda: context.metrics.resolve_queue_depth._value.get() == 0)
+    items = await outbox.read_stream(redis_client, context.keys.outbox_stream)
+    routed = sorted((i.entry.record_id, i.entry.target.key) for i in items if i.entry)
+    assert routed == sorted([(first.id, "connection_id:1"), (first.id, "connection_id:6"),
+                             (second.id, "connection_id:1")])
+    payload = items[0].entry.payload
+    assert payload["deploymentCommits"][0]["commitSha"] == "b" * 40
+    info = await redis_client.xpending(context.keys.deployments_stream, DEPLOYMENTS_GROUP)
+    assert info["pending"] == 0
+    assert sorted(resolver.calls) == sorted([first.id, second.id])
+
+
+async def test_no_commits_stages_nothing_and_acknowledges(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake"))
+    deployment = detected()
+    await detect(redis_client, context, deployment)
+    async with RunningService(ResolverPool(context, StubResolver({deployment.id: []}))):
+        await eventually(lambda: stream_done(redis_client, context))
+    assert await redis_client.xlen(context.keys.outbox_stream) == 0
+    assert await redis_client.xlen(context.keys.dead_stream) == 0
+
+
+async def test_invalid_payload_goes_to_dead_letters_per_target(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS))
+    deployment = detected("build-service")
+    broken = ResolvedCommit(repo_url="", sha="c" * 40, author_date=deployment.deployed_at)
+    await detect(redis_client, context, deployment)
+    async with RunningService(ResolverPool(context, StubResolver({deployment.id: [broken]}))):
+        await eventually(lambda: stream_done(redis_client, context))
+    assert await redis_client.xlen(context.keys.outbox_stream) == 0
+    dead = await outbox.read_stream(redis_client, context.keys.dead_stream)
+    assert sorted(d.entry.target.key for d in dead) == ["connection_id:1", "connection_id:6"]
+    assert all(d.fields["reason"].startswith("invalid_payload") and "repo_url" in
+               d.fields["reason"] for d in dead)
+    assert dead[0].entry.payload["deploymentCommits"][0]["repoUrl"] == ""
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_crash_between_resolution_and_staging_is_reclaimed_once(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS),
+                           delivery={"claim_idle": "200ms", "resolvers": 1})
+    deployment = detected("build-service")
+    await detect(redis_client, context, deployment)
+
+    async def crash(_: DetectedDeployment) -> None:
+        raise Crash
+
+    crashed = ResolverPool(context, StubResolver({}), consumer="crashed", after_resolve=crash)
+    with pytest.raises(Crash):
+        await asyncio.wait_for(crashed.run(asyncio.Event()), 10)
+    assert await redis_client.xlen(context.keys.outbox_stream) == 0
+    pending = await redis_client.xpending(context.keys.deployments_stream, DEPLOYMENTS_GROUP)
+    assert pending["pending"] == 1  # left for a reclaim
+
+    async with RunningService(ResolverPool(context, StubResolver({}), consumer="survivor")):
+        await eventually(lambda: stream_done(redis_client, context))
+    items = await outbox.read_stream(redis_client, context.keys.outbox_stream)
+    assert sorted(i.entry.target.key for i in items) == ["connection_id:1", "connection_id:6"]
+
+
+async def test_resolver_failure_leaves_the_entry_for_a_later_retry(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake"),
+                           delivery={"claim_idle": "100ms", "resolvers": 2})
+    deployment = detected()
+    await detect(redis_client, context, deployment)
+    resolver = StubResolver({}, failures=2)
+    async with RunningService(ResolverPool(context, resolver)):
+        await eventually(lambda: stream_done(redis_client, context))
+    assert resolver.calls == [deployment.id] * 3
+    assert await redis_client.xlen(context.keys.outbox_stream) == 1
+
+
+async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake"),
+                           delivery={"claim_idle": "60ms", "resolvers": 3})
+    deployment = detected()
+    await detect(redis_client, context, deployment)
+    release = asyncio.Event()
+
+    class Slow(StubResolver):
+        async def resolve(self, deployment, stop):
+            self.calls.append(deployment.id)
+            await release.wait()
+            return [commit()]
+
+    resolver = Slow({})
+    async with RunningService(ResolverPool(context, resolver)):
+        await eventually(lambda: len(resolver.calls) == 1)
+        await asyncio.sleep(0.4)  # several claim_idle periods: nobody may steal it
+        release.set()
+        await eventually(lambda: stream_done(redis_client, context))
+    assert resolver.calls == [deployment.id]
+    assert await redis_client.xlen(context.keys.outbox_stream) == 1
+
+
+async def test_devlake_disabled_acknowledges_without_resolving(redis_client) -> None:
+    context = make_context(redis_client)
+    await detect(redis_client, context, detected())
+    resolver = StubResolver({})
+    async with RunningService(ResolverPool(context, resolver)):
+        await eventually(lambda: stream_done(redis_client, context))
+    assert resolver.calls == []
+    assert await redis_client.xlen(context.keys.outbox_stream) == 0
+
+
+async def test_dry_run_without_devlake_shows_records_anyway(redis_client) -> None:
+    context = make_context(redis_client, dry_run=True)
+    await detect(redis_client, context, detected())
+    async with RunningService(ResolverPool(context, StubResolver({}))):
+        await eventually(lambda: stream_done(redis_client, context))
+    items = await outbox.read_stream(redis_client, context.keys.outbox_stream)
+    assert [i.entry.target for i in items] == [DRY_RUN_TARGET]
