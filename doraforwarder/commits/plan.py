@@ -1,0 +1,138 @@
+"""Pure decisions of commit resolution: what to look up, and which answer to trust.
+
+No I/O here: the resolver asks these functions what to do with plain data
+(image lists, search candidates, compare page counts) and does the network
+work itself, so every rule is tested with a table of cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from doraforwarder.commits.images import TagMatcher, parse_image
+from doraforwarder.commits.repos import normalize_repo_url
+
+ChangeKind = Literal["first", "changed"]
+
+
+@dataclass(frozen=True)
+class ImageChange:
+    """One image whose commits a deployment shipped.
+
+    ``first``: the image (by name) was not deployed before with a SHA tag, so
+    only ``head`` is new. ``changed``: it was, at ``base``; the commits are
+    ``compare(base...head)``.
+    """
+
+    image: str
+    """The reference without tag and digest."""
+    kind: ChangeKind
+    head: str
+    base: str | None = None
+
+
+def same_commit(a: str, b: str) -> bool:
+    """Two SHAs (either may be abbreviated) naming the same commit."""
+    a, b = a.lower(), b.lower()
+    return a.startswith(b) or b.startswith(a)
+
+
+def plan_image_changes(
+    images: Iterable[str], previous_images: Iterable[str], matcher: TagMatcher
+) -> list[ImageChange]:
+    """The image changes of a deployment, in the order of ``images``.
+
+    Images without a SHA tag contribute nothing; an image whose SHA is the one
+    deployed before contributes nothing; an image deployed before under several
+    SHAs (sidecars of one image at different tags) has no single base, so only
+    its new commit counts. Repeated images are planned once.
+    """
+    previous: dict[str, list[str]] = {}
+    for reference in previous_images:
+        image = parse_image(reference)
+        sha = matcher.sha_of_tag(image.tag) if image else None
+        if image is None or sha is None:
+            continue
+        shas = previous.setdefault(image.name, [])
+        if not any(same_commit(sha, known) for known in shas):
+            shas.append(sha)
+    changes: list[ImageChange] = []
+    seen: set[tuple[str, str]] = set()
+    for reference in images:
+        image = parse_image(reference)
+        sha = matcher.sha_of_tag(image.tag) if image else None
+        if image is None or sha is None or (image.name, sha) in seen:
+            continue
+        seen.add((image.name, sha))
+        before = previous.get(image.name, [])
+        if any(same_commit(sha, old) for old in before):
+            continue
+        if len(before) == 1:
+            changes.append(ImageChange(image.name, "changed", head=sha, base=before[0]))
+        else:
+            changes.append(ImageChange(image.name, "first", head=sha))
+    return changes
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A repository holding a commit, as the commit search answered."""
+
+    repo_url: str
+    sha: str
+    fork: bool = False
+
+
+@dataclass(frozen=True)
+class RepositoryChoice:
+    repo_url: str | None
+    reason: str
+    """Why: ``found``, ``name-match``, ``none`` or ``ambiguous``."""
+
+
+def choose_repository(
+    candidates: Sequence[Candidate], excluded: Iterable[str], image_name: str
+) -> RepositoryChoice:
+    """The one repository a SHA belongs to, or none: never a guess.
+
+    Forks and ``excluded`` repositories (the gitops repositories) are skipped.
+    If several repositories remain (an abbreviated SHA shared by two
+    repositories, or a mirror), the one named like the image's last path
+    segment wins when exactly one is; otherwise the SHA stays unresolved.
+    """
+    skip = {normalize_repo_url(url) for url in excluded}
+    remaining: list[str] = []
+    for candidate in candidates:
+        url = normalize_repo_url(candidate.repo_url)
+        if candidate.fork or url is None or url in skip or url in remaining:
+            continue
+        remaining.append(url)
+    if not remaining:
+        return RepositoryChoice(None, "none")
+    if len(remaining) == 1:
+        return RepositoryChoice(remaining[0], "found")
+    short_name = image_name.rstrip("/").rsplit("/", 1)[-1].lower()
+    named = [url for url in remaining if url.rsplit("/", 1)[-1] == short_name]
+    if len(named) == 1:
+        return RepositoryChoice(named[0], "name-match")
+    return RepositoryChoice(None, "ambiguous")
+
+
+def compare_pages(total: int, keep: int, per_page: int) -> tuple[int, list[int]]:
+    """Which compare pages hold the newest ``keep`` of ``total`` commits.
+
+    Compare lists commits oldest first; a range longer than ``keep`` (the
+    ``github.max_commits`` cap) keeps its newest commits, the deployed head
+    among them. Returns the absolute index of the first kept commit and the
+    1-based page numbers to read.
+    """
+    keep = min(keep, total)
+    first = total - keep
+    if total == 0:
+        return 0, []
+    first_page = first // per_page + 1
+    last_page = math.ceil(total / per_page)
+    return first, list(range(first_page, last_page + 1))

@@ -1,0 +1,344 @@
+"""The commits one deployment shipped: gitops revision plus the image commit ranges.
+
+Rules (ARCHITECTURE.md, "Commits of a deployment"):
+
+- The gitops revision commit of every source is always included (a source
+  whose revision is not a commit, such as a Helm chart version, is skipped).
+- For every image whose tag carries a SHA: deployed before under another SHA
+  -> ``compare(previous...current)``, oldest first, the newest
+  ``github.max_commits`` kept; ``behind``/``diverged`` (rollback, force-push)
+  or a base unknown to the repository -> the current commit only; first
+  deployment of the image -> the current commit; unchanged -> nothing.
+- Repository of a SHA: ``github.image_repositories`` first, else the commit
+  search (cached), skipping forks and the gitops repositories. An unresolvable
+  SHA is dropped with a warning, never attributed to another repository.
+- Commits are deduplicated by (repository, SHA); blacklisted repositories are
+  removed (and never queried).
+
+Deadline: ``deployment.detected_at + github.resolve_timeout``. When it passes
+the deployment is resolved with what is known; a gitops commit whose details
+could not be fetched is still sent, dated at the deployment's start.
+
+Stop: when ``stop`` is set mid-way, :meth:`CommitResolver.resolve` raises
+:class:`asyncio.CancelledError` (nothing partial is returned or cached); the
+caller leaves the deployment queued in Redis and resolves it after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from doraforwarder.commits.cache import CommitCache
+from doraforwarder.commits.github import (
+    Call,
+    CommitInfo,
+    DeadlineExceeded,
+    GitHubClient,
+    GitHubError,
+    NotFound,
+)
+from doraforwarder.commits.images import TagMatcher
+from doraforwarder.commits.plan import (
+    Candidate,
+    ImageChange,
+    choose_repository,
+    plan_image_changes,
+    same_commit,
+)
+from doraforwarder.commits.ratelimit import board_for
+from doraforwarder.commits.repos import (
+    Blacklist,
+    ImageRepositories,
+    normalize_repo_url,
+    owner_and_repo,
+    web_base_of,
+)
+from doraforwarder.context import AppContext
+from doraforwarder.logging import get_logger
+from doraforwarder.records import DetectedDeployment, GitSource, ResolvedCommit
+
+CONCURRENCY = 4
+"""Look-ups of one deployment running at once (gitops sources and images)."""
+T = TypeVar("T")
+_REVISION = re.compile(r"[0-9a-f]{7,40}", re.IGNORECASE)
+
+
+class CommitResolver:
+    """Turns a :class:`DetectedDeployment` into its :class:`ResolvedCommit` list."""
+
+    def __init__(self, context: AppContext, client: httpx.AsyncClient | None = None) -> None:
+        settings = context.settings
+        github = settings.github
+        self.context = context
+        self.web_base = web_base_of(github.api_url)
+        self.matcher = TagMatcher(github.tag_patterns)
+        self.rules = ImageRepositories(github.image_repositories, self.web_base)
+        self.blacklist = Blacklist(settings.argocd.repository_blacklist, self.web_base)
+        self.max_commits = github.max_commits
+        self.resolve_timeout = github.resolve_timeout.total_seconds()
+        self.github = GitHubClient(
+            api_url=github.api_url,
+            token=context.config.secrets.github_token,
+            redis=context.redis,
+            keys=context.keys,
+            metrics=context.metrics,
+            readiness=context.readiness,
+            client=client,
+            timeout=github.timeout_seconds,
+            backoff_base=settings.delivery.initial_backoff.total_seconds(),
+            backoff_cap=settings.delivery.max_backoff.total_seconds(),
+        )
+        self.cache = CommitCache(
+            context.redis, context.keys, context.metrics,
+            positive_ttl=github.search_cache_ttl, negative_ttl=github.negative_cache_ttl,
+        )
+        self.log = get_logger("github")
+        for repo in self.rules.invalid:
+            self.log.error("github.image_repositories: not a repository URL, rule ignored",
+                           repo=repo)
+        board = board_for(context.metrics)
+        if context.config.secrets.github_token is None and not board.announced_unauthenticated:
+            board.announced_unauthenticated = True
+            self.log.warning(
+                "GITHUB_TOKEN is not set: GitHub is queried unauthenticated "
+                "(60 requests an hour, public repositories only)",
+                api_url=github.api_url,
+            )
+
+    async def aclose(self) -> None:
+        await self.github.aclose()
+
+    async def resolve(
+        self, deployment: DetectedDeployment, stop: asyncio.Event
+    ) -> list[ResolvedCommit]:
+        """The commits of ``deployment``; raises CancelledError once ``stop`` is set."""
+        result_key = _result_key(deployment)
+        cached = await self.cache.resolved(result_key)
+        if cached is not None:
+            return cached
+        if not deployment.sources:
+            self.log.warning("deployment has no gitops source: no gitops commit",
+                             deployment=deployment.id)
+        call = Call(deadline=deployment.detected_at.timestamp() + self.resolve_timeout,
+                    stop=stop)
+        run = _Resolution(self, deployment, call)
+        commits = await run.commits()
+        if stop.is_set():
+            raise asyncio.CancelledError("stopping")
+        await self.cache.store_resolved(result_key, commits)
+        self.log.info("deployment commits resolved", deployment=deployment.id,
+                      commits=len(commits), images_changed=run.changes)
+        return commits
+
+
+def _result_key(deployment: DetectedDeployment) -> str:
+    """The id plus a digest of every input, so a corrected redelivery is resolved anew."""
+    inputs = json.dumps([[s.repo_url, s.revision] for s in deployment.sources]
+                        + [deployment.images, deployment.previous_images])
+    return f"{deployment.id}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
+
+
+class _Resolution:
+    """The work of one :meth:`CommitResolver.resolve` call."""
+
+    def __init__(self, resolver: CommitResolver, deployment: DetectedDeployment,
+                 call: Call) -> None:
+        self.r = resolver
+        self.deployment = deployment
+        self.call = call
+        self.log = resolver.log.bind(deployment=deployment.id)
+        self.gitops_repos = [url for url in (normalize_repo_url(s.repo_url, resolver.web_base)
+                                             for s in deployment.sources) if url]
+        self._shared: dict[tuple[str, ...], asyncio.Task[Any]] = {}
+        """Look-ups in flight, so two images of one commit cost one request."""
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self.changes = 0
+
+    async def commits(self) -> list[ResolvedCommit]:
+        units: list[Awaitable[list[ResolvedCommit]]] = [
+            self._gitops_commit(source) for source in self.deployment.sources
+        ]
+        changes = plan_image_changes(self.deployment.images, self.deployment.previous_images,
+                                     self.r.matcher)
+        self.changes = len(changes)
+        units += [self._image_commits(change) for change in changes]
+        tasks = [asyncio.ensure_future(self._limited(unit)) for unit in units]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for task in [*tasks, *self._shared.values()]:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: an error was already handled by its users
+        return self._finish([commit for result in results for commit in result])
+
+    async def _limited(self, unit: Awaitable[list[ResolvedCommit]]) -> list[ResolvedCommit]:
+        async with self._slots:
+            return await unit
+
+    def _finish(self, commits: list[ResolvedCommit]) -> list[ResolvedCommit]:
+        kept: list[ResolvedCommit] = []
+        for commit in commits:
+            if commit.repo_url in self.r.blacklist:
+                continue
+            if any(k.repo_url == commit.repo_url and same_commit(k.sha, commit.sha)
+                   for k in kept):
+                continue
+            kept.append(commit)
+        return kept
+
+    # --- gitops ----------------------------------------------------------------------------
+    async def _gitops_commit(self, source: GitSource) -> list[ResolvedCommit]:
+        revision = source.revision.strip().lower()
+        if not _REVISION.fullmatch(revision):
+            self.log.info("gitops revision is not a commit, not sent as one",
+                          repo=source.repo_url, revision=source.revision)
+            return []
+        repo = normalize_repo_url(source.repo_url, self.r.web_base)
+        if repo is None:
+            self.log.warning("gitops source has no usable repository URL",
+                             repo=source.repo_url, revision=revision)
+            return []
+        if repo in self.r.blacklist:
+            return []
+        problem: str
+        where = owner_and_repo(repo, self.r.web_base)
+        if where is None:
+            problem = "repository is not on the configured GitHub"
+        else:
+            try:
+                info = await self._details(repo, where, revision)
+                return [self._resolved(repo, info)]
+            except DeadlineExceeded:
+                problem = "github.resolve_timeout reached"
+            except GitHubError as exc:
+                problem = str(exc)
+        self.log.warning("gitops commit details unavailable: sent with the deployment start "
+                         "as its date and no message", repo=repo, sha=revision, reason=problem)
+        return [ResolvedCommit(repo_url=repo, sha=revision, message="",
+                               author_date=self.deployment.started_at,
+                               url=f"{repo}/commit/{revision}")]
+
+    # --- images -------------------------------------------------------------------------------
+    async def _image_commits(self, change: ImageChange) -> list[ResolvedCommit]:
+        context = {"image": change.image, "sha": change.head}
+        try:
+            repo = await self._repository_of(change)
+            if repo is None:
+                return []
+            if repo in self.r.blacklist:
+                return []
+            where = owner_and_repo(repo, self.r.web_base)
+            if where is None:
+                self._unresolved("not_github", "repository is not on the configured GitHub",
+                                 repo=repo, **context)
+                return []
+            if change.kind == "changed" and change.base is not None:
+                ranged = await self._range(repo, where, change)
+                if ranged is not None:
+                    return ranged
+            info = await self._details(repo, where, change.head)
+            return [self._resolved(repo, info)]
+        except NotFound as exc:
+            self._unresolved("not_found", "commit not found in its repository", error=str(exc),
+                             **context)
+        except DeadlineExceeded:
+            self._unresolved("timeout", "github.resolve_timeout reached before the commit "
+                             "was resolved", **context)
+        except GitHubError as exc:
+            self._unresolved("error", "GitHub refused the look-up", error=str(exc), **context)
+        return []
+
+    async def _range(self, repo: str, where: tuple[str, str],
+                     change: ImageChange) -> list[ResolvedCommit] | None:
+        """The commits of ``base...head``; None when only the head commit should count."""
+        assert change.base is not None
+        owner, name = where
+        try:
+            result = await self.r.github.compare(owner, name, change.base, change.head,
+                                                 self.r.max_commits, self.call)
+        except NotFound:
+            self.log.info("previous image commit unknown to the repository: current commit "
+                          "only", repo=repo, base=change.base, head=change.head)
+            return None
+        if result.status == "identical":
+            return []
+        if result.status != "ahead":
+            self.log.info("image went back or sideways: current commit only", repo=repo,
+                          status=result.status, base=change.base, head=change.head)
+            return None
+        if result.truncated:
+            self.r.context.metrics.commits_truncated.inc()
+            self.log.warning("commit range longer than github.max_commits: newest kept",
+                             repo=repo, base=change.base, head=change.head,
+                             total=result.total, kept=len(result.commits))
+        for info in result.commits:
+            await self.r.cache.store_commit(repo, info)
+        return [self._resolved(repo, info) for info in result.commits]
+
+    async def _repository_of(self, change: ImageChange) -> str | None:
+        ruled = self.r.rules.repository_of(change.image)
+        if ruled is not None:
+            return ruled
+        candidates = await self._once(("search", change.head), lambda: self._search(change.head))
+        choice = choose_repository(candidates, self.gitops_repos, change.image)
+        if choice.repo_url is None:
+            reason = "ambiguous" if choice.reason == "ambiguous" else "no_repository"
+            self._unresolved(reason, "no single repository holds this commit"
+                             if reason == "ambiguous" else "no repository found for this commit",
+                             image=change.image, sha=change.head,
+                             candidates=sorted({c.repo_url for c in candidates}))
+        elif choice.reason == "name-match":
+            self.log.info("commit found in several repositories: the one named like the "
+                          "image chosen", image=change.image, sha=change.head,
+                          repo=choice.repo_url)
+        return choice.repo_url
+
+    async def _search(self, sha: str) -> list[Candidate]:
+        cached = await self.r.cache.candidates(sha)
+        if cached is not None:
+            return cached
+        candidates = await self.r.github.search_commit(sha, self.call)
+        await self.r.cache.store_candidates(sha, candidates)
+        return candidates
+
+    async def _once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
+        task = self._shared.get(key)
+        if task is None:
+            task = asyncio.ensure_future(work())
+            self._shared[key] = task
+        result: T = await asyncio.shield(task)
+        return result
+
+    async def _details(self, repo: str, where: tuple[str, str], sha: str) -> CommitInfo:
+        return await self._once(("commit", repo, sha.lower()),
+                                lambda: self._fetch_details(repo, where, sha))
+
+    async def _fetch_details(self, repo: str, where: tuple[str, str], sha: str) -> CommitInfo:
+        cached = await self.r.cache.commit(repo, sha)
+        if cached is not None:
+            return cached
+        info = await self.r.github.commit(where[0], where[1], sha, self.call)
+        await self.r.cache.store_commit(repo, info, sha)
+        return info
+
+    def _resolved(self, repo: str, info: CommitInfo) -> ResolvedCommit:
+        date = info.author_date
+        if date is None:
+            self.log.warning("commit has no date: the deployment start is used", repo=repo,
+                             sha=info.sha)
+            date = self.deployment.started_at
+        return ResolvedCommit(repo_url=repo, sha=info.sha, message=info.message,
+                              author_date=date, url=info.url or f"{repo}/commit/{info.sha}")
+
+    def _unresolved(self, reason: str, event: str, **context: Any) -> None:
+        self.r.context.metrics.commits_unresolved.labels(reason).inc()
+        self.log.warning(f"image commit dropped: {event}", **context)
