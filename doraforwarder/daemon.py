@@ -18,6 +18,8 @@ import contextlib
 import signal
 from collections.abc import Callable, Sequence
 
+import redis.asyncio as aioredis
+
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext, Service
@@ -86,11 +88,13 @@ class Daemon:
         *,
         dry_run: bool = False,
         services_factory: ServicesFactory = build_services,
+        redis: aioredis.Redis | None = None,
     ) -> None:
+        """``redis`` replaces the configured connection (the demo's embedded store)."""
         settings = config.settings
         self.context = AppContext(
             config=config,
-            redis=connect(settings.storage.redis),
+            redis=redis if redis is not None else connect(settings.storage.redis),
             keys=Keys(settings.storage.redis.key_prefix),
             dry_run=dry_run,
         )

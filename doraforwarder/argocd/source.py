@@ -1,17 +1,313 @@
-"""Placeholder until issue 3 lands: a service that starts, does nothing, stops."""
+"""The ArgoCD source: watch Applications, decide deployments, stage them in Redis.
+
+Wiring of the parts: one :class:`~doraforwarder.argocd.watcher.ApplicationWatcher`
+thread per scope feeds the :class:`~doraforwarder.argocd.intake.Intake` (no-ops
+end there), which queues changed apps on ordered :class:`~doraforwarder.argocd.lanes.Lanes`;
+each lane decides (:mod:`~doraforwarder.argocd.detect`) and commits
+(:mod:`~doraforwarder.argocd.persist`) one app event at a time. A sweeper
+re-decides apps whose pending sync reached its deadline and keeps ``/readyz``
+honest about namespaces that cannot be watched.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 
+from kubernetes.client import CustomObjectsApi
+from redis.exceptions import RedisError
+
+from doraforwarder.argocd.detect import Decision, decide, mark_deleted
+from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
+from doraforwarder.argocd.kube import build_api_client
+from doraforwarder.argocd.lanes import Lanes
+from doraforwarder.argocd.model import AppView
+from doraforwarder.argocd.persist import Committed, Decide, commit_decision
+from doraforwarder.argocd.state import AppState
+from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
+from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
+from doraforwarder.logging import get_logger
+
+log = get_logger("argocd")
+
+READINESS = "argocd"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ArgoCDSource:
+    """Service: follows Application syncs and stages detected deployments."""
+
     name = "argocd"
 
-    def __init__(self, context: AppContext) -> None:
+    def __init__(
+        self,
+        context: AppContext,
+        *,
+        clock: Clock = utc_now,
+        timing: WatchTiming | None = None,
+        sweep_interval: float = 5.0,
+        unwatched_grace: float = 120.0,
+        redis_retry: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
         self.context = context
+        self.config = context.settings.argocd
+        self.clock = clock
+        self.timing = timing or WatchTiming(watch_timeout=self.config.watch_timeout.total_seconds())
+        self.sweep_interval = sweep_interval
+        self.unwatched_grace = unwatched_grace
+        self.redis_retry = redis_retry
+        self.watchers: list[ApplicationWatcher] = []
+        self.intake: Intake | None = None
+        self._lanes: Lanes[Job] | None = None
+        self._views: dict[str, AppView] = {}
+        """Last view of apps with a pending sync (what a deadline re-decides from)."""
+        self._deadlines: dict[str, datetime] = {}
+        self._pending_counts: dict[str, int] = {}
+        self._listed: set[str] = set()
+        self._stop = asyncio.Event()
 
+    @property
+    def scopes(self) -> list[WatchScope]:
+        if self.config.all_namespaces:
+            return [WatchScope(None)]
+        return [WatchScope(namespace) for namespace in self.config.namespaces]
+
+    # --- lifecycle ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
+        self._stop = stop
+        readiness = self.context.readiness
+        readiness.require(READINESS, "initial list not done")
+        try:
+            api_client = await asyncio.to_thread(build_api_client, self.config)
+        except Exception as exc:
+            readiness.not_ready(READINESS, f"no Kubernetes API access: {type(exc).__name__}: {exc}")
+            log.error(
+                "no Kubernetes API access",
+                error=f"{type(exc).__name__}: {exc}",
+                kubeconfig=self.config.kubeconfig,
+                context=self.config.context,
+            )
+            raise
+        loop = asyncio.get_running_loop()
+        metrics = self.context.metrics
+        lanes: Lanes[Job] = Lanes(
+            self.config.workers,
+            self.config.queue_size,
+            self._handle,
+            on_depth=metrics.lane_queue_depth.set,
+        )
+        self._lanes = lanes
+        intake = Intake(
+            lanes.submit_from_thread,
+            metrics,
+            lambda scope, present: _call_soon(loop, self._on_listed, scope, present),
+        )
+        self.intake = intake
+        self.context.status.watched_namespaces = [scope.label for scope in self.scopes]
+        thread_stop = threading.Event()
+        api = CustomObjectsApi(api_client)
+        self.watchers = [
+            ApplicationWatcher(api, scope, intake, metrics, thread_stop, self.timing)
+            for scope in self.scopes
+        ]
+        lanes_stop = asyncio.Event()
+        lanes_task = asyncio.create_task(lanes.run(lanes_stop), name="argocd-lanes")
+        await asyncio.sleep(0)  # the lanes bind to this loop before threads submit
+        threads = [
+            threading.Thread(
+                target=watcher.run, name=f"argocd-watch-{watcher.scope.label}", daemon=True
+            )
+            for watcher in self.watchers
+        ]
+        for thread in threads:
+            thread.start()
+        sweeper = asyncio.create_task(self._sweep(stop), name="argocd-sweeper")
+        log.info(
+            "watching applications",
+            namespaces=[s.label for s in self.scopes],
+            workers=self.config.workers,
+        )
+        try:
+            await stop.wait()
+        finally:
+            thread_stop.set()
+            for watcher in self.watchers:
+                watcher.interrupt()
+            lanes_stop.set()
+            sweeper.cancel()
+            await asyncio.gather(lanes_task, sweeper, return_exceptions=True)
+            await asyncio.to_thread(_join, threads, 5.0)
+            await asyncio.to_thread(api_client.close)
+
+    def _on_listed(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
+        first = scope.label not in self._listed
+        self._listed.add(scope.label)
+        self._update_readiness()
+        self.context.status.apps_tracked = self.intake.apps_tracked if self.intake else 0
+        if first:
+            asyncio.get_running_loop().create_task(self._forget_vanished(scope, present))
+
+    def _update_readiness(self) -> None:
+        now = time.monotonic()
+        for watcher in self.watchers:
+            since = watcher.failing_since
+            if since is not None and now - since > self.unwatched_grace:
+                self.context.readiness.not_ready(
+                    READINESS,
+                    f"namespace {watcher.scope.label} not watched for {int(now - since)}s "
+                    f"({watcher.last_error})",
+                )
+                return
+        missing = [s.label for s in self.scopes if s.label not in self._listed]
+        if missing:
+            self.context.readiness.not_ready(
+                READINESS, f"initial list not done: {', '.join(missing)}"
+            )
+        else:
+            self.context.readiness.ready(READINESS)
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        """Deadlines of pending syncs, and readiness of the watches."""
+        while not await wait_or_stop(stop, self.sweep_interval):
+            await self.recheck_due()
+            self._update_readiness()
+            self.context.status.apps_tracked = self.intake.apps_tracked if self.intake else 0
+
+    async def drained(self) -> None:
+        """Wait until every event queued so far is decided (tests, benchmarks)."""
+        if self._lanes is not None:
+            await self._lanes.join()
+
+    def caught_up(self, resource_version: int) -> bool:
+        """Whether every watcher handed over all events up to ``resource_version``."""
+        return bool(self.watchers) and all(
+            watcher.resource_version is not None
+            and int(watcher.resource_version) >= resource_version
+            for watcher in self.watchers
+        )
+
+    async def recheck_due(self) -> int:
+        """Queue a re-decision for every app whose pending deadline passed; returns how many."""
+        if self._lanes is None:
+            return 0
+        now = self.clock()
+        due = [key for key, deadline in self._deadlines.items() if deadline <= now]
+        for key in due:
+            self._deadlines.pop(key, None)
+            namespace, name = key.split("/", 1)
+            await self._lanes.submit(key, Recheck(namespace, name))
+        return len(due)
+
+    async def _forget_vanished(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
+        """Apps with state in Redis but deleted while the daemon was down: start their TTL."""
+        prefix = self.context.keys.app_state_pattern()[:-1]
+        try:
+            async for key in self.context.redis.scan_iter(match=f"{prefix}*", count=500):
+                namespace, _, name = str(key)[len(prefix) :].partition("/")
+                if name and scope.contains(namespace) and (namespace, name) not in present:
+                    assert self._lanes is not None
+                    await self._lanes.submit(f"{namespace}/{name}", Deleted(namespace, name))
+        except RedisError as exc:
+            log.warning("could not scan stored application states", error=str(exc))
+
+    # --- decisions ------------------------------------------------------------------
+    async def _handle(self, job: Job) -> None:
+        now = self.clock()
+        if isinstance(job, Observed):
+            view: AppView | None = job.view
+            namespace, name = job.view.namespace, job.view.name
+        else:
+            namespace, name = job.namespace, job.name
+            view = self._views.get(job.key) if isinstance(job, Recheck) else None
+            if isinstance(job, Recheck) and view is None:
+                return
+        decide_fn: Decide
+        if view is None:
+
+            def decide_fn(stored: AppState | None) -> Decision:
+                return mark_deleted(stored, now)
+        else:
+            current = view
+
+            def decide_fn(stored: AppState | None) -> Decision:
+                return decide(current, stored, self.config, now)
+
+        committed = await self._commit(namespace, name, decide_fn)
+        if committed is not None:
+            self._after(job.key, view, committed)
+
+    async def _commit(self, namespace: str, name: str, decide_fn: Decide) -> Committed | None:
+        backoff = Backoff(*self.redis_retry)
+        while not self._stop.is_set():
+            try:
+                return await commit_decision(
+                    self.context.redis, self.context.keys, self.config, namespace, name, decide_fn
+                )
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                self.context.metrics.redis_errors.labels("argocd_decision").inc()
+                log.warning(
+                    "redis unavailable, decision retried",
+                    app=f"{namespace}/{name}",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(delay, 3),
+                )
+                await wait_or_stop(self._stop, delay)
+        return None
+
+    def _after(self, key: str, view: AppView | None, committed: Committed) -> None:
+        metrics = self.context.metrics
+        decision = committed.decision
+        state = decision.state
+        if state is not None and state.pending and view is not None:
+            self._views[key] = view
+            deadline = state.next_deadline
+            if deadline is not None:
+                self._deadlines[key] = deadline
+            self._pending_counts[key] = len(state.pending)
+        else:
+            self._views.pop(key, None)
+            self._deadlines.pop(key, None)
+            self._pending_counts.pop(key, None)
+        metrics.deployments_pending.set(sum(self._pending_counts.values()))
+        for deployment in committed.staged:
+            metrics.deployments_detected.labels(deployment.result).inc()
+            log.info(
+                "deployment detected",
+                id=deployment.id,
+                app=deployment.app,
+                component=deployment.component,
+                cluster=deployment.cluster,
+                result=deployment.result,
+                revision=deployment.revision,
+                history_id=deployment.history_id,
+                why=deployment.message,
+            )
+        for reason in committed.dedupe_reasons:
+            log.info("deployment deduplicated", app=key, reason=reason)
+        if decision.reasons:
+            log.debug(
+                "application decided",
+                app=key,
+                reasons=decision.reasons,
+                conflicts=committed.conflicts,
+            )
+        metrics.mark_success("argocd")
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
+    loop.call_soon_threadsafe(fn, *args)
+
+
+def _join(threads: list[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))

@@ -2,6 +2,6 @@
 
 from types import ModuleType
 
-from doraforwarder.commands import check_config, outbox, run, version
+from doraforwarder.commands import check_config, demo, doctor, outbox, run, version
 
-COMMANDS: list[ModuleType] = [run, check_config, outbox, version]
+COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, outbox, version]

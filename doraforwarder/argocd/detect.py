@@ -1,0 +1,482 @@
+"""The deployment decision: (Application view, stored state, settings, now) -> records.
+
+Pure: no I/O, no clock, no randomness, so every rule below is a table test.
+
+- First sight of an app records a baseline and emits nothing (no flood on
+  the first start); a sync caught while still running is the exception: it is
+  followed to its end.
+- Every history id above the stored one is a *candidate*. ArgoCD appends the
+  entry while the operation is still Running, before the app is Synced,
+  before ``summary.images`` shows the new images and before health reflects
+  the new pods, so a candidate is decided only from a *settled* state: the
+  operation Succeeded with ``finishedAt``, sync Synced, and a comparison ran
+  after it finished (``reconciledAt >= finishedAt``).
+- Settled health Healthy/Unknown -> SUCCESS, Degraded -> FAILURE, anything
+  else waits until ``argocd.health_timeout`` and then takes
+  ``argocd.unsettled_result``. A candidate superseded by a newer entry before
+  it settled is still a deployment (result ``unsettled_result``), with the
+  images known for it.
+- A Failed/Error operation with a ``finishedAt`` not seen before is a FAILURE
+  attempt; it does not move the baseline (commit ranges stay anchored on what
+  really runs).
+- A sync of the revision and images already deployed changed nothing: the
+  state advances, nothing is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from doraforwarder.argocd.identity import Identity, Skip, resolve_identity
+from doraforwarder.argocd.model import FAILED_PHASES, AppView, HistoryEntry, git_sources
+from doraforwarder.argocd.state import AppState, Baseline, PendingSync
+from doraforwarder.config import ArgoCDConfig
+from doraforwarder.records import DetectedDeployment, GitSource, Result
+
+SETTLED_SUCCESS = frozenset({"Healthy", "Unknown"})
+SETTLED_FAILURE = frozenset({"Degraded"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new state (None: forget the app) and the deployments it produces."""
+
+    state: AppState | None
+    deployments: list[DetectedDeployment] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    changed: bool = False
+    """Whether ``state`` differs from the stored one (else nothing is written)."""
+
+
+# --- ids and dedupe -----------------------------------------------------------------
+
+
+def deployment_id(
+    component: str,
+    revision: str,
+    deployed_at: datetime,
+    *,
+    cluster: str | None = None,
+    failed: bool = False,
+) -> str:
+    """``<component>:<revision>:<epoch>[:<cluster>][:failed]``: deterministic, so resends upsert."""
+    parts = [component, revision, str(int(deployed_at.timestamp()))]
+    if cluster is not None:
+        parts.append(cluster)
+    if failed:
+        parts.append("failed")
+    return ":".join(parts)
+
+
+def dedupe_key(
+    component: str, revision: str, *, cluster: str | None = None, failed: bool = False
+) -> str:
+    """The scope inside which one deployment of a revision is enough.
+
+    Scope ``component`` (the reference behaviour): one per component+revision
+    whatever the cluster; scope ``cluster``: pass ``cluster`` for one per cluster.
+    Failed attempts have their own scope, so a failure never hides a success.
+    """
+    parts = [component, revision]
+    if cluster is not None:
+        parts.append(cluster)
+    if failed:
+        parts.append("failed")
+    return ":".join(parts)
+
+
+def scope_cluster(config: ArgoCDConfig, cluster: str) -> str | None:
+    return cluster if config.dedupe_scope == "cluster" else None
+
+
+def deployment_dedupe_key(deployment: DetectedDeployment, config: ArgoCDConfig) -> str:
+    return dedupe_key(
+        deployment.component,
+        deployment.revision,
+        cluster=scope_cluster(config, deployment.cluster),
+        failed=deployment.history_id is None,
+    )
+
+
+@dataclass(frozen=True)
+class DedupeOutcome:
+    kept: list[DetectedDeployment]
+    claims: dict[str, str]
+    """Dedupe scope key -> claim value to write (with TTL = ``argocd.dedupe_window``)."""
+    reasons: list[str]
+
+
+def claim_value(app: str, deployment_id_: str) -> str:
+    return f"{app} {deployment_id_}"
+
+
+def apply_dedupe(
+    deployments: list[DetectedDeployment],
+    holders: Mapping[str, str | None],
+    config: ArgoCDConfig,
+) -> DedupeOutcome:
+    """Drop deployments whose scope another app already claimed within the window.
+
+    ``holders`` maps each scope key to its current claim (``"<app> <id>"``) or
+    None. The same app deploying a revision again (a rollback, a re-sync that
+    changed images) is a new deployment; another app (another cluster) with
+    the same component+revision inside the window is the same deployment.
+    """
+    current = dict(holders)
+    kept: list[DetectedDeployment] = []
+    claims: dict[str, str] = {}
+    reasons: list[str] = []
+    for deployment in deployments:
+        key = deployment_dedupe_key(deployment, config)
+        holder = current.get(key)
+        holder_app = holder.split(" ", 1)[0] if holder else None
+        if holder_app is not None and holder_app != deployment.app:
+            reasons.append(f"{deployment.id}: duplicate of {holder} (dedupe scope {key})")
+            continue
+        kept.append(deployment)
+        claims[key] = current[key] = claim_value(deployment.app, deployment.id)
+    return DedupeOutcome(kept=kept, claims=claims, reasons=reasons)
+
+
+# --- settled state ------------------------------------------------------------------
+
+
+def is_settled(view: AppView) -> bool:
+    """The last operation succeeded and a comparison after it already ran."""
+    operation = view.operation
+    if operation is None or operation.phase != "Succeeded" or operation.finished_at is None:
+        return False
+    if view.sync_status != "Synced":
+        return False
+    return view.reconciled_at is None or view.reconciled_at >= operation.finished_at
+
+
+def _in_flight(view: AppView, entry: HistoryEntry) -> bool:
+    """Whether the operation that wrote ``entry`` is still running or not compared yet.
+
+    A drifted app (OutOfSync long after its last sync) is *not* in flight:
+    a comparison ran after the operation finished.
+    """
+    operation = view.operation
+    if (
+        operation is None
+        or operation.started_at is None
+        or operation.started_at > entry.deployed_at
+    ):
+        return False
+    if operation.phase == "Running":
+        return True
+    return (
+        operation.phase == "Succeeded"
+        and operation.finished_at is not None
+        and view.reconciled_at is not None
+        and view.reconciled_at < operation.finished_at
+    )
+
+
+# --- the decision -------------------------------------------------------------------
+
+
+def decide(view: AppView, stored: AppState | None, config: ArgoCDConfig, now: datetime) -> Decision:
+    """Advance ``stored`` with what ``view`` shows; return the deployments that completes."""
+    identity = resolve_identity(view, config)
+    if isinstance(identity, Skip):
+        return Decision(
+            state=None, reasons=[f"skipped: {identity.reason}"], changed=stored is not None
+        )
+    if stored is None:
+        return _first_sight(view, config, now)
+    return _follow(view, stored, identity, config, now)
+
+
+def _pending(entry: HistoryEntry, deadline: datetime) -> PendingSync:
+    return PendingSync(
+        history_id=entry.id,
+        revision=entry.revision,
+        revisions=list(entry.revisions),
+        sources=entry.git_sources(),
+        started_at=entry.started_at or entry.deployed_at,
+        deployed_at=entry.deployed_at,
+        deadline=deadline,
+    )
+
+
+def _baseline(entry: HistoryEntry | None, images: tuple[str, ...]) -> Baseline | None:
+    if entry is None:
+        return None
+    return Baseline(
+        history_id=entry.id,
+        revision=entry.revision,
+        sources=entry.git_sources(),
+        images=list(images),
+        deployed_at=entry.deployed_at,
+    )
+
+
+def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision:
+    latest = view.latest
+    operation = view.operation
+    last_failure = (
+        operation.finished_at
+        if operation is not None and operation.phase in FAILED_PHASES
+        else None
+    )
+    in_flight = latest is not None and _in_flight(view, latest)
+    if latest is not None and in_flight:
+        previous = view.history[-2] if len(view.history) > 1 else None
+        state = AppState(
+            uid=view.uid,
+            baseline=_baseline(previous, view.images),
+            last_history_id=latest.id,
+            pending=[_pending(latest, now + config.health_timeout)],
+            last_failure_at=last_failure,
+        )
+        reasons = [f"first sight: sync {latest.id} in progress, following it"]
+        # The running sync may already be settled enough to decide: run the rules once.
+        decision = _follow(view, state, _identity_of(view, config), config, now)
+        return Decision(decision.state, decision.deployments, reasons + decision.reasons, True)
+    state = AppState(
+        uid=view.uid,
+        baseline=_baseline(latest, view.images),
+        last_history_id=latest.id if latest is not None else None,
+        last_failure_at=last_failure,
+    )
+    where = f"history id {latest.id}" if latest is not None else "no history"
+    return Decision(state, [], [f"first sight: baseline at {where}, nothing sent"], True)
+
+
+def _identity_of(view: AppView, config: ArgoCDConfig) -> Identity:
+    identity = resolve_identity(view, config)
+    assert isinstance(identity, Identity)
+    return identity
+
+
+def _follow(
+    view: AppView, stored: AppState, identity: Identity, config: ArgoCDConfig, now: datetime
+) -> Decision:
+    reasons: list[str] = []
+    deployments: list[DetectedDeployment] = []
+    baseline = stored.baseline
+    pending = list(stored.pending)
+    last_history_id = stored.last_history_id
+    last_failure_at = stored.last_failure_at
+    uid = stored.uid
+
+    recreated = bool(stored.uid and view.uid and stored.uid != view.uid)
+    if recreated:
+        reasons.append("application was re-created: its history starts again")
+        uid = view.uid
+        known_until = baseline.deployed_at if baseline is not None else None
+        new_entries = [
+            e for e in view.history if known_until is None or e.deployed_at > known_until
+        ]
+        pending = []
+        # Ids restart with the new object: everything after its current history is new.
+        last_history_id = view.history[-1].id if view.history else -1
+    else:
+        uid = uid or view.uid
+        new_entries = [e for e in view.history if last_history_id is None or e.id > last_history_id]
+    for entry in new_entries:
+        pending.append(_pending(entry, now + config.health_timeout))
+        reasons.append(f"sync {entry.id} ({entry.revision}) seen, waiting for it to settle")
+    if new_entries:
+        last_history_id = new_entries[-1].id
+
+    # Failed attempts: ArgoCD writes no history entry for them.
+    operation = view.operation
+    if (
+        operation is not None
+        and operation.phase in FAILED_PHASES
+        and operation.finished_at is not None
+        and (last_failure_at is None or operation.finished_at > last_failure_at)
+    ):
+        last_failure_at = operation.finished_at
+        deployments.append(_failed_attempt(view, identity, baseline, config, now))
+        reasons.append(f"operation {operation.phase} at {operation.finished_at.isoformat()}")
+
+    latest = view.latest
+    settled = is_settled(view)
+    still_pending: list[PendingSync] = []
+    for candidate in sorted(pending, key=lambda p: p.history_id):
+        is_latest = latest is not None and candidate.history_id == latest.id
+        verdict: Result | None = None
+        images = candidate.images
+        if is_latest and settled:
+            images = list(view.images)
+            health = view.health_status or "Unknown"
+            if health in SETTLED_SUCCESS:
+                verdict = "SUCCESS"
+                why = f"health {health}"
+            elif health in SETTLED_FAILURE:
+                verdict = "FAILURE"
+                why = f"health {health}"
+            elif now >= candidate.deadline:
+                verdict = config.unsettled_result
+                why = f"health still {health} after {config.health_timeout}"
+            else:
+                still_pending.append(candidate.model_copy(update={"images": images}))
+                reasons.append(f"sync {candidate.history_id}: health {health}, waiting")
+                continue
+        elif not is_latest:
+            verdict = config.unsettled_result
+            why = "superseded by a newer sync before it settled"
+        elif now >= candidate.deadline:
+            verdict = config.unsettled_result
+            why = f"operation did not settle within {config.health_timeout}"
+        else:
+            still_pending.append(candidate)
+            continue
+        final_images = images if images is not None else (baseline.images if baseline else [])
+        if (
+            baseline is not None
+            and candidate.revision == baseline.revision
+            and final_images == baseline.images
+        ):
+            reasons.append(
+                f"sync {candidate.history_id}: same revision and images as deployed, nothing sent"
+            )
+        else:
+            deployments.append(
+                _deployment(
+                    view, identity, candidate, verdict, final_images, baseline, config, now, why
+                )
+            )
+            reasons.append(f"sync {candidate.history_id}: {verdict} ({why})")
+        baseline = Baseline(
+            history_id=candidate.history_id,
+            revision=candidate.revision,
+            sources=candidate.sources,
+            images=final_images,
+            deployed_at=candidate.deployed_at,
+        )
+
+    state = AppState(
+        uid=uid,
+        baseline=baseline,
+        last_history_id=last_history_id,
+        pending=still_pending,
+        last_failure_at=last_failure_at,
+        deleted_at=None,
+    )
+    if stored.deleted_at is not None:
+        reasons.append("application is back")
+    return Decision(state, deployments, reasons, changed=state != stored)
+
+
+def mark_deleted(stored: AppState | None, now: datetime) -> Decision:
+    """The Application is gone: keep its state for ``argocd.state_ttl``, send nothing."""
+    if stored is None or stored.deleted_at is not None:
+        return Decision(stored, [], ["deleted: nothing stored"], changed=False)
+    return Decision(stored.model_copy(update={"deleted_at": now}), [], ["deleted"], changed=True)
+
+
+# --- records ------------------------------------------------------------------------
+
+
+def _deployment(
+    view: AppView,
+    identity: Identity,
+    candidate: PendingSync,
+    result: Result,
+    images: list[str],
+    baseline: Baseline | None,
+    config: ArgoCDConfig,
+    now: datetime,
+    why: str,
+) -> DetectedDeployment:
+    return DetectedDeployment(
+        id=deployment_id(
+            identity.component,
+            candidate.revision,
+            candidate.deployed_at,
+            cluster=scope_cluster(config, identity.cluster),
+        ),
+        app_namespace=view.namespace,
+        app_name=view.name,
+        component=identity.component,
+        cluster=identity.cluster,
+        environment=identity.environment,
+        result=result,
+        revision=candidate.revision,
+        sources=candidate.sources,
+        history_id=candidate.history_id,
+        started_at=candidate.started_at,
+        deployed_at=candidate.deployed_at,
+        images=images,
+        previous_images=baseline.images if baseline is not None else [],
+        message=why,
+        detected_at=now,
+    )
+
+
+def _failed_attempt(
+    view: AppView,
+    identity: Identity,
+    baseline: Baseline | None,
+    config: ArgoCDConfig,
+    now: datetime,
+) -> DetectedDeployment:
+    operation = view.operation
+    assert operation is not None and operation.finished_at is not None
+    revisions = operation.revisions or tuple(s.target_revision for s in view.sources)
+    revision = revisions[0] if revisions and revisions[0] else "unknown"
+    sources: list[GitSource] = git_sources(view.sources, revisions)
+    return DetectedDeployment(
+        id=deployment_id(
+            identity.component,
+            revision,
+            operation.finished_at,
+            cluster=scope_cluster(config, identity.cluster),
+            failed=True,
+        ),
+        app_namespace=view.namespace,
+        app_name=view.name,
+        component=identity.component,
+        cluster=identity.cluster,
+        environment=identity.environment,
+        result="FAILURE",
+        revision=revision,
+        sources=sources,
+        history_id=None,
+        started_at=operation.started_at or operation.finished_at,
+        deployed_at=operation.finished_at,
+        images=list(view.images),
+        previous_images=baseline.images if baseline is not None else [],
+        message=operation.message or f"sync operation {operation.phase}",
+        detected_at=now,
+    )
+
+
+def history_deployments(
+    view: AppView, config: ArgoCDConfig, now: datetime
+) -> list[DetectedDeployment]:
+    """Every ``status.history`` entry of one app as a deployment, with the live path's ids.
+
+    For ``backfill``: old entries carry no images (ArgoCD keeps none), so only
+    the latest entry of a settled app gets the current images; the result is
+    SUCCESS except a latest entry whose settled health is Degraded.
+    """
+    identity = resolve_identity(view, config)
+    if isinstance(identity, Skip):
+        return []
+    records: list[DetectedDeployment] = []
+    previous: Baseline | None = None
+    settled = is_settled(view)
+    for entry in view.history:
+        candidate = _pending(entry, entry.deployed_at)
+        is_latest = entry is view.latest
+        images = list(view.images) if is_latest and settled else []
+        result: Result = (
+            "FAILURE"
+            if is_latest and settled and view.health_status in SETTLED_FAILURE
+            else "SUCCESS"
+        )
+        records.append(
+            _deployment(
+                view, identity, candidate, result, images, previous, config, now, "backfill"
+            )
+        )
+        previous = Baseline(history_id=entry.id, revision=entry.revision, images=images)
+    return records

@@ -1,0 +1,178 @@
+"""The watch-thread side of detection: drop no-ops in memory, parse, hand over.
+
+Runs in the watch threads, before anything reaches asyncio. For each object
+it compares a small fingerprint (:func:`~doraforwarder.argocd.model.fingerprint`)
+with the last one handed over for that app: equal means the decision would be
+the same (a refresh), so the event ends here, costing no parse, no Redis
+command and no API request. Anything else is parsed into an
+:class:`~doraforwarder.argocd.model.AppView` and queued on the app's lane;
+malformed objects are skipped with one warning per app and field.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from doraforwarder.argocd.model import (
+    AppView,
+    MalformedApplication,
+    app_key,
+    fingerprint,
+    parse_application,
+)
+from doraforwarder.argocd.watcher import WatchScope
+from doraforwarder.logging import get_logger
+from doraforwarder.metrics import Metrics
+
+log = get_logger("argocd")
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A changed Application to decide."""
+
+    view: AppView
+
+    @property
+    def key(self) -> str:
+        return self.view.key
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return app_key(self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """A pending sync reached its deadline: decide again with the last view."""
+
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return app_key(self.namespace, self.name)
+
+
+Job = Observed | Deleted | Recheck
+Submit = Callable[[str, Job, threading.Event], bool]
+OnListed = Callable[[WatchScope, set[tuple[str, str]]], None]
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def metric_field(field: str) -> str:
+    """``status.history[3].id`` -> ``status.history[].id``: bounded label values."""
+    return _INDEX.sub("[]", field)
+
+
+class Intake:
+    """Implements :class:`~doraforwarder.argocd.watcher.WatchSink` for the source."""
+
+    def __init__(self, submit: Submit, metrics: Metrics, on_listed: OnListed) -> None:
+        self._submit = submit
+        self._metrics = metrics
+        self._on_listed = on_listed
+        self._fingerprints: dict[tuple[Any, Any], tuple[Any, ...] | None] = {}
+        self._warned: dict[tuple[Any, Any], str] = {}
+        self._seen = {
+            kind: metrics.events_seen.labels(kind) for kind in ("ADDED", "MODIFIED", "DELETED")
+        }
+        self._noop = metrics.events_noop
+
+    @property
+    def apps_tracked(self) -> int:
+        return len(self._fingerprints)
+
+    # --- WatchSink ------------------------------------------------------------------
+    def event(self, scope: WatchScope, event_type: str, obj: Any, stop: threading.Event) -> bool:
+        self._seen[event_type].inc()
+        if event_type == "DELETED":
+            return self._deleted(obj, stop)
+        return self._observe(obj, stop)
+
+    def listed(self, scope: WatchScope, objects: list[Any], stop: threading.Event) -> bool:
+        present: set[tuple[str, str]] = set()
+        for obj in objects:
+            key = _raw_key(obj)
+            if key is not None and isinstance(key[0], str) and isinstance(key[1], str):
+                present.add(key)
+            if not self._observe(obj, stop):
+                return False
+        # Deleted while we were not watching (a 410 gap): no DELETED event will come.
+        for key in [
+            k for k in self._fingerprints if isinstance(k[0], str) and scope.contains(k[0])
+        ]:
+            if key not in present:
+                self._fingerprints.pop(key, None)
+                self._warned.pop(key, None)
+                if isinstance(key[1], str) and not self._submit(
+                    app_key(key[0], key[1]), Deleted(key[0], key[1]), stop
+                ):
+                    return False
+        self._metrics.apps_tracked.set(len(self._fingerprints))
+        self._on_listed(scope, present)
+        return True
+
+    # --- internals ------------------------------------------------------------------
+    def _observe(self, obj: Any, stop: threading.Event) -> bool:
+        key = _raw_key(obj)
+        current = fingerprint(obj)
+        if key is not None and current is not None and self._fingerprints.get(key) == current:
+            self._noop.inc()
+            return True
+        try:
+            view = parse_application(obj)
+        except MalformedApplication as exc:
+            self._malformed(key, exc)
+            if key is not None:
+                self._fingerprints[key] = current
+            return True
+        assert key is not None
+        self._warned.pop(key, None)
+        self._fingerprints[key] = current
+        self._metrics.apps_tracked.set(len(self._fingerprints))
+        return self._submit(view.key, Observed(view), stop)
+
+    def _deleted(self, obj: Any, stop: threading.Event) -> bool:
+        key = _raw_key(obj)
+        if key is None or not isinstance(key[0], str) or not isinstance(key[1], str):
+            self._malformed(
+                key, MalformedApplication("<unknown>", "metadata", "has no namespace/name")
+            )
+            return True
+        self._fingerprints.pop(key, None)
+        self._warned.pop(key, None)
+        self._metrics.apps_tracked.set(len(self._fingerprints))
+        return self._submit(app_key(*key), Deleted(*key), stop)
+
+    def _malformed(self, key: tuple[Any, Any] | None, exc: MalformedApplication) -> None:
+        self._metrics.malformed_objects.labels(metric_field(exc.field)).inc()
+        # Objects without a usable name share one slot per field.
+        slot = key if key is not None else ("<unknown>", exc.field)
+        if self._warned.get(slot) == exc.field:
+            return
+        self._warned[slot] = exc.field
+        log.warning(
+            "application skipped: malformed", app=exc.app, field=exc.field, problem=exc.problem
+        )
+
+
+def _raw_key(obj: Any) -> tuple[Any, Any] | None:
+    try:
+        metadata = obj["metadata"]
+        key = (metadata.get("namespace"), metadata.get("name"))
+        hash(key)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return key

@@ -1,0 +1,424 @@
+"""A typed, tolerant view of one ArgoCD Application object.
+
+The watch hands us plain JSON. :func:`parse_application` turns it into an
+:class:`AppView` holding only the fields detection needs, or raises
+:class:`MalformedApplication` naming the application and the *one* field that
+is missing or mistyped, so the watcher can log a single actionable warning and
+carry on with the next object.
+
+:func:`fingerprint` is the cheap twin used on every watch event: a small tuple
+of the raw values detection depends on. Two events with equal fingerprints
+lead to the same decision, so the second one (a refresh, the common case) is
+dropped in memory without parsing, Redis or API calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from doraforwarder.records import GitSource
+
+ANNOTATION_COMPONENT = "doraforwarder.io/component"
+ANNOTATION_CLUSTER = "doraforwarder.io/cluster"
+ANNOTATION_ENVIRONMENT = "doraforwarder.io/environment"
+ANNOTATIONS = (ANNOTATION_COMPONENT, ANNOTATION_CLUSTER, ANNOTATION_ENVIRONMENT)
+
+SYNC_STATUSES = frozenset({"Synced", "OutOfSync", "Unknown"})
+HEALTH_STATUSES = frozenset(
+    {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+)
+OPERATION_PHASES = frozenset({"Running", "Succeeded", "Failed", "Error", "Terminating"})
+FAILED_PHASES = frozenset({"Failed", "Error"})
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Error"})
+ENVIRONMENTS = frozenset({"PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"})
+
+MAX_IMAGES = 500
+"""More images than this is not an application, it is a bug upstream: skip it."""
+MAX_IMAGE_LENGTH = 1024
+MAX_HISTORY = 1000
+
+
+class MalformedApplication(ValueError):
+    """An Application object detection cannot use, naming the field at fault."""
+
+    def __init__(self, app: str, field: str, problem: str) -> None:
+        super().__init__(f"application {app}: field {field} {problem}")
+        self.app = app
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class SourceView:
+    """One entry of ``spec.source`` / ``spec.sources`` (or of a history entry)."""
+
+    repo_url: str
+    path: str = ""
+    target_revision: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One completed sync: ``status.history[]``."""
+
+    id: int
+    revisions: tuple[str, ...]
+    sources: tuple[SourceView, ...]
+    deployed_at: datetime
+    started_at: datetime | None = None
+
+    @property
+    def revision(self) -> str:
+        return self.revisions[0]
+
+    def git_sources(self) -> list[GitSource]:
+        return git_sources(self.sources, self.revisions)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationView:
+    """``status.operationState``: the last (or running) sync operation."""
+
+    phase: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    message: str = ""
+    revisions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppView:
+    """What detection reads from one Application object."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    sources: tuple[SourceView, ...] = ()
+    destination_server: str = ""
+    destination_name: str = ""
+    sync_status: str | None = None
+    health_status: str | None = None
+    history: tuple[HistoryEntry, ...] = ()
+    operation: OperationView | None = None
+    images: tuple[str, ...] = ()
+    reconciled_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return app_key(self.namespace, self.name)
+
+    @property
+    def latest(self) -> HistoryEntry | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def source_path(self) -> str:
+        """The first non-empty source path: what the environment rules look at."""
+        for source in self.sources:
+            if source.path:
+                return source.path
+        return ""
+
+
+def app_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def git_sources(sources: tuple[SourceView, ...], revisions: tuple[str, ...]) -> list[GitSource]:
+    """Pair sources with the revisions deployed from them (by position, as ArgoCD does)."""
+    result = []
+    for index, source in enumerate(sources):
+        revision = revisions[index] if index < len(revisions) else source.target_revision
+        result.append(GitSource(repo_url=source.repo_url, revision=revision, path=source.path))
+    return result
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 as Kubernetes writes it; a naive value is taken as UTC."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class _Reader:
+    """Field accessors that raise :class:`MalformedApplication` with the field path."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+
+    def fail(self, field: str, problem: str) -> MalformedApplication:
+        return MalformedApplication(self.app, field, problem)
+
+    def mapping(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any]:
+        if value is None:
+            if required:
+                raise self.fail(field, "is missing")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(field, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def items(self, value: Any, field: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(field, f"must be a list, got {type(value).__name__}")
+        return value
+
+    def text(self, value: Any, field: str, *, required: bool = False) -> str:
+        if value is None:
+            if required:
+                raise self.fail(field, "is missing")
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a string, got {type(value).__name__}")
+        if required and not value:
+            raise self.fail(field, "is empty")
+        return value
+
+    def choice(self, value: Any, field: str, allowed: frozenset[str]) -> str | None:
+        if value is None:
+            return None
+        text = self.text(value, field)
+        if text not in allowed:
+            raise self.fail(field, f"has unknown value {text[:40]!r}")
+        return text
+
+    def time(self, value: Any, field: str, *, required: bool = False) -> datetime | None:
+        text = self.text(value, field, required=required)
+        if not text:
+            return None
+        try:
+            return parse_time(text)
+        except ValueError:
+            raise self.fail(field, f"is not an RFC 3339 time: {text[:40]!r}") from None
+
+    def revisions(self, entry: dict[str, Any], field: str, *, required: bool) -> tuple[str, ...]:
+        many = entry.get("revisions")
+        if many is not None:
+            values = self.items(many, f"{field}.revisions")
+            if not values and required:
+                raise self.fail(f"{field}.revisions", "is empty")
+            return tuple(
+                self.text(item, f"{field}.revisions[{i}]", required=True)
+                for i, item in enumerate(values)
+            )
+        one = self.text(entry.get("revision"), f"{field}.revision", required=required)
+        return (one,) if one else ()
+
+    def source(self, value: Any, field: str) -> SourceView:
+        data = self.mapping(value, field, required=True)
+        return SourceView(
+            repo_url=self.text(data.get("repoURL"), f"{field}.repoURL", required=True),
+            path=self.text(data.get("path"), f"{field}.path"),
+            target_revision=self.text(data.get("targetRevision"), f"{field}.targetRevision"),
+        )
+
+    def sources(self, holder: dict[str, Any], field: str) -> tuple[SourceView, ...]:
+        if holder.get("sources") is not None:
+            return tuple(
+                self.source(item, f"{field}.sources[{i}]")
+                for i, item in enumerate(self.items(holder["sources"], f"{field}.sources"))
+            )
+        if holder.get("source") is not None:
+            return (self.source(holder["source"], f"{field}.source"),)
+        return ()
+
+
+def _identify(obj: Any) -> tuple[str, str]:
+    """Namespace and name, or the best label we can give a broken object."""
+    if not isinstance(obj, dict):
+        raise MalformedApplication(
+            "<unknown>", "object", f"must be an object, got {type(obj).__name__}"
+        )
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        raise MalformedApplication("<unknown>", "metadata", "is missing or not an object")
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    shown = [part if isinstance(part, str) else "?" for part in (namespace, name)]
+    reader = _Reader("/".join(shown))
+    return reader.text(namespace, "metadata.namespace", required=True), reader.text(
+        name, "metadata.name", required=True
+    )
+
+
+def object_key(obj: Any) -> str:
+    """``namespace/name`` of a raw object (raises :class:`MalformedApplication`)."""
+    namespace, name = _identify(obj)
+    return app_key(namespace, name)
+
+
+def parse_application(obj: Any) -> AppView:
+    """Validate the fields detection uses.
+
+    Raises :class:`MalformedApplication` on the first bad one.
+    """
+    namespace, name = _identify(obj)
+    r = _Reader(app_key(namespace, name))
+    metadata: dict[str, Any] = obj["metadata"]
+    raw_annotations = r.mapping(metadata.get("annotations"), "metadata.annotations")
+    annotations: dict[str, str] = {}
+    for annotation in ANNOTATIONS:
+        if annotation in raw_annotations:
+            field = f"metadata.annotations[{annotation}]"
+            annotations[annotation] = r.text(raw_annotations[annotation], field, required=True)
+    if ANNOTATION_ENVIRONMENT in annotations:
+        r.choice(
+            annotations[ANNOTATION_ENVIRONMENT].upper(),
+            f"metadata.annotations[{ANNOTATION_ENVIRONMENT}]",
+            ENVIRONMENTS,
+        )
+
+    spec = r.mapping(obj.get("spec"), "spec", required=True)
+    sources = r.sources(spec, "spec")
+    if not sources:
+        raise r.fail("spec.source", "is missing (neither spec.source nor spec.sources)")
+    destination = r.mapping(spec.get("destination"), "spec.destination")
+
+    status = r.mapping(obj.get("status"), "status", required=True)
+    sync = r.mapping(status.get("sync"), "status.sync")
+    health = r.mapping(status.get("health"), "status.health")
+    summary = r.mapping(status.get("summary"), "status.summary")
+
+    return AppView(
+        namespace=namespace,
+        name=name,
+        uid=r.text(metadata.get("uid"), "metadata.uid"),
+        resource_version=r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
+        annotations=annotations,
+        sources=sources,
+        destination_server=r.text(destination.get("server"), "spec.destination.server"),
+        destination_name=r.text(destination.get("name"), "spec.destination.name"),
+        sync_status=r.choice(sync.get("status"), "status.sync.status", SYNC_STATUSES),
+        health_status=r.choice(health.get("status"), "status.health.status", HEALTH_STATUSES),
+        history=_history(r, status.get("history"), sources),
+        operation=_operation(r, status.get("operationState")),
+        images=_images(r, summary.get("images")),
+        reconciled_at=r.time(status.get("reconciledAt"), "status.reconciledAt"),
+    )
+
+
+def _history(
+    r: _Reader, value: Any, spec_sources: tuple[SourceView, ...]
+) -> tuple[HistoryEntry, ...]:
+    raw = r.items(value, "status.history")
+    if len(raw) > MAX_HISTORY:
+        raise r.fail("status.history", f"has {len(raw)} entries (more than {MAX_HISTORY})")
+    entries: list[HistoryEntry] = []
+    seen: set[int] = set()
+    for index, item in enumerate(raw):
+        field = f"status.history[{index}]"
+        entry = r.mapping(item, field, required=True)
+        entry_id = entry.get("id")
+        if isinstance(entry_id, bool) or not isinstance(entry_id, int):
+            raise r.fail(
+                f"{field}.id", "must be an integer" if entry_id is not None else "is missing"
+            )
+        if entry_id < 0 or entry_id in seen:
+            raise r.fail(f"{field}.id", f"is negative or repeated ({entry_id})")
+        seen.add(entry_id)
+        sources = r.sources(entry, field) or spec_sources
+        deployed_at = r.time(entry.get("deployedAt"), f"{field}.deployedAt", required=True)
+        assert deployed_at is not None
+        entries.append(
+            HistoryEntry(
+                id=entry_id,
+                revisions=r.revisions(entry, field, required=True),
+                sources=sources,
+                deployed_at=deployed_at,
+                started_at=r.time(entry.get("deployStartedAt"), f"{field}.deployStartedAt"),
+            )
+        )
+    entries.sort(key=lambda e: e.id)
+    return tuple(entries)
+
+
+def _operation(r: _Reader, value: Any) -> OperationView | None:
+    if value is None:
+        return None
+    state = r.mapping(value, "status.operationState")
+    phase = r.choice(state.get("phase"), "status.operationState.phase", OPERATION_PHASES)
+    if phase is None:
+        raise r.fail("status.operationState.phase", "is missing")
+    finished_at = r.time(
+        state.get("finishedAt"),
+        "status.operationState.finishedAt",
+        required=phase in TERMINAL_PHASES,
+    )
+    revisions: tuple[str, ...] = ()
+    operation = r.mapping(state.get("operation"), "status.operationState.operation")
+    sync = r.mapping(operation.get("sync"), "status.operationState.operation.sync")
+    revisions = r.revisions(sync, "status.operationState.operation.sync", required=False)
+    if not revisions:
+        result = r.mapping(state.get("syncResult"), "status.operationState.syncResult")
+        revisions = r.revisions(result, "status.operationState.syncResult", required=False)
+    message = state.get("message")
+    return OperationView(
+        phase=phase,
+        started_at=r.time(state.get("startedAt"), "status.operationState.startedAt"),
+        finished_at=finished_at,
+        message=message if isinstance(message, str) else "",
+        revisions=revisions,
+    )
+
+
+def _images(r: _Reader, value: Any) -> tuple[str, ...]:
+    images = r.items(value, "status.summary.images")
+    if len(images) > MAX_IMAGES:
+        raise r.fail("status.summary.images", f"has {len(images)} entries (more than {MAX_IMAGES})")
+    for index, image in enumerate(images):
+        field = f"status.summary.images[{index}]"
+        r.text(image, field, required=True)
+        if len(image) > MAX_IMAGE_LENGTH or any(c.isspace() for c in image):
+            raise r.fail(field, "is not an image reference")
+    return tuple(images)
+
+
+_NO_FIELDS: dict[str, Any] = {}
+
+
+def fingerprint(obj: Any) -> tuple[Any, ...] | None:
+    """The raw values detection depends on, for the in-memory "nothing to do" check.
+
+    ``reconciledAt`` changes on every refresh, so it is reduced to whether a
+    comparison ran after the last operation finished (the "settled" signal).
+    Returns None when the object is too broken to fingerprint; the caller then
+    parses it (and reports what is wrong).
+    """
+    try:
+        metadata = obj["metadata"]
+        annotations = metadata.get("annotations") or _NO_FIELDS
+        spec = obj["spec"]
+        status = obj["status"]
+        history = status.get("history") or ()
+        last = history[-1] if history else _NO_FIELDS
+        operation = status.get("operationState") or _NO_FIELDS
+        finished = operation.get("finishedAt")
+        reconciled = status.get("reconciledAt")
+        return (
+            metadata.get("uid"),
+            annotations.get(ANNOTATION_COMPONENT),
+            annotations.get(ANNOTATION_CLUSTER),
+            annotations.get(ANNOTATION_ENVIRONMENT),
+            spec.get("source"),
+            spec.get("sources"),
+            spec.get("destination"),
+            (status.get("sync") or _NO_FIELDS).get("status"),
+            (status.get("health") or _NO_FIELDS).get("status"),
+            len(history),
+            last.get("id"),
+            last.get("deployedAt"),
+            operation.get("phase"),
+            operation.get("startedAt"),
+            finished,
+            (status.get("summary") or _NO_FIELDS).get("images"),
+            reconciled >= finished if type(reconciled) is str and type(finished) is str else None,
+        )
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None

@@ -1,0 +1,116 @@
+"""One decision, one Redis transaction: state advance + dedupe claims + staged records.
+
+Optimistic concurrency makes replicas safe without locks: the app state key
+and the dedupe keys are WATCHed, the stored state is read *after* the WATCH,
+the pure decision runs, and MULTI/EXEC writes everything or nothing. If
+another replica wrote any of those keys meanwhile, EXEC fails with
+``WatchError`` and the decision is taken again from what that replica stored,
+so each deployment is produced exactly once, under one id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from doraforwarder.argocd.detect import Decision, apply_dedupe, deployment_dedupe_key
+from doraforwarder.argocd.state import AppState, CorruptState, load_state
+from doraforwarder.config import ArgoCDConfig
+from doraforwarder.logging import get_logger
+from doraforwarder.pipeline import stage_detected
+from doraforwarder.records import DetectedDeployment
+from doraforwarder.store import Keys
+
+log = get_logger("argocd")
+
+Decide = Callable[[AppState | None], Decision]
+
+
+@dataclass(frozen=True)
+class Committed:
+    decision: Decision
+    staged: list[DetectedDeployment] = field(default_factory=list)
+    """Deployments written to the ``deployments`` stream (after dedupe)."""
+    dedupe_reasons: list[str] = field(default_factory=list)
+    conflicts: int = 0
+    """How many times another writer won the race and the decision was retaken."""
+
+
+async def commit_decision(
+    redis: aioredis.Redis,
+    keys: Keys,
+    config: ArgoCDConfig,
+    namespace: str,
+    name: str,
+    decide: Decide,
+) -> Committed:
+    """Load the stored state, decide, and write the outcome atomically; retry on races."""
+    state_key = keys.app_state(namespace, name)
+    conflicts = 0
+    while True:
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(state_key)
+                raw = await pipe.get(state_key)
+                try:
+                    stored = load_state(raw)
+                except CorruptState as exc:
+                    log.warning(
+                        "stored state unreadable, starting a new baseline",
+                        app=f"{namespace}/{name}",
+                        key=state_key,
+                        error=str(exc),
+                    )
+                    stored = None
+                decision = decide(stored)
+                if not decision.changed and not decision.deployments:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return Committed(decision, conflicts=conflicts)
+                staged: list[DetectedDeployment] = []
+                claims: dict[str, str] = {}
+                reasons: list[str] = []
+                if decision.deployments:
+                    scope_keys = sorted(
+                        {deployment_dedupe_key(d, config) for d in decision.deployments}
+                    )
+                    redis_keys = [keys.dedupe(k) for k in scope_keys]
+                    await pipe.watch(*redis_keys)
+                    values = await pipe.mget(redis_keys)
+                    outcome = apply_dedupe(
+                        decision.deployments, _holders(scope_keys, values), config
+                    )
+                    staged, claims, reasons = outcome.kept, outcome.claims, outcome.reasons
+                pipe.multi()  # type: ignore[no-untyped-call]
+                _stage_state(pipe, state_key, decision.state, config.state_ttl)
+                window = max(1, int(config.dedupe_window.total_seconds()))
+                for scope_key, value in claims.items():
+                    pipe.set(keys.dedupe(scope_key), value, ex=window)
+                for deployment in staged:
+                    stage_detected(pipe, keys, deployment)
+                await pipe.execute()
+                return Committed(decision, staged, reasons, conflicts)
+            except WatchError:
+                conflicts += 1
+                continue
+
+
+def _stage_state(
+    pipe: aioredis.client.Pipeline, key: str, state: AppState | None, ttl: timedelta
+) -> None:
+    if state is None:
+        pipe.delete(key)
+    elif state.deleted_at is not None:
+        pipe.set(key, state.dump(), ex=max(1, int(ttl.total_seconds())))
+    else:
+        pipe.set(key, state.dump())
+
+
+def _holders(scope_keys: list[str], values: list[bytes | str | None]) -> dict[str, str | None]:
+    return {
+        key: value.decode() if isinstance(value, bytes) else value
+        for key, value in zip(scope_keys, values, strict=True)
+    }

@@ -1,0 +1,81 @@
+"""What the daemon remembers about one Application between events (and restarts).
+
+Stored as JSON under ``Keys.app_state(namespace, name)``. It is the memory
+that makes detection exact: the baseline (last deployment, whose images are
+the base of the next commit range), the highest history id already taken into
+account, the syncs seen but not decided yet (waiting for the operation to
+finish or for health to settle), and the last failed operation reported.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from doraforwarder.records import GitSource
+
+SCHEMA_VERSION = 1
+
+
+class StateModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Baseline(StateModel):
+    """The deployment currently on the cluster, as far as we decided."""
+
+    history_id: int | None = None
+    revision: str = ""
+    sources: list[GitSource] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+    deployed_at: datetime | None = None
+
+
+class PendingSync(StateModel):
+    """A history entry seen but not decided yet."""
+
+    history_id: int
+    revision: str
+    revisions: list[str]
+    sources: list[GitSource] = Field(default_factory=list)
+    started_at: datetime
+    deployed_at: datetime
+    deadline: datetime
+    """When to stop waiting for the operation or for health (``argocd.health_timeout``)."""
+    images: list[str] | None = None
+    """Images read from the settled state; None until it settled."""
+
+
+class AppState(StateModel):
+    schema_version: int = SCHEMA_VERSION
+    uid: str = ""
+    baseline: Baseline | None = None
+    last_history_id: int | None = None
+    pending: list[PendingSync] = Field(default_factory=list)
+    last_failure_at: datetime | None = None
+    """``finishedAt`` of the last failed operation taken into account."""
+    deleted_at: datetime | None = None
+    """Set when the Application was deleted; the key then expires after ``argocd.state_ttl``."""
+
+    def dump(self) -> str:
+        return self.model_dump_json(exclude_defaults=False)
+
+    @property
+    def next_deadline(self) -> datetime | None:
+        return min((pending.deadline for pending in self.pending), default=None)
+
+
+class CorruptState(ValueError):
+    """A stored state that no longer parses (hand-edited, or a schema change)."""
+
+
+def load_state(raw: str | bytes | None) -> AppState | None:
+    if raw is None:
+        return None
+    try:
+        return AppState.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptState(
+            f"stored application state does not parse: {exc.error_count()} errors"
+        ) from exc

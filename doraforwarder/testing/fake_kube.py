@@ -1,0 +1,420 @@
+"""An in-process Kubernetes API server for ArgoCD Applications, with faults on demand.
+
+Speaks what the daemon uses of the real API, with its semantics:
+
+- ``GET /apis/argoproj.io/v1alpha1[/namespaces/{ns}]/applications``: list
+  (``limit``/``continue`` pages from one consistent snapshot) with
+  ``metadata.resourceVersion``; with ``watch=true``, a chunked stream of JSON
+  lines (``ADDED``/``MODIFIED``/``DELETED``/``BOOKMARK``) replaying every event
+  after the given ``resourceVersion``, then live ones, until
+  ``timeoutSeconds``; a version older than the compaction horizon gets one
+  ``ERROR`` event with a 410 Status, then the stream closes.
+- ``GET .../namespaces/{ns}/applications/{name}``: get.
+- Bearer token checked (401 otherwise).
+
+Scripting API (thread-safe, call it from tests or ``doraforwarder demo``):
+:meth:`FakeKube.apply` / :meth:`create` / :meth:`delete` (each bumps the
+resourceVersion), :meth:`compact` (expire history), :meth:`drop_watches`,
+:meth:`fail_next` (5xx, 429 + Retry-After, dropped connections),
+:meth:`bookmark`, :meth:`write_kubeconfig`, and request counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import copy
+import itertools
+import json
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from doraforwarder.testing.http_fake import BackgroundServer
+
+API_PREFIX = "/apis/argoproj.io/v1alpha1"
+API_VERSION = "argoproj.io/v1alpha1"
+
+
+@dataclass
+class Fault:
+    """What the next matching request gets instead of an answer."""
+
+    status: int = 500
+    """HTTP status, or 0 to drop the connection without answering."""
+    retry_after: int | None = None
+    kind: str = "any"
+    """``list``, ``watch``, ``get`` or ``any``."""
+
+
+@dataclass(eq=False)
+class _Watch:
+    namespace: str | None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: bool = False
+    bookmark: bool = False
+
+
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+class FakeKube:
+    """The fake API server; start with ``with FakeKube() as kube:`` or :meth:`start`."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "fake-kube-token",
+        max_events: int = 100_000,
+        first_resource_version: int = 1000,
+    ) -> None:
+        self.token = token
+        self.max_events = max_events
+        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._events: list[tuple[int, str, dict[str, Any]]] = []
+        self._event_rvs: list[int] = []
+        self._rv = first_resource_version
+        self._horizon = first_resource_version
+        """Watches from a resourceVersion below this get 410."""
+        self._faults: deque[Fault] = deque()
+        self._watches: set[_Watch] = set()
+        self._snapshots: dict[str, list[dict[str, Any]]] = {}
+        self._tokens = itertools.count(1)
+        self.requests: Counter[str] = Counter()
+        """Requests by kind: ``list``, ``watch``, ``get``, ``unauthorized``, ``faulted``."""
+        self.request_log: list[tuple[str, str]] = []
+        app = web.Application()
+        app.router.add_get(f"{API_PREFIX}/applications", self._collection)
+        app.router.add_get(f"{API_PREFIX}/namespaces/{{namespace}}/applications", self._collection)
+        app.router.add_get(
+            f"{API_PREFIX}/namespaces/{{namespace}}/applications/{{name}}", self._get
+        )
+        self.server = BackgroundServer(app)
+
+    # --- server lifecycle -------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> FakeKube:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening: clients get connection refused (open watches are dropped)."""
+        self.drop_watches()
+        self.server.stop()
+
+    def close(self) -> None:
+        self.drop_watches()
+        self.server.close()
+
+    def __enter__(self) -> FakeKube:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_kubeconfig(self, path: Path, *, token: str | None = None) -> Path:
+        """A kubeconfig pointing at this server (plain HTTP, bearer token)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "fake", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}
+            ],
+            "users": [{"name": "fake", "user": {"token": token or self.token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    # --- scripting API (any thread) ---------------------------------------------------
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an Application (MODIFIED when it exists); returns the stored copy."""
+        return self.server.call(self._write(copy.deepcopy(obj)))
+
+    def apply_all(self, objects: list[dict[str, Any]]) -> None:
+        """Apply several objects in order in one hop to the server thread (fast bursts)."""
+
+        async def write_all() -> None:
+            for obj in objects:
+                await self._write(copy.deepcopy(obj))
+
+        self.server.call(write_all())
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        key = _key(obj)
+        if key in self._objects:
+            raise ValueError(f"application {key[0]}/{key[1]} already exists")
+        return self.apply(obj)
+
+    def delete(self, namespace: str, name: str) -> None:
+        self.server.call(self._delete(namespace, name))
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self._objects[(namespace, name)])
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for _, o in sorted(self._objects.items())]
+
+    def compact(self) -> int:
+        """Forget every event so far: a watch from any older version gets 410."""
+
+        async def compact() -> int:
+            self._events.clear()
+            self._event_rvs.clear()
+            self._horizon = self._rv
+            return self._rv
+
+        return self.server.call(compact())
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream."""
+
+        async def drop() -> None:
+            for watch in self._watches:
+                watch.dropped = True
+                watch.wake.set()
+
+        if self.server.loop.is_running():
+            self.server.call(drop())
+
+    def bookmark(self) -> None:
+        """Send a BOOKMARK with the current resourceVersion on every open watch."""
+
+        async def mark() -> None:
+            for watch in self._watches:
+                watch.bookmark = True
+                watch.wake.set()
+
+        self.server.call(mark())
+
+    def fail_next(
+        self,
+        count: int = 1,
+        status: int = 500,
+        *,
+        retry_after: int | None = None,
+        kind: str = "any",
+    ) -> None:
+        """The next ``count`` matching requests fail (status 0 = connection dropped)."""
+        for _ in range(count):
+            self._faults.append(Fault(status=status, retry_after=retry_after, kind=kind))
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watches)
+
+    def reset_counts(self) -> None:
+        self.requests.clear()
+        self.request_log.clear()
+
+    # --- storage (server loop only) ---------------------------------------------------
+    def _bump(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    async def _write(self, obj: dict[str, Any]) -> dict[str, Any]:
+        key = _key(obj)
+        existing = self._objects.get(key)
+        metadata = obj.setdefault("metadata", {})
+        metadata.setdefault("namespace", key[0])
+        metadata.setdefault("uid", existing["metadata"]["uid"] if existing else str(uuid.uuid4()))
+        metadata["resourceVersion"] = str(self._bump())
+        obj.setdefault("apiVersion", API_VERSION)
+        obj.setdefault("kind", "Application")
+        self._objects[key] = obj
+        self._record("MODIFIED" if existing else "ADDED", obj)
+        return copy.deepcopy(obj)
+
+    async def _delete(self, namespace: str, name: str) -> None:
+        obj = self._objects.pop((namespace, name))
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._bump())
+        self._record("DELETED", obj)
+
+    def _record(self, event_type: str, obj: dict[str, Any]) -> None:
+        self._events.append((self._rv, event_type, obj))
+        self._event_rvs.append(self._rv)
+        if len(self._events) > self.max_events:
+            excess = len(self._events) - self.max_events
+            self._horizon = self._event_rvs[excess - 1]
+            del self._events[:excess]
+            del self._event_rvs[:excess]
+        for watch in self._watches:
+            watch.wake.set()
+
+    # --- HTTP -------------------------------------------------------------------------
+    def _admit(self, request: web.Request, kind: str) -> web.StreamResponse | None:
+        """Count the request; answer it here when it is unauthorized or faulted."""
+        self.requests[kind] += 1
+        self.request_log.append((kind, request.path_qs))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.requests["unauthorized"] += 1
+            return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+        for fault in list(self._faults):
+            if fault.kind in ("any", kind):
+                self._faults.remove(fault)
+                self.requests["faulted"] += 1
+                if fault.status == 0:
+                    assert request.transport is not None
+                    request.transport.close()
+                    raise asyncio.CancelledError  # aiohttp stops handling a closed connection
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+                reason = "TooManyRequests" if fault.status == 429 else "InternalError"
+                return web.json_response(
+                    status_body(fault.status, reason, "injected fault"),
+                    status=fault.status,
+                    headers=headers,
+                )
+        return None
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request, "get")
+        if refused is not None:
+            return refused
+        obj = self._objects.get((request.match_info["namespace"], request.match_info["name"]))
+        if obj is None:
+            return web.json_response(status_body(404, "NotFound", "not found"), status=404)
+        return web.json_response(obj)
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info.get("namespace")
+        watching = request.query.get("watch") in ("true", "1")
+        refused = self._admit(request, "watch" if watching else "list")
+        if refused is not None:
+            return refused
+        if watching:
+            return await self._watch(request, namespace)
+        return self._list(request, namespace)
+
+    def _list(self, request: web.Request, namespace: str | None) -> web.StreamResponse:
+        token = request.query.get("continue")
+        if token:
+            items = self._snapshots.pop(token, None)
+            if items is None:
+                return web.json_response(
+                    status_body(410, "Expired", "continue token expired"), status=410
+                )
+            snapshot_rv = token.split("-", 1)[0]
+        else:
+            items = [
+                copy.deepcopy(obj)
+                for key, obj in sorted(self._objects.items())
+                if namespace is None or key[0] == namespace
+            ]
+            snapshot_rv = str(self._rv)
+        metadata: dict[str, Any] = {"resourceVersion": snapshot_rv}
+        limit = int(request.query.get("limit") or 0)
+        if limit and len(items) > limit:
+            token = f"{snapshot_rv}-{next(self._tokens)}"
+            self._snapshots[token] = items[limit:]
+            items = items[:limit]
+            metadata["continue"] = token
+        return web.json_response(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ApplicationList",
+                "metadata": metadata,
+                "items": items,
+            }
+        )
+
+    async def _watch(self, request: web.Request, namespace: str | None) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        since = request.query.get("resourceVersion") or "0"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watch = _Watch(namespace)
+        self._watches.add(watch)
+        try:
+            if since == "0":
+                cursor = self._rv
+                initial = [
+                    copy.deepcopy(obj)
+                    for key, obj in sorted(self._objects.items())
+                    if namespace is None or key[0] == namespace
+                ]
+                for obj in initial:
+                    await _send(response, "ADDED", obj)
+            else:
+                cursor = int(since)
+                if cursor < self._horizon:
+                    await _send(
+                        response,
+                        "ERROR",
+                        status_body(
+                            410, "Expired", f"too old resource version: {cursor} ({self._horizon})"
+                        ),
+                    )
+                    await response.write_eof()
+                    return response
+            while True:
+                watch.wake.clear()
+                start = bisect.bisect_right(self._event_rvs, cursor)
+                for rv, event_type, obj in self._events[start:]:
+                    cursor = rv
+                    if namespace is None or obj["metadata"]["namespace"] == namespace:
+                        await _send(response, event_type, obj)
+                if watch.dropped:
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                if watch.bookmark:
+                    watch.bookmark = False
+                    if bookmarks:
+                        await _send(
+                            response,
+                            "BOOKMARK",
+                            {
+                                "kind": "Application",
+                                "apiVersion": API_VERSION,
+                                "metadata": {"resourceVersion": str(cursor)},
+                            },
+                        )
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if self._event_rvs and self._event_rvs[-1] > cursor:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.wake.wait(), timeout=remaining)
+            await response.write_eof()
+            return response
+        except (ConnectionResetError, asyncio.CancelledError):
+            return response
+        finally:
+            self._watches.discard(watch)
+
+
+async def _send(response: web.StreamResponse, event_type: str, obj: dict[str, Any]) -> None:
+    await response.write(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return (str(metadata.get("namespace") or "default"), str(metadata["name"]))

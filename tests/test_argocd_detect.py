@@ -1,0 +1,270 @@
+"""The pure deployment decision, table-driven over realistic ArgoCD write sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from doraforwarder.argocd.detect import (
+    apply_dedupe,
+    decide,
+    dedupe_key,
+    deployment_id,
+    history_deployments,
+    mark_deleted,
+)
+from doraforwarder.argocd.model import parse_application, parse_time
+from doraforwarder.argocd.state import AppState
+from doraforwarder.config import ArgoCDConfig
+from doraforwarder.records import DetectedDeployment, GitSource
+from doraforwarder.testing.argocd_objects import LiveApp, image, sha, source
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def run(objects: list[dict[str, Any]], config: ArgoCDConfig | None = None,
+        state: AppState | None = None, times: list[datetime] | None = None,
+        ) -> tuple[AppState | None, list[DetectedDeployment]]:
+    """Feed snapshots through ``decide`` as the lanes do; return final state and records."""
+    config = config or ArgoCDConfig(namespaces=["argocd"])
+    produced: list[DetectedDeployment] = []
+    for index, obj in enumerate(objects):
+        now = times[index] if times else NOW
+        decision = decide(parse_application(obj), state, config, now)
+        produced.extend(decision.deployments)
+        state = decision.state
+    return state, produced
+
+
+Scenario = Callable[[LiveApp], list[dict[str, Any]]]
+
+
+def summary(records: list[DetectedDeployment]) -> list[tuple[Any, ...]]:
+    return [(r.result, r.history_id, r.revision, r.images, r.previous_images, r.message)
+            for r in records]
+
+
+I0, I1, I2 = image("svc", "initial"), image("svc", "r1"), image("svc", "r2")
+
+SCENARIOS: list[tuple[str, Scenario, list[tuple[Any, ...]]]] = [
+    ("first sight only", lambda a: [a.snapshot(), a.refresh()], []),
+    ("single healthy sync", lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1])],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("not decided before the comparison after the operation",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1])[:3]], []),
+    ("degraded", lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Degraded")],
+     [("FAILURE", 1, sha("r1"), [I1], [I0], "health Degraded")]),
+    ("progressing waits", lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Progressing")],
+     []),
+    ("suspended then healthy",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Progressing"),
+                a.set_health("Suspended"), a.set_health("Healthy")],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("unknown health counts as healthy",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Unknown")],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Unknown")]),
+    ("two syncs back to back",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1]), *a.sync(sha("r2"), [I2])],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy"),
+      ("SUCCESS", 2, sha("r2"), [I2], [I1], "health Healthy")]),
+    ("superseded while progressing keeps its images",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Progressing"),
+                *a.sync(sha("r2"), [I2])],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "superseded by a newer sync before it settled"),
+      ("SUCCESS", 2, sha("r2"), [I2], [I1], "health Healthy")]),
+    ("only the final state seen (catch-up)",
+     lambda a: [a.snapshot(), (a.sync(sha("r1"), [I1]), a.sync(sha("r2"), [I2]))[1][-1]],
+     [("SUCCESS", 1, sha("r1"), [I0], [I0], "superseded by a newer sync before it settled"),
+      ("SUCCESS", 2, sha("r2"), [I2], [I0], "health Healthy")]),
+    ("re-sync of the same revision and images sends nothing",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1]), *a.sync(sha("r1"), [I1])],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("failed operation, then success from the old baseline",
+     lambda a: [a.snapshot(), *a.fail(sha("bad"), message="boom"), a.refresh(),
+                *a.sync(sha("r1"), [I1])],
+     [("FAILURE", None, sha("bad"), [I0], [I0], "boom"),
+      ("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("errored operation",
+     lambda a: [a.snapshot(), *a.fail(sha("bad"), phase="Error", message="")],
+     [("FAILURE", None, sha("bad"), [I0], [I0], "sync operation Error")]),
+    ("two failures at different times are two attempts",
+     lambda a: [a.snapshot(), *a.fail(sha("bad")), *a.fail(sha("bad"))],
+     [("FAILURE", None, sha("bad"), [I0], [I0], "one or more objects failed to apply")] * 2),
+    ("failure already there at first sight is not sent",
+     lambda a: [(a.fail(sha("bad")), a.snapshot())[1], a.refresh()], []),
+    ("first sight during a running sync follows it",
+     lambda a: (lambda steps: [steps[1], *steps[2:]])(a.sync(sha("r1"), [I1])),
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("first sight of a drifted app is a baseline",
+     lambda a: [(a.status["sync"].update(status="OutOfSync"), a.refresh())[1], a.refresh()], []),
+]
+
+
+@pytest.mark.parametrize(("case", "scenario", "want"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_scenarios(case: str, scenario: Scenario, want: list[tuple[Any, ...]]) -> None:
+    app = LiveApp("svc")
+    _, records = run(scenario(app))
+    assert summary(records) == want
+
+
+def test_first_sight_during_running_sync_uses_previous_entry_as_baseline() -> None:
+    app = LiveApp("svc")
+    steps = app.sync(sha("r1"), [I1])
+    state, records = run([steps[1]])
+    assert records == []
+    assert state is not None and state.baseline is not None
+    assert state.baseline.history_id == 0 and [p.history_id for p in state.pending] == [1]
+
+
+@pytest.mark.parametrize(("unsettled", "minutes", "want"), [
+    ("SUCCESS", 9, []),
+    ("SUCCESS", 11, [("SUCCESS", "health still Progressing after 0:10:00")]),
+    ("FAILURE", 11, [("FAILURE", "health still Progressing after 0:10:00")]),
+])
+def test_health_timeout(unsettled: str, minutes: int, want: list[tuple[str, str]]) -> None:
+    app = LiveApp("svc")
+    config = ArgoCDConfig(namespaces=["argocd"], unsettled_result=unsettled)
+    objects = [app.snapshot(), *app.sync(sha("r1"), [I1], health="Progressing")]
+    times = [NOW] * len(objects)
+    objects.append(app.snapshot())  # the deadline re-check decides with the last view
+    times.append(NOW + timedelta(minutes=minutes))
+    state, records = run(objects, config, times=times)
+    assert [(r.result, r.message) for r in records] == want
+    assert state is not None and len(state.pending) == (0 if want else 1)
+
+
+def test_operation_that_never_settles_is_decided_at_the_deadline() -> None:
+    app = LiveApp("svc")
+    first = app.snapshot()
+    steps = app.sync(sha("r1"), [I1])
+    objects = [first, steps[1], steps[1]]
+    times = [NOW, NOW, NOW + timedelta(minutes=11)]
+    _, records = run(objects, times=times)
+    assert [(r.result, r.images, r.message) for r in records] == [
+        ("SUCCESS", [I0], "operation did not settle within 0:10:00")]
+
+
+def test_multi_source_app() -> None:
+    sources = [source("components/svc/production"),
+               source("charts/svc", repo_url="https://github.com/example/charts")]
+    app = LiveApp("svc", revision=[sha("a0"), sha("b0")], sources=sources)
+    _, records = run([app.snapshot(), *app.sync([sha("a1"), sha("b1")], [I1])])
+    [record] = records
+    assert record.revision == sha("a1")
+    assert record.sources == [
+        GitSource(repo_url="https://github.com/example/gitops", revision=sha("a1"),
+                  path="components/svc/production"),
+        GitSource(repo_url="https://github.com/example/charts", revision=sha("b1"),
+                  path="charts/svc"),
+    ]
+
+
+def test_full_record_of_a_sync() -> None:
+    app = LiveApp("svc-east", path="components/svc/production")
+    config = ArgoCDConfig(namespaces=["argocd"], known_clusters=["east"], dedupe_scope="cluster")
+    _, [record] = run([app.snapshot(), *app.sync(sha("r1"), [I1])], config)
+    entry = app.last_entry
+    assert record == DetectedDeployment(
+        id=f"svc:{sha('r1')}:{int(parse_time(entry['deployedAt']).timestamp())}:east",
+        app_namespace="argocd", app_name="svc-east", component="svc", cluster="east",
+        environment="PRODUCTION", result="SUCCESS", revision=sha("r1"),
+        sources=[GitSource(repo_url="https://github.com/example/gitops", revision=sha("r1"),
+                           path="components/svc/production")],
+        history_id=1, started_at=parse_time(entry["deployStartedAt"]),
+        deployed_at=parse_time(entry["deployedAt"]), images=[I1],
+        previous_images=[image("svc-east", "initial")], message="health Healthy",
+        detected_at=NOW,
+    )
+
+
+def test_skipped_app_forgets_its_state() -> None:
+    app = LiveApp("svc")
+    state, _ = run([app.snapshot()])
+    config = ArgoCDConfig(namespaces=["argocd"], components_to_ignore=["svc"])
+    decision = decide(parse_application(app.refresh()), state, config, NOW)
+    assert decision.state is None and decision.changed
+    assert decide(parse_application(app.refresh()), None, config, NOW).changed is False
+
+
+def test_refresh_changes_nothing() -> None:
+    app = LiveApp("svc")
+    state, _ = run([app.snapshot()])
+    decision = decide(parse_application(app.refresh()), state, ArgoCDConfig(namespaces=["argocd"]),
+                      NOW)
+    assert decision.changed is False and decision.deployments == []
+
+
+def test_deleted_then_recreated() -> None:
+    app = LiveApp("svc")
+    state, _ = run([{**app.snapshot(), "metadata": {**app.obj["metadata"], "uid": "one"}}])
+    deleted = mark_deleted(state, NOW)
+    assert deleted.changed and deleted.state is not None and deleted.state.deleted_at == NOW
+    assert mark_deleted(deleted.state, NOW).changed is False
+    again = LiveApp("svc", start=NOW)
+    again.obj["metadata"]["uid"] = "two"
+    again.obj["status"]["history"] = []
+    again.next_id = 0
+    final, records = run([again.snapshot(), *again.sync(sha("r1"), [I1])], state=deleted.state)
+    assert [(r.history_id, r.previous_images) for r in records] == [(0, [I0])]
+    assert final is not None and final.deleted_at is None and final.uid == "two"
+
+
+@pytest.mark.parametrize(("args", "kwargs", "want"), [
+    (("svc", "abc", NOW), {}, "svc:abc:1735732800"),
+    (("svc", "abc", NOW), {"cluster": "east"}, "svc:abc:1735732800:east"),
+    (("svc", "abc", NOW), {"failed": True}, "svc:abc:1735732800:failed"),
+    (("svc", "abc", NOW), {"cluster": "east", "failed": True}, "svc:abc:1735732800:east:failed"),
+])
+def test_deployment_id(args: tuple[Any, ...], kwargs: dict[str, Any], want: str) -> None:
+    assert deployment_id(*args, **kwargs) == want
+
+
+@pytest.mark.parametrize(("kwargs", "want"), [
+    ({}, "svc:abc"),
+    ({"cluster": "east"}, "svc:abc:east"),
+    ({"failed": True}, "svc:abc:failed"),
+])
+def test_dedupe_key(kwargs: dict[str, Any], want: str) -> None:
+    assert dedupe_key("svc", "abc", **kwargs) == want
+
+
+def _record(app: str, cluster: str, revision: str = "r1", failed: bool = False,
+            ) -> DetectedDeployment:
+    return DetectedDeployment(
+        id=f"svc:{revision}:1:{cluster}", app_namespace="argocd", app_name=app,
+        component="svc", cluster=cluster, environment="PRODUCTION",
+        result="FAILURE" if failed else "SUCCESS", revision=revision,
+        history_id=None if failed else 1, started_at=NOW, deployed_at=NOW)
+
+
+@pytest.mark.parametrize(("scope", "holders", "records", "kept"), [
+    ("component", {}, [_record("svc-east", "east")], ["svc-east"]),
+    ("component", {"svc:r1": "argocd/svc-west svc:r1:0"}, [_record("svc-east", "east")], []),
+    ("component", {"svc:r1": "argocd/svc-east svc:r1:0"}, [_record("svc-east", "east")],
+     ["svc-east"]),
+    ("cluster", {"svc:r1:west": "argocd/svc-west x"}, [_record("svc-east", "east")],
+     ["svc-east"]),
+    ("component", {"svc:r1": "argocd/svc-west x"}, [_record("svc-east", "east", failed=True)],
+     ["svc-east"]),
+    ("component", {}, [_record("svc-east", "east"), _record("svc-east", "east", "r2")],
+     ["svc-east", "svc-east"]),
+])
+def test_apply_dedupe(scope: str, holders: dict[str, str], records: list[DetectedDeployment],
+                      kept: list[str]) -> None:
+    config = ArgoCDConfig(namespaces=["argocd"], dedupe_scope=scope)
+    outcome = apply_dedupe(records, holders, config)
+    assert [r.app_name for r in outcome.kept] == kept
+    assert len(outcome.claims) == len({(r.revision, r.history_id is None) for r in outcome.kept})
+
+
+def test_history_deployments_use_the_live_ids() -> None:
+    app = LiveApp("svc")
+    objects = [app.snapshot(), *app.sync(sha("r1"), [I1]), *app.sync(sha("r2"), [I2])]
+    _, live = run(objects)
+    backfill = history_deployments(parse_application(app.snapshot()),
+                                   ArgoCDConfig(namespaces=["argocd"]), NOW)
+    assert [r.id for r in backfill][1:] == [r.id for r in live]
+    assert backfill[-1].images == [I2] and backfill[0].images == []
