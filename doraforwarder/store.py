@@ -101,6 +101,11 @@ class Keys:
     def webrca_last_poll(self) -> str:
         return self._key("webrca", "last-poll")
 
+    @property
+    def backfilled(self) -> str:
+        """Set of deployment ids ``doraforwarder backfill`` staged (owner: backfill)."""
+        return self._key("backfill", "staged")
+
     # --- Replicas -----------------------------------------------------------------
     def lock(self, name: str) -> str:
         return self._key("lock", name)

@@ -2,6 +2,6 @@
 
 from types import ModuleType
 
-from doraforwarder.commands import check_config, demo, doctor, outbox, run, version
+from doraforwarder.commands import backfill, check_config, demo, doctor, outbox, run, version
 
-COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, outbox, version]
+COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, backfill, outbox, version]

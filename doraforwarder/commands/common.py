@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from doraforwarder.config import LoadedConfig, load_config
 from doraforwarder.logging import configure_logging
@@ -29,12 +30,17 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
-    """Load the configuration and set up logging with its secrets redacted."""
+    """Load the configuration and set up logging with its secrets redacted.
+
+    With ``--dry-run`` stdout carries the payloads, one JSON line each, so
+    the logs go to stderr and the two never mix.
+    """
     config = load_config(args.config)
     server = config.settings.server
     configure_logging(
         level=getattr(args, "log_level", None) or server.log_level,
         log_format=getattr(args, "log_format", None) or server.log_format,
         secrets=config.secrets.values(),
+        stream=sys.stderr if getattr(args, "dry_run", False) else sys.stdout,
     )
     return config

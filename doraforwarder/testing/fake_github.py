@@ -142,6 +142,7 @@ class FakeGitHub:
         app = web.Application()
         self.path_prefix = path_prefix.rstrip("/")
         prefix = self.path_prefix
+        app.router.add_get(f"{prefix}/rate_limit", self._rate_limit)
         app.router.add_get(f"{prefix}/search/commits", self._search)
         app.router.add_get(f"{prefix}/repos/{{owner}}/{{repo}}/commits/{{ref}}", self._commit)
         app.router.add_get(f"{prefix}/repos/{{owner}}/{{repo}}/compare/{{basehead}}",
@@ -322,6 +323,23 @@ class FakeGitHub:
             self.requests.clear()
 
     # --- HTTP ------------------------------------------------------------------------------
+    async def _rate_limit(self, request: web.Request) -> web.StreamResponse:
+        """``GET /rate_limit``: free of charge, as on GitHub (used by ``doctor``)."""
+        authorization = request.headers.get("Authorization", "")
+        with self._lock:
+            core = self._refill("core")
+            if self.token is not None and authorization not in (f"Bearer {self.token}",
+                                                                f"token {self.token}"):
+                return self._json(401, {"message": "Bad credentials"}, "core", core)
+            resources = {
+                name: {"limit": self._refill(name).limit,
+                       "remaining": max(self._refill(name).remaining, 0),
+                       "reset": int(self._refill(name).reset)}
+                for name in self.limits
+            }
+            return self._json(200, {"resources": resources, "rate": resources["core"]},
+                              "core", core)
+
     async def _search(self, request: web.Request) -> web.StreamResponse:
         return self._serve(request, self._search_body)
 

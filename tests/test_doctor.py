@@ -1,0 +1,193 @@
+"""``doraforwarder doctor`` against the fakes: every check passes, then each one fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from doraforwarder.config import load_config
+from doraforwarder.doctor import Check, render, run_checks
+from doraforwarder.testing.http_fake import free_port
+from doraforwarder.testing.redis_server import RedisServer
+from doraforwarder.testing.world import FakeWorld
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeWorld]:
+    with FakeWorld(tmp_path_factory.mktemp("doctor"), connections={1: "global", 2: "team"}) as w:
+        from doraforwarder.testing.argocd_objects import LiveApp
+
+        w.kube.apply(LiveApp("svc-a").snapshot())
+        yield w
+
+
+@pytest.fixture
+def secrets_env(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in world.environment().items():
+        monkeypatch.setenv(name, value)
+
+
+async def checks_for(world: FakeWorld, overrides: dict[str, Any] | None = None,
+                     name: str = "config.yaml") -> dict[str, Check]:
+    config = load_config(world.write_config(overrides, name=name))
+    return {check.name: check for check in await run_checks(config)}
+
+
+def outcomes(checks: dict[str, Check]) -> dict[str, str]:
+    return {name: check.outcome for name, check in checks.items()}
+
+
+TEAM = {"integration": {"devlake": {"teams": [
+    {"name": "team", "project_id": "2", "argocd_components": ["svc"]}]}}}
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_everything_passes(world: FakeWorld) -> None:
+    checks = await checks_for(world, TEAM)
+    assert outcomes(checks) == {
+        "configuration": "pass",
+        "kubernetes config": "pass",
+        "applications in argocd": "pass",
+        "redis reachable": "pass",
+        "redis writable": "pass",
+        "redis persistence": "pass",
+        "devlake global target (connection id 1)": "pass",
+        "devlake team target (connection id 2)": "pass",
+        "github token": "pass",
+        "webrca token exchange": "pass",
+    }
+    text = render(list(checks.values()))
+    assert "0 failed" in text
+    for secret in world.secrets:
+        assert secret not in text
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_kubernetes_down_and_empty_namespace(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"argocd": {"namespaces": ["argocd", "empty"]}})
+    assert checks["applications in empty"].outcome == "warn"
+    world.kube.stop()
+    try:
+        checks = await checks_for(world)
+    finally:
+        world.kube.start()
+    assert checks["applications in argocd"].outcome == "fail"
+    assert "network policy" in checks["applications in argocd"].hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_kubernetes_token_rejected(world: FakeWorld, tmp_path: Path) -> None:
+    kubeconfig = world.kube.write_kubeconfig(tmp_path / "bad-kubeconfig", token="wrong-token")
+    checks = await checks_for(world, {"argocd": {"kubeconfig": str(kubeconfig)}})
+    check = checks["applications in argocd"]
+    assert check.outcome == "fail" and "401" in check.detail
+    assert "get, list and watch" in check.hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_missing_kubeconfig(world: FakeWorld, tmp_path: Path) -> None:
+    checks = await checks_for(world, {"argocd": {"kubeconfig": str(tmp_path / "none")}})
+    assert checks["kubernetes config"].outcome == "fail"
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_redis_unreachable(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"storage": {"redis": {"address": f"127.0.0.1:{free_port()}"}}})
+    assert checks["redis reachable"].outcome == "fail"
+    assert "redis writable" not in checks
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_redis_without_persistence_is_a_warning(world: FakeWorld,
+                                                      redis_server: RedisServer) -> None:
+    checks = await checks_for(world, {"storage": {"redis": {"address": redis_server.address}}})
+    assert checks["redis persistence"].outcome == "warn"
+    assert "appendonly" in checks["redis persistence"].hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_token_rejected(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN", "not-the-key")
+    checks = await checks_for(world)
+    assert checks["devlake token"].outcome == "fail"
+    assert "not-the-key" not in render(list(checks.values()))
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_token_missing(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVLAKE_WEBHOOK_TOKEN")
+    checks = await checks_for(world)
+    assert checks["devlake token"].outcome == "fail"
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_connection_missing_and_by_name(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"integration": {"devlake": {"teams": [
+        {"name": "ghost", "project_id": "9", "argocd_components": ["svc"]},
+        {"name": "named", "connection_name": "team", "argocd_components": ["svc"]},
+    ]}}})
+    assert checks["devlake ghost target (connection id 9)"].outcome == "fail"
+    assert "no such webhook connection" in checks["devlake ghost target (connection id 9)"].detail
+    assert checks["devlake named target (connection name team)"].outcome == "pass"
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_unreachable(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"integration": {"devlake": {
+        "base_url": f"http://127.0.0.1:{free_port()}"}}})
+    assert checks["devlake reachable"].outcome == "fail"
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_github_token_rejected_or_missing(world: FakeWorld,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_not_the_token_00000000")
+    checks = await checks_for(world)
+    assert checks["github token"].outcome == "fail"
+    monkeypatch.delenv("GITHUB_TOKEN")
+    world.github.token = None
+    try:
+        checks = await checks_for(world)
+    finally:
+        world.github.token = world.environment()["GITHUB_TOKEN"]
+    assert checks["github token"].outcome == "warn"
+    assert "60 requests an hour" in checks["github token"].hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_webrca_offline_token_rejected(world: FakeWorld,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLINE_TOKEN", "expired-offline-token")
+    checks = await checks_for(world)
+    assert checks["webrca token exchange"].outcome == "fail"
+    assert "invalid_grant" in checks["webrca token exchange"].detail
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_disabled_parts_are_skipped(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"argocd": {"enabled": False}, "webrca": {"enabled": False},
+                                      "integration": {"devlake": {"enabled": False}}})
+    assert {checks[n].outcome for n in ("kubernetes", "webrca", "devlake")} == {"skip"}
+
+
+def test_cli_exit_codes(world: FakeWorld, clean_env: dict[str, str]) -> None:
+    config = world.write_config(name="cli.yaml")
+    command = [sys.executable, "-m", "doraforwarder", "doctor", "--config", str(config)]
+    good = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env={**clean_env, **world.environment()})
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "PASS  configuration" in good.stdout
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                         env={**clean_env, **world.environment(), "OFFLINE_TOKEN": "nope-nope"})
+    assert bad.returncode == 1
+    assert "FAIL  webrca token exchange" in bad.stdout and "hint:" in bad.stdout
+    for secret in world.secrets:
+        assert secret not in good.stdout + good.stderr + bad.stdout + bad.stderr
+    broken = subprocess.run([*command[:-1], str(world.directory / "missing.yaml")],
+                            capture_output=True, text=True, timeout=60, env=clean_env)
+    assert broken.returncode == 2 and "cannot read configuration file" in broken.stderr
