@@ -69,11 +69,6 @@ class Keys:
         """Sorted set: outbox ids still outstanding for ``order_key``, scored by sequence."""
         return self._key("order-queue", order_key)
 
-    @property
-    def recent_deployments(self) -> str:
-        """Capped list of the last delivered deployments, for /api/v1/status."""
-        return self._key("status", "recent-deployments")
-
     # --- GitHub caches (owner: commits) ---------------------------------------
     def github_repo_of_sha(self, sha: str) -> str:
         return self._key("gh", "repo", sha.lower())

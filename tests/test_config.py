@@ -173,3 +173,19 @@ def test_cli_run_with_unreadable_config_exits_2(tmp_path: Path, clean_env: dict[
 def test_cli_version(clean_env: dict[str, str]) -> None:
     result = run_cli("version", env=clean_env)
     assert result.returncode == 0 and result.stdout.startswith("doraforwarder ")
+
+
+def test_token_in_file_is_ignored_with_a_warning(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from doraforwarder.commands.common import load_and_configure
+
+    path = write_config(tmp_path, "webrca:\n  token: offline-in-file-1234\n")
+    config = load_and_configure(argparse.Namespace(config=str(path), log_format="json",
+                                                   log_level="info"))
+    assert config.secrets.offline_token is None
+    out = capsys.readouterr().out
+    assert "webrca.token in the configuration file is ignored" in out
+    assert "offline-in-file-1234" not in out
+    assert "offline-in-file-1234" not in str(config.redacted())

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from doraforwarder.config import LoadedConfig, load_config
-from doraforwarder.logging import configure_logging
+from doraforwarder.logging import configure_logging, get_logger
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -43,4 +43,10 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
         secrets=config.secrets.values(),
         stream=sys.stderr if getattr(args, "dry_run", False) else sys.stdout,
     )
+    if config.settings.webrca.token:
+        get_logger("config").warning(
+            "webrca.token in the configuration file is ignored: secrets come only from the "
+            "environment; set OFFLINE_TOKEN (or OFFLINE_TOKEN_FILE)",
+            config=config.source,
+        )
     return config
