@@ -494,14 +494,43 @@ async def test_token_is_sent_and_a_rejected_token_shows_in_readiness(
         await good.aclose()
 
         await redis_client.flushall()
-        bad_context = make_context(redis_client, github, token="wrong-token")
+        bad_context = make_context(redis_client, github, token="wrong-token",
+                                   resolve_timeout="400ms")
         bad = CommitResolver(bad_context)
         with capture_logs() as logs:
-            commits = await resolve(bad, deployment(gitops, []))
+            commits = await resolve(bad, deployment(gitops, [], detected_at=datetime.now(UTC)))
         await bad.aclose()
+        refused = github.count(status=401)
+    # Retried (slowly) until github.resolve_timeout, then sent with what is known.
+    assert refused >= 2
     assert commits[0].message == "" and commits[0].author_date == STARTED
     assert not bad_context.readiness.is_ready("github")
+    assert [e["event"] for e in logs].count(
+        "GitHub refused the request; deployments wait for commits until github.resolve_timeout"
+    ) == 1
     assert "s3cr3t" not in repr(logs) and "wrong-token" not in repr(logs)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_token_refused_for_a_while_loses_no_commit(
+    redis_client: aioredis.Redis, status: int
+) -> None:
+    with FakeGitHub(token="s3cr3t-token") as github:
+        gitops = github.add_repo("org/gitops", commits=1)[0]
+        svc = github.add_repo("org/svc", commits=3)
+        github.fail("*", status=status, times=3)
+        context = make_context(redis_client, github, token="s3cr3t-token")
+        resolver = CommitResolver(context)
+        with capture_logs() as logs:
+            commits = await resolve(resolver, deployment(
+                gitops, [f"quay.io/org/svc:{svc[2]}"], detected_at=datetime.now(UTC)))
+        await resolver.aclose()
+        refused = github.count(status=status)
+    assert refused == 3
+    assert [c.sha for c in commits] == [gitops, svc[2]]
+    assert commits[0].message == "gitops: change 1"
+    assert any(e["log_level"] == "error" and e.get("status") == status for e in logs)
+    assert context.readiness.is_ready("github")  # ready again after the first success
 
 
 async def test_without_a_token_it_says_so_once(redis_client: aioredis.Redis,

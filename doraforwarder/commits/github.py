@@ -328,6 +328,15 @@ class GitHubClient:
                 await self._retry_wait(delay, call, "GitHub answered a server error, retrying",
                                        kind=kind, status=response.status_code)
                 continue
+            if response.status_code in (401, 403):
+                # A revoked or rotating token, or a permission being fixed: the answer
+                # can change, so retry (slowly) until the deadline rather than ship a
+                # deployment without its commits for good.
+                self._auth_rejected(kind, response.status_code)
+                delay = backoff.next_delay()
+                await self._retry_wait(delay, call, "GitHub refused the request, retrying",
+                                       kind=kind, status=response.status_code)
+                continue
             raise self._error(kind, response)
 
     def _headers(self, etag: str | None) -> dict[str, str]:
@@ -395,14 +404,21 @@ class GitHubClient:
             detail = response.text[:200]
         if status == 404 or (status == 422 and "no commit found" in detail.lower()):
             return NotFound(status, kind, detail or "not found")
-        if status == 401:
-            self._auth_failed = True
-            if self._readiness is not None:
-                self._readiness.not_ready(
-                    READINESS, "GitHub rejected GITHUB_TOKEN (401): commits cannot be resolved"
-                )
-            self.log.error("GitHub rejected the token", status=status, kind=kind)
         return GitHubError(status, kind, detail or "error")
+
+    def _auth_rejected(self, kind: str, status: int) -> None:
+        """Report a refused token once per episode: log line and ``/readyz`` reason."""
+        if self._auth_failed:
+            return
+        self._auth_failed = True
+        reason = (
+            "GitHub rejected GITHUB_TOKEN (401)" if status == 401
+            else "GitHub refused access (403): check the token's permissions"
+        )
+        if self._readiness is not None:
+            self._readiness.not_ready(READINESS, f"{reason}: commits wait until it is fixed")
+        self.log.error("GitHub refused the request; deployments wait for commits until "
+                       "github.resolve_timeout", status=status, kind=kind)
 
     def _healthy(self) -> None:
         self._metrics.mark_success("github")

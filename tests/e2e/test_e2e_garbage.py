@@ -14,7 +14,6 @@ import itertools
 import time
 from typing import Any, get_args
 
-import pytest
 import redis
 
 from doraforwarder.testing.argocd_objects import LiveApp, source
@@ -160,7 +159,7 @@ def test_no_secret_reaches_any_log_line_even_at_debug_level(
     world.github.token = github_token
     wait_delivered(world, estate, store, timeout=90)
     assert daemon.terminate() == 0
-    verify(world, estate, commits="gitops")  # GitHub's 401: see the xfail below
+    verify(world, estate)
     text = daemon.text()
     assert '"level": "debug"' in text or '"level":"debug"' in text, "debug logging was not on"
     for secret in world.secrets:
@@ -168,10 +167,6 @@ def test_no_secret_reaches_any_log_line_even_at_debug_level(
     assert world.github.count(status=401) >= 1, "GitHub's 401 was never met"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a GitHub 401 (token revoked or rotated) is final for commit resolution: "
-    "image commits are dropped and the gitops commit is sent dated at the deployment start, "
-    "for good, instead of retrying until github.resolve_timeout like a 5xx"))
 def test_github_rejecting_the_token_for_a_while_loses_no_commit(
     world: FakeWorld, store: redis.Redis, daemons: DaemonFactory,
 ) -> None:
