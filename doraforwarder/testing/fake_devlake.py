@@ -25,12 +25,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from doraforwarder.testing.http_fake import BackgroundServer
+from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 ENVIRONMENTS = ("PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT")
 ISSUE_STATUSES = ("TODO", "DONE", "IN_PROGRESS")
@@ -223,7 +223,7 @@ def _error(status: int, message: str) -> web.Response:
                              status=status)
 
 
-class FakeDevLake:
+class FakeDevLake(FakeServer):
     """The fake; ``with FakeDevLake() as devlake: devlake.url ...``."""
 
     def __init__(self, token: str | None = "devlake-test-token",
@@ -258,16 +258,11 @@ class FakeDevLake:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self) -> FakeDevLake:
+    def start(self) -> Self:
         """Listen (again, after :meth:`stop`: same port, same state)."""
         with self._lock:
             self._down = False
-        self.server.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
         """Stop listening: clients get connection refused; state is kept.
@@ -277,17 +272,11 @@ class FakeDevLake:
         """
         with self._lock:
             self._down = True
-        self.server.stop()
+        super().stop()
 
     def close(self) -> None:
         self.release()
-        self.server.close()
-
-    def __enter__(self) -> FakeDevLake:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # --- configuration and faults ---------------------------------------------------
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from doraforwarder.testing.http_fake import BackgroundServer
+from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
 COMPARE_UNPAGINATED_MAX = 250
@@ -115,7 +115,7 @@ def _kind_of(path: str) -> str:
     return "other"
 
 
-class FakeGitHub:
+class FakeGitHub(FakeServer):
     """A scriptable fake of api.github.com on a loopback port."""
 
     def __init__(
@@ -154,23 +154,6 @@ class FakeGitHub:
     def url(self) -> str:
         """The API base URL (what ``github.api_url`` should be)."""
         return self.server.url + self.path_prefix
-
-    def start(self) -> FakeGitHub:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening: clients get connection refused until :meth:`start`."""
-        self.server.stop()
-
-    def close(self) -> None:
-        self.server.close()
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- repositories and histories -----------------------------------------------------
     def add_repo(

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from doraforwarder.testing.http_fake import BackgroundServer
+from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 API_PREFIX = "/apis/argoproj.io/v1alpha1"
 API_VERSION = "argoproj.io/v1alpha1"
@@ -72,7 +72,7 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-class FakeKube:
+class FakeKube(FakeServer):
     """The fake API server; start with ``with FakeKube() as kube:`` or :meth:`start`."""
 
     def __init__(
@@ -106,28 +106,14 @@ class FakeKube:
         self.server = BackgroundServer(app)
 
     # --- server lifecycle -------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self) -> FakeKube:
-        self.server.start()
-        return self
-
     def stop(self) -> None:
         """Stop listening: clients get connection refused (open watches are dropped)."""
         self.drop_watches()
-        self.server.stop()
+        super().stop()
 
     def close(self) -> None:
         self.drop_watches()
-        self.server.close()
-
-    def __enter__(self) -> FakeKube:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     def write_kubeconfig(self, path: Path, *, token: str | None = None) -> Path:
         """A kubeconfig pointing at this server (plain HTTP, bearer token)."""

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from doraforwarder.testing.http_fake import BackgroundServer
+from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 TOKEN_PATH = "/auth/realms/redhat-external/protocol/openid-connect/token"
 INCIDENTS_PATH = "/api/web-rca/v1/incidents"
@@ -51,7 +51,7 @@ class _Fault:
     retry_after: float | None = None
 
 
-class FakeWebRCA:
+class FakeWebRCA(FakeServer):
     """SSO token endpoint + WebRCA incidents endpoint on one loopback port."""
 
     def __init__(
@@ -87,19 +87,6 @@ class FakeWebRCA:
         self.server = BackgroundServer(app)
 
     # --- lifecycle --------------------------------------------------------------
-    def start(self) -> FakeWebRCA:
-        self.server.start()
-        return self
-
-    def close(self) -> None:
-        self.server.close()
-
-    def __enter__(self) -> FakeWebRCA:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def token_url(self) -> str:
         return self.server.url + TOKEN_PATH

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import web
 
@@ -87,6 +87,38 @@ class BackgroundServer:
             self._thread.join(timeout=5)
 
     def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FakeServer:
+    """Lifecycle shared by the fakes: ``with Fake() as fake:``, ``stop()``/``start()``, ``url``.
+
+    Subclasses set ``self.server`` to their :class:`BackgroundServer` and
+    extend :meth:`stop` or :meth:`close` when they hold more than a socket.
+    """
+
+    server: BackgroundServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> Self:
+        """Listen (again, after :meth:`stop`: same port, same state)."""
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening: clients get connection refused until :meth:`start`."""
+        self.server.stop()
+
+    def close(self) -> None:
+        self.server.close()
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
