@@ -268,3 +268,151 @@ def test_history_deployments_use_the_live_ids() -> None:
                                    ArgoCDConfig(namespaces=["argocd"]), NOW)
     assert [r.id for r in backfill][1:] == [r.id for r in live]
     assert backfill[-1].images == [I2] and backfill[0].images == []
+
+
+# --- stale views: another replica (or this one before a restart) is ahead -----------------
+
+StaleCase = Callable[[LiveApp], tuple[list[dict[str, Any]], dict[str, Any]]]
+"""Builds (what the replica that is ahead decided, in order; the older view a lagging one has)."""
+
+
+def _lagging_settled_view_of_sync_1(a: LiveApp) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, sync_1 = a.snapshot(), a.sync(sha("r1"), [I1])
+    return [first, *sync_1, *a.sync(sha("r2"), [I2])[:2]], sync_1[-1]
+
+
+def _lagging_healthy_view_after_a_newer_failure(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, progressing = a.snapshot(), a.sync(sha("r1"), [I1], health="Progressing")
+    healthy = a.set_health("Healthy")  # the replica that is ahead skipped it (a re-list)
+    return [first, *progressing, *a.fail(sha("bad"))], healthy
+
+
+def _lagging_view_of_an_older_failure(a: LiveApp) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, older = a.snapshot(), a.fail(sha("bad"))
+    return [first, *older, *a.fail(sha("worse"))], older[-1]
+
+
+def _lagging_running_view_of_a_recorded_failure(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, failed = a.snapshot(), a.fail(sha("bad"))
+    return [first, *failed], failed[0]
+
+
+def _lagging_failure_view_under_a_newer_history(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, failed = a.snapshot(), a.fail(sha("bad"))
+    return [first, *a.sync(sha("r1"), [I1])], failed[-1]  # ahead: the failure was skipped
+
+
+def _lagging_running_view_of_a_decided_sync(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, sync_1 = a.snapshot(), a.sync(sha("r1"), [I1])
+    return [first, *sync_1], sync_1[0]
+
+
+def _lagging_progressing_view_after_degraded(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    first, progressing = a.snapshot(), a.sync(sha("r1"), [I1], health="Progressing")
+    return [first, *progressing, a.set_health("Degraded")], progressing[-1]
+
+
+def _lagging_view_of_the_deleted_predecessor(
+    a: LiveApp,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    old = a.snapshot()
+    old["metadata"].update(uid="one", creationTimestamp="2024-06-01T10:00:00Z")
+    again = LiveApp("svc", start=NOW)
+    again.obj["metadata"].update(uid="two", creationTimestamp="2025-01-01T11:00:00Z")
+    return [again.snapshot(), *again.sync(sha("r1"), [I1], health="Progressing")], old
+
+
+STALE: list[tuple[str, StaleCase, bool]] = [
+    # (case, scenario, whether stale_reason recognises it; else it is a no-op by itself)
+    ("a settled view of sync 1 after sync 2 was recorded",
+     _lagging_settled_view_of_sync_1, True),
+    ("a healthy view older than a failure recorded since",
+     _lagging_healthy_view_after_a_newer_failure, True),
+    ("a view of an older failure", _lagging_view_of_an_older_failure, True),
+    ("the running view of a failure already recorded",
+     _lagging_running_view_of_a_recorded_failure, True),
+    ("a failure only a view older than the history shows",
+     _lagging_failure_view_under_a_newer_history, True),
+    ("the running view of a sync already decided", _lagging_running_view_of_a_decided_sync, True),
+    ("a progressing view after the sync was decided degraded",
+     _lagging_progressing_view_after_degraded, False),
+    ("a view of the deleted predecessor after the re-creation",
+     _lagging_view_of_the_deleted_predecessor, True),
+]
+
+
+@pytest.mark.parametrize(("case", "scenario", "recognised"), STALE, ids=[s[0] for s in STALE])
+def test_a_view_older_than_the_stored_state_decides_nothing(
+    case: str, scenario: StaleCase, recognised: bool
+) -> None:
+    ahead, old_view = scenario(LiveApp("svc"))
+    stored, _ = run(ahead)
+    assert stored is not None
+    decision = decide(parse_application(old_view), stored, ArgoCDConfig(namespaces=["argocd"]),
+                      NOW)
+    assert decision.deployments == []
+    assert decision.state == stored and not decision.changed
+    assert decision.stale is recognised
+
+
+def test_the_lagging_replica_of_the_e2e_suite() -> None:
+    """Sync 2 pending with the old baseline must not be sent as 'superseded' by sync 1's view."""
+    app = LiveApp("svc")
+    first, sync_1 = app.snapshot(), app.sync(sha("r1"), [I1])
+    stored, sent = run([first, *sync_1, app.sync(sha("r2"), [I2])[1]])
+    assert stored is not None and [p.history_id for p in stored.pending] == [2]
+    decision = decide(parse_application(sync_1[-1]), stored, ArgoCDConfig(namespaces=["argocd"]),
+                      NOW)
+    assert decision.deployments == [] and decision.state == stored
+    assert "stale view ignored" in decision.reasons[0]
+    assert summary(sent) == [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]
+
+
+def _eventful_history(app: LiveApp) -> list[dict[str, Any]]:
+    return [
+        app.snapshot(), app.refresh(),
+        *app.sync(sha("r1"), [I1]),
+        *app.fail(sha("bad")),
+        *app.sync(sha("r2"), [I2], health="Progressing"), app.set_health("Healthy"),
+        *app.sync(sha("r3"), [I1], health="Progressing"),
+        *app.sync(sha("r4"), [I2], health="Degraded"),
+        *app.fail(sha("bad")), *app.fail(sha("worse"), phase="Error"),
+        *app.sync(sha("r4"), [I2]), app.refresh(),
+    ]
+
+
+def test_no_older_view_ever_moves_the_state_or_sends_anything() -> None:
+    """Every view j < k decided against the state after view k: nothing happens."""
+    config = ArgoCDConfig(namespaces=["argocd"])
+    views = [parse_application(obj) for obj in _eventful_history(LiveApp("svc"))]
+    states: list[AppState] = []
+    state: AppState | None = None
+    for view in views:
+        state = decide(view, state, config, NOW).state
+        assert state is not None
+        states.append(state)
+    for k, after in enumerate(states):
+        for j in range(k):
+            decision = decide(views[j], after, config, NOW)
+            assert decision.deployments == [], (j, k, decision.reasons)
+            assert decision.state == after, (j, k, decision.reasons)
+
+
+def test_the_deletion_of_a_predecessor_seen_late_keeps_the_successor() -> None:
+    app = LiveApp("svc")
+    app.obj["metadata"]["uid"] = "two"
+    state, _ = run([app.snapshot()])
+    late = mark_deleted(state, NOW, uid="one")
+    assert late.state == state and not late.changed and late.stale
+    assert mark_deleted(state, NOW, uid="two").changed
+    assert mark_deleted(state, NOW).changed  # absent from a re-list: no uid to compare

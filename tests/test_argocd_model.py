@@ -11,7 +11,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from doraforwarder.argocd.intake import Intake, Observed, metric_field
-from doraforwarder.argocd.model import MalformedApplication, fingerprint, parse_application
+from doraforwarder.argocd.model import (
+    MalformedApplication,
+    fingerprint,
+    parse_application,
+    parse_time,
+)
 from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.metrics import Metrics
 from doraforwarder.testing.argocd_objects import LiveApp, image, sha
@@ -205,3 +210,22 @@ def test_fingerprint_ignores_reconciled_at_but_not_settling() -> None:
 ])
 def test_metric_labels_are_bounded(field: str, label: str) -> None:
     assert metric_field(field) == label
+
+
+def test_fingerprint_is_a_small_digest_not_references_into_the_object() -> None:
+    """One is kept per tracked app: it must not keep parts of the parsed object alive."""
+    app = LiveApp("svc")
+    digest = fingerprint(app.snapshot())
+    assert isinstance(digest, bytes) and len(digest) == 16
+    moved = app.snapshot()
+    moved["spec"]["source"]["path"] = "components/svc/staging"
+    assert fingerprint(moved) != digest
+
+
+def test_creation_time_is_read_for_telling_a_predecessor_from_a_re_creation() -> None:
+    obj = LiveApp("svc").snapshot()
+    assert parse_application(obj).created_at is None
+    obj["metadata"]["creationTimestamp"] = "2024-06-01T10:00:00Z"
+    assert parse_application(obj).created_at == parse_time("2024-06-01T10:00:00Z")
+    obj["metadata"]["creationTimestamp"] = "yesterday"  # only orders views: not worth a skip
+    assert parse_application(obj).created_at is None

@@ -7,6 +7,7 @@ asserts the exact records staged on the ``deployments`` stream.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,14 +17,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from kubernetes.client import CustomObjectsApi
+from kubernetes.config import new_client_from_config
 
 from doraforwarder.argocd.detect import dedupe_key, deployment_id
+from doraforwarder.argocd.intake import Deleted, Intake
 from doraforwarder.argocd.model import parse_time
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.argocd.state import load_state
-from doraforwarder.argocd.watcher import WatchTiming
+from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
+from doraforwarder.metrics import Metrics
 from doraforwarder.pipeline import read_detected
 from doraforwarder.records import DetectedDeployment, GitSource
 from doraforwarder.store import Keys
@@ -540,3 +545,101 @@ async def test_cluster_wide_watch_follows_every_namespace(harness: Harness) -> N
         ("team-a", sha("team-a")), ("team-b", sha("team-b"))]
     assert run.context.status.watched_namespaces == ["*"]
     assert run.context.status.apps_tracked == 2
+
+
+# --- lists: page by page, deletions only after a complete list ---------------------------
+
+
+class RecordingSink:
+    """A WatchSink that remembers the calls (and can act between pages)."""
+
+    def __init__(self, on_page: Any = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.on_page = on_page
+
+    def listed_page(self, scope: WatchScope, objects: list[Any], stop: threading.Event, *,
+                    first: bool) -> bool:
+        self.calls.append(("page", (first, [o["metadata"]["name"] for o in objects])))
+        if self.on_page is not None:
+            self.on_page(len(self.calls))
+        return True
+
+    def listed_done(self, scope: WatchScope, stop: threading.Event) -> bool:
+        self.calls.append(("done", scope.label))
+        return True
+
+    def event(self, scope: WatchScope, event_type: str, obj: Any, stop: threading.Event) -> bool:
+        self.calls.append((event_type, obj["metadata"]["name"]))
+        return True
+
+
+def _watch_until_listed(kube: FakeKube, tmp_path: Path, sink: RecordingSink) -> None:
+    client = new_client_from_config(str(kube.write_kubeconfig(tmp_path / "kc")))
+    stop = threading.Event()
+    timing = WatchTiming(watch_timeout=30, retry_base=0.01, retry_cap=0.05, connect_timeout=2,
+                         page_size=2)
+    watcher = ApplicationWatcher(CustomObjectsApi(client), WatchScope("argocd"), sink, Metrics(),
+                                 stop, timing)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        assert watcher.listed_once.wait(10), "the list never completed"
+    finally:
+        watcher.interrupt()
+        thread.join(10)
+        client.close()
+
+
+def test_a_list_is_handed_over_page_by_page(kube: FakeKube, tmp_path: Path) -> None:
+    for i in range(5):
+        kube.apply(LiveApp(f"svc{i}").snapshot())
+    sink = RecordingSink()
+    _watch_until_listed(kube, tmp_path, sink)
+    assert sink.calls[:4] == [
+        ("page", (True, ["svc0", "svc1"])), ("page", (False, ["svc2", "svc3"])),
+        ("page", (False, ["svc4"])), ("done", "argocd")]
+
+
+def test_a_list_cut_short_starts_again_and_completes_once(kube: FakeKube,
+                                                          tmp_path: Path) -> None:
+    for i in range(3):
+        kube.apply(LiveApp(f"svc{i}").snapshot())
+
+    def expire_the_continue_token(calls: int) -> None:
+        if calls == 1:
+            kube.fail_next(1, 410, kind="list")
+
+    sink = RecordingSink(expire_the_continue_token)
+    _watch_until_listed(kube, tmp_path, sink)
+    assert sink.calls[:4] == [
+        ("page", (True, ["svc0", "svc1"])),
+        ("page", (True, ["svc0", "svc1"])), ("page", (False, ["svc2"])), ("done", "argocd")]
+
+
+def test_intake_treats_apps_absent_from_a_complete_list_as_deleted() -> None:
+    jobs: list[Any] = []
+    intake = Intake(lambda key, job, stop: jobs.append(job) or True, Metrics(),
+                    lambda scope, present: jobs.append(("listed", sorted(present))))
+    scope, stop = WatchScope("argocd"), threading.Event()
+    apps = {name: LiveApp(name) for name in ("a", "b", "c")}
+    for app in apps.values():
+        intake.event(scope, "ADDED", app.snapshot(), stop)
+    jobs.clear()
+    assert intake.listed_page(scope, [apps["a"].refresh()], stop, first=True)
+    # The list failed and started again: its second attempt finds a and b, over two pages.
+    assert intake.listed_page(scope, [apps["a"].refresh()], stop, first=True)
+    assert intake.listed_page(scope, [apps["b"].refresh()], stop, first=False)
+    assert jobs == [], "refreshes and deletions before the list completed"
+    assert intake.listed_done(scope, stop)
+    assert jobs == [Deleted("argocd", "c"), ("listed", [("argocd", "a"), ("argocd", "b")])]
+    assert intake.apps_tracked == 2
+
+
+def test_intake_passes_the_uid_of_a_deleted_object() -> None:
+    jobs: list[Any] = []
+    intake = Intake(lambda key, job, stop: jobs.append(job) or True, Metrics(),
+                    lambda scope, present: None)
+    obj = LiveApp("svc").snapshot()
+    obj["metadata"]["uid"] = "one"
+    intake.event(WatchScope("argocd"), "DELETED", obj, threading.Event())
+    assert jobs == [Deleted("argocd", "svc", uid="one")]

@@ -21,6 +21,9 @@ Pure: no I/O, no clock, no randomness, so every rule below is a table test.
   really runs).
 - A sync of the revision and images already deployed changed nothing: the
   state advances, nothing is sent.
+- A view older than the stored state (:func:`stale_reason`: another replica,
+  or this one before a restart, already decided from a newer one) decides
+  nothing: the state never moves backwards and nothing is sent.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     changed: bool = False
     """Whether ``state`` differs from the stored one (else nothing is written)."""
+    stale: bool = False
+    """The view was older than the stored state: nothing was decided from it."""
 
 
 # --- ids and dedupe -----------------------------------------------------------------
@@ -179,8 +184,60 @@ def _in_flight(view: AppView, entry: HistoryEntry) -> bool:
 # --- the decision -------------------------------------------------------------------
 
 
+def stale_reason(view: AppView, stored: AppState) -> str | None:
+    """Why ``view`` is older than what ``stored`` already took into account, or None.
+
+    Replicas (and one replica's lanes after a re-list) may decide an app from
+    views of different ages: the state in Redis can already reflect a newer
+    object than the view at hand. Deciding from the older view would read the
+    newer pending sync as "superseded" (sent early, with the old images) and
+    move the baseline back. Only semantic orderings are used, never the
+    opaque ``resourceVersion``:
+
+    - the same object (same uid) never lowers its latest history id: ArgoCD
+      appends ids and trims the oldest entries only;
+    - operations on one app run one after the other, so an operation that
+      finished (or, still running, started) before the last failure recorded
+      belongs to an older view;
+    - a different uid whose object was created before the stored one is the
+      deleted predecessor, not a re-creation.
+    """
+    recreated = bool(stored.uid and view.uid and stored.uid != view.uid)
+    if recreated:
+        if (
+            view.created_at is not None
+            and stored.created_at is not None
+            and view.created_at < stored.created_at
+        ):
+            return (
+                f"view of uid {view.uid} created {view.created_at.isoformat()}, before the "
+                f"stored uid {stored.uid} ({stored.created_at.isoformat()})"
+            )
+        return None
+    if stored.last_history_id is not None:
+        latest_id = view.latest.id if view.latest is not None else -1
+        if latest_id < stored.last_history_id:
+            return (
+                f"view's latest history id {latest_id} is below the stored "
+                f"{stored.last_history_id}"
+            )
+    operation = view.operation
+    if operation is not None and stored.last_failure_at is not None:
+        moment = operation.finished_at or operation.started_at
+        if moment is not None and moment < stored.last_failure_at:
+            return (
+                f"view's operation ({operation.phase}, {moment.isoformat()}) is older than the "
+                f"failure recorded at {stored.last_failure_at.isoformat()}"
+            )
+    return None
+
+
 def decide(view: AppView, stored: AppState | None, config: ArgoCDConfig, now: datetime) -> Decision:
     """Advance ``stored`` with what ``view`` shows; return the deployments that completes."""
+    if stored is not None:
+        stale = stale_reason(view, stored)
+        if stale is not None:
+            return Decision(state=stored, reasons=[f"stale view ignored: {stale}"], stale=True)
     identity = resolve_identity(view, config)
     if isinstance(identity, Skip):
         return Decision(
@@ -228,6 +285,7 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
         previous = view.history[-2] if len(view.history) > 1 else None
         state = AppState(
             uid=view.uid,
+            created_at=view.created_at,
             baseline=_baseline(previous, view.images),
             last_history_id=latest.id,
             pending=[_pending(latest, now + config.health_timeout)],
@@ -239,6 +297,7 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
         return Decision(decision.state, decision.deployments, reasons + decision.reasons, True)
     state = AppState(
         uid=view.uid,
+        created_at=view.created_at,
         baseline=_baseline(latest, view.images),
         last_history_id=latest.id if latest is not None else None,
         last_failure_at=last_failure,
@@ -263,11 +322,13 @@ def _follow(
     last_history_id = stored.last_history_id
     last_failure_at = stored.last_failure_at
     uid = stored.uid
+    created_at = stored.created_at
 
     recreated = bool(stored.uid and view.uid and stored.uid != view.uid)
     if recreated:
         reasons.append("application was re-created: its history starts again")
         uid = view.uid
+        created_at = view.created_at
         known_until = baseline.deployed_at if baseline is not None else None
         new_entries = [
             e for e in view.history if known_until is None or e.deployed_at > known_until
@@ -319,7 +380,7 @@ def _follow(
                 still_pending.append(candidate.model_copy(update={"images": images}))
                 reasons.append(f"sync {candidate.history_id}: health {health}, waiting")
                 continue
-        elif not is_latest:
+        elif latest is not None and latest.id > candidate.history_id:
             verdict = config.unsettled_result
             why = "superseded by a newer sync before it settled"
         elif now >= candidate.deadline:
@@ -354,21 +415,34 @@ def _follow(
 
     state = AppState(
         uid=uid,
+        created_at=created_at,
         baseline=baseline,
         last_history_id=last_history_id,
         pending=still_pending,
         last_failure_at=last_failure_at,
         deleted_at=None,
     )
+    if state.created_at is None and state != stored:
+        # States written before creation times were kept learn it with their next change.
+        state = state.model_copy(update={"created_at": view.created_at})
     if stored.deleted_at is not None:
         reasons.append("application is back")
     return Decision(state, deployments, reasons, changed=state != stored)
 
 
-def mark_deleted(stored: AppState | None, now: datetime) -> Decision:
-    """The Application is gone: keep its state for ``argocd.state_ttl``, send nothing."""
+def mark_deleted(stored: AppState | None, now: datetime, uid: str = "") -> Decision:
+    """The Application is gone: keep its state for ``argocd.state_ttl``, send nothing.
+
+    ``uid`` is the deleted object's (empty when unknown, e.g. absent from a
+    re-list): the deletion of an earlier object of the same name, seen late,
+    must not end the state of its re-created successor.
+    """
     if stored is None or stored.deleted_at is not None:
         return Decision(stored, [], ["deleted: nothing stored"], changed=False)
+    if uid and stored.uid and uid != stored.uid:
+        return Decision(
+            stored, [], [f"deletion of uid {uid} ignored: state is uid {stored.uid}"], stale=True
+        )
     return Decision(stored.model_copy(update={"deleted_at": now}), [], ["deleted"], changed=True)
 
 

@@ -7,6 +7,10 @@ the same (a refresh), so the event ends here, costing no parse, no Redis
 command and no API request. Anything else is parsed into an
 :class:`~doraforwarder.argocd.model.AppView` and queued on the app's lane;
 malformed objects are skipped with one warning per app and field.
+
+Memory is what scales with the number of Applications, so per app only a
+16-byte digest is kept, and lists are taken page by page: nothing here holds
+a reference into a raw object once it has been handed over.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Observed:
 class Deleted:
     namespace: str
     name: str
+    uid: str = ""
+    """The deleted object's uid; empty when it vanished from a re-list."""
 
     @property
     def key(self) -> str:
@@ -67,6 +73,7 @@ class Recheck:
 Job = Observed | Deleted | Recheck
 Submit = Callable[[str, Job, threading.Event], bool]
 OnListed = Callable[[WatchScope, set[tuple[str, str]]], None]
+Key = tuple[Any, Any]
 
 _INDEX = re.compile(r"\[\d+\]")
 
@@ -83,8 +90,10 @@ class Intake:
         self._submit = submit
         self._metrics = metrics
         self._on_listed = on_listed
-        self._fingerprints: dict[tuple[Any, Any], tuple[Any, ...] | None] = {}
-        self._warned: dict[tuple[Any, Any], str] = {}
+        self._fingerprints: dict[Key, bytes | None] = {}
+        self._warned: dict[Key, str] = {}
+        self._listing: dict[WatchScope, set[tuple[str, str]]] = {}
+        """Keys seen so far by each scope's list in progress."""
         self._seen = {
             kind: metrics.events_seen.labels(kind) for kind in ("ADDED", "MODIFIED", "DELETED")
         }
@@ -101,17 +110,27 @@ class Intake:
             return self._deleted(obj, stop)
         return self._observe(obj, stop)
 
-    def listed(self, scope: WatchScope, objects: list[Any], stop: threading.Event) -> bool:
-        present: set[tuple[str, str]] = set()
+    def listed_page(
+        self, scope: WatchScope, objects: list[Any], stop: threading.Event, *, first: bool
+    ) -> bool:
+        if first or scope not in self._listing:
+            self._listing[scope] = set()  # a list cut short before is forgotten
+        present = self._listing[scope]
         for obj in objects:
             key = _raw_key(obj)
             if key is not None and isinstance(key[0], str) and isinstance(key[1], str):
                 present.add(key)
             if not self._observe(obj, stop):
                 return False
+        return True
+
+    def listed_done(self, scope: WatchScope, stop: threading.Event) -> bool:
+        present = self._listing.pop(scope, set())
         # Deleted while we were not watching (a 410 gap): no DELETED event will come.
+        # Only now: until the list completed, an absent app may be on a later page.
+        # list(): other scopes' threads add apps meanwhile (a C-level copy, atomic).
         for key in [
-            k for k in self._fingerprints if isinstance(k[0], str) and scope.contains(k[0])
+            k for k in list(self._fingerprints) if isinstance(k[0], str) and scope.contains(k[0])
         ]:
             if key not in present:
                 self._fingerprints.pop(key, None)
@@ -154,9 +173,9 @@ class Intake:
         self._fingerprints.pop(key, None)
         self._warned.pop(key, None)
         self._metrics.apps_tracked.set(len(self._fingerprints))
-        return self._submit(app_key(*key), Deleted(*key), stop)
+        return self._submit(app_key(*key), Deleted(*key, uid=_raw_uid(obj)), stop)
 
-    def _malformed(self, key: tuple[Any, Any] | None, exc: MalformedApplication) -> None:
+    def _malformed(self, key: Key | None, exc: MalformedApplication) -> None:
         self._metrics.malformed_objects.labels(metric_field(exc.field)).inc()
         # Objects without a usable name share one slot per field.
         slot = key if key is not None else ("<unknown>", exc.field)
@@ -168,7 +187,12 @@ class Intake:
         )
 
 
-def _raw_key(obj: Any) -> tuple[Any, Any] | None:
+def _raw_uid(obj: Any) -> str:
+    uid = obj["metadata"].get("uid")
+    return uid if isinstance(uid, str) else ""
+
+
+def _raw_key(obj: Any) -> Key | None:
     try:
         metadata = obj["metadata"]
         key = (metadata.get("namespace"), metadata.get("name"))

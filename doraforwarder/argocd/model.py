@@ -6,8 +6,8 @@ The watch hands us plain JSON. :func:`parse_application` turns it into an
 is missing or mistyped, so the watcher can log a single actionable warning and
 carry on with the next object.
 
-:func:`fingerprint` is the cheap twin used on every watch event: a small tuple
-of the raw values detection depends on. Two events with equal fingerprints
+:func:`fingerprint` is the cheap twin used on every watch event: a 16-byte
+digest of the raw values detection depends on. Two events with equal fingerprints
 lead to the same decision, so the second one (a refresh, the common case) is
 dropped in memory without parsing, Redis or API calls.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any
 
 from doraforwarder.records import GitSource
@@ -97,6 +98,7 @@ class AppView:
     name: str
     uid: str = ""
     resource_version: str = ""
+    created_at: datetime | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     sources: tuple[SourceView, ...] = ()
     destination_server: str = ""
@@ -291,6 +293,7 @@ def parse_application(obj: Any) -> AppView:
         name=name,
         uid=r.text(metadata.get("uid"), "metadata.uid"),
         resource_version=r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
+        created_at=_optional_time(metadata.get("creationTimestamp")),
         annotations=annotations,
         sources=sources,
         destination_server=r.text(destination.get("server"), "spec.destination.server"),
@@ -302,6 +305,16 @@ def parse_application(obj: Any) -> AppView:
         images=_images(r, summary.get("images")),
         reconciled_at=r.time(status.get("reconciledAt"), "status.reconciledAt"),
     )
+
+
+def _optional_time(value: Any) -> datetime | None:
+    """A time only used to order views: unusable is unknown, not a reason to skip the app."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
 
 
 def _history(
@@ -383,14 +396,26 @@ def _images(r: _Reader, value: Any) -> tuple[str, ...]:
 _NO_FIELDS: dict[str, Any] = {}
 
 
-def fingerprint(obj: Any) -> tuple[Any, ...] | None:
-    """The raw values detection depends on, for the in-memory "nothing to do" check.
+def fingerprint(obj: Any) -> bytes | None:
+    """A 16-byte digest of the raw values detection depends on, for the "nothing to do" check.
 
     ``reconciledAt`` changes on every refresh, so it is reduced to whether a
     comparison ran after the last operation finished (the "settled" signal).
-    Returns None when the object is too broken to fingerprint; the caller then
-    parses it (and reports what is wrong).
+    A digest, not the values: one is kept per tracked Application, and the
+    values would be references into the parsed object (its sources,
+    destination and images), keeping much of it alive. ``repr`` of equal JSON
+    values is equal (dict key order aside, which the server keeps stable, and
+    a reordering only costs one needless parse). Returns None when the object
+    is too broken to fingerprint; the caller then parses it (and reports what
+    is wrong).
     """
+    values = _fingerprint_values(obj)
+    if values is None:
+        return None
+    return blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _fingerprint_values(obj: Any) -> tuple[Any, ...] | None:
     try:
         metadata = obj["metadata"]
         annotations = metadata.get("annotations") or _NO_FIELDS

@@ -231,9 +231,10 @@ class ArgoCDSource:
                 return
         decide_fn: Decide
         if view is None:
+            uid = job.uid if isinstance(job, Deleted) else ""
 
             def decide_fn(stored: AppState | None) -> Decision:
-                return mark_deleted(stored, now)
+                return mark_deleted(stored, now, uid)
         else:
             current = view
 
@@ -267,7 +268,11 @@ class ArgoCDSource:
         metrics = self.context.metrics
         decision = committed.decision
         state = decision.state
-        if state is not None and state.pending and view is not None:
+        if decision.stale:
+            # Nothing was decided from an old view: the newer one this replica will see
+            # (or another replica already saw) sets the pending bookkeeping, not this one.
+            self._deadlines.pop(key, None)
+        elif state is not None and state.pending and view is not None:
             self._views[key] = view
             deadline = state.next_deadline
             if deadline is not None:

@@ -50,6 +50,9 @@ class PendingSync(StateModel):
 class AppState(StateModel):
     schema_version: int = SCHEMA_VERSION
     uid: str = ""
+    created_at: datetime | None = None
+    """``metadata.creationTimestamp`` of the object ``uid`` names (tells a late view of a
+    deleted predecessor from a re-creation)."""
     baseline: Baseline | None = None
     last_history_id: int | None = None
     pending: list[PendingSync] = Field(default_factory=list)

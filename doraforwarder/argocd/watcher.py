@@ -3,8 +3,10 @@
 The official client is synchronous, so each scope (a namespace, or the whole
 cluster for ``namespaces: ["*"]``) runs in its own thread:
 
-1. list (paginated) and hand every object to the sink: this is the start,
-   and the catch-up after a 410;
+1. list (paginated) and hand every object to the sink, page by page as the
+   pages arrive (never the whole list at once: with thousands of
+   Applications, holding every parsed page is most of the daemon's memory):
+   this is the start, and the catch-up after a 410;
 2. watch from the list's resourceVersion with bookmarks on, reading the
    chunked response line by line (one ``json.loads`` per line; we do not use
    ``kubernetes.watch.Watch``: it decodes each line twice, hides ERROR events
@@ -60,8 +62,17 @@ class WatchScope:
 class WatchSink(Protocol):
     """Where a watcher delivers objects; calls may block (back-pressure)."""
 
-    def listed(self, scope: WatchScope, objects: list[Any], stop: threading.Event) -> bool:
-        """A full list of the scope; False if interrupted by stop."""
+    def listed_page(
+        self, scope: WatchScope, objects: list[Any], stop: threading.Event, *, first: bool
+    ) -> bool:
+        """One page of a list of the scope; False if interrupted by stop.
+
+        ``first`` starts a new list: pages of a list cut short (an error, a
+        410 on the continue token) are forgotten.
+        """
+
+    def listed_done(self, scope: WatchScope, stop: threading.Event) -> bool:
+        """The list whose pages were delivered completed: anything else in the scope is gone."""
 
     def event(self, scope: WatchScope, event_type: str, obj: Any, stop: threading.Event) -> bool:
         """One ADDED/MODIFIED/DELETED event; False if interrupted by stop."""
@@ -183,7 +194,7 @@ class ApplicationWatcher:
 
     # --- list -----------------------------------------------------------------------
     def _list(self) -> str | None:
-        items: list[Any] = []
+        count = pages = 0
         token: str | None = None
         resource_version = ""
         while True:
@@ -200,7 +211,13 @@ class ApplicationWatcher:
             if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
                 raise BrokenStream("list answer is not an object with items")
             metadata = body.get("metadata") or {}
-            items.extend(body.get("items") or [])
+            items: list[Any] = body.get("items") or []
+            del body
+            if not self.sink.listed_page(self.scope, items, self.stop, first=pages == 0):
+                return None
+            pages += 1
+            count += len(items)
+            del items  # the page is handed over: let it go before the next one arrives
             token = metadata.get("continue") or None
             resource_version = metadata.get("resourceVersion") or resource_version
             if not token:
@@ -212,10 +229,10 @@ class ApplicationWatcher:
         log.info(
             "applications listed",
             namespace=self.scope.label,
-            count=len(items),
+            count=count,
             resource_version=resource_version,
         )
-        if not self.sink.listed(self.scope, items, self.stop):
+        if not self.sink.listed_done(self.scope, self.stop):
             return None
         self.listed_once.set()
         return resource_version
@@ -234,6 +251,8 @@ class ApplicationWatcher:
         with self._lock:
             self._response = response
         try:
+            if self.stop.is_set():
+                return  # interrupted while connecting: interrupt() found no response to shut
             self._healthy()
             for line in _lines(response):
                 if not self._handle(line):
