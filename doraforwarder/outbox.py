@@ -41,7 +41,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -262,6 +262,25 @@ async def ack_delivered(redis: aioredis.Redis, keys: Keys, item: StreamItem,
         pipe.xdel(keys.outbox_stream, item.id)
         _, removed = await pipe.execute()
     return bool(removed)
+
+
+async def ack_delivered_many(redis: aioredis.Redis, keys: Keys, entry_ids: Sequence[str],
+                             group: str = OUTBOX_GROUP) -> int:
+    """Acknowledge and delete delivered *unordered* entries in one transaction.
+
+    One ``MULTI XACK XDEL EXEC`` for a whole batch: with ``appendfsync
+    always`` that is one fsync instead of one per entry, which is what makes
+    draining a backlog fast. Ordered entries must go through
+    :func:`ack_delivered` (their order key has to advance with them).
+    Returns how many entries were still there.
+    """
+    if not entry_ids:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xack(keys.outbox_stream, group, *entry_ids)
+        pipe.xdel(keys.outbox_stream, *entry_ids)
+        _, removed = await pipe.execute()
+    return int(removed)
 
 
 def dead_fields(fields: Mapping[str, str], *, source_id: str, reason: str,

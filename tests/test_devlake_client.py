@@ -1,4 +1,4 @@
-"""Answer classification, Retry-After, the httpx client and the fake's contract checks."""
+"""Answer classification, Retry-After, the HTTP client and the fake's contract checks."""
 
 from __future__ import annotations
 
@@ -150,3 +150,45 @@ async def test_client_sends_the_bearer_token_and_reports_failures(devlake: FakeD
     finally:
         await client.aclose()
     assert devlake.posts()[0].authorization == f"Bearer {TOKEN}"
+
+
+async def test_client_reports_a_dropped_connection_and_recovers(devlake: FakeDevLake) -> None:
+    client = DevLakeClient(SecretStr(TOKEN), timeout_seconds=2, pool_size=2)
+    entry = deployment_entry("d1")
+    url = devlake.url + ROUTES[0]
+    try:
+        assert (await client.deliver(entry, url, entry.payload)).status == 200  # keep-alive
+        devlake.drop_next(1)
+        dropped = await client.deliver(entry, url, entry.payload)
+        assert dropped.status is None and dropped.failure == "network"
+        assert (await client.deliver(entry, url, entry.payload)).status == 200
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "proxy"),
+    [
+        ({}, "http://devlake:8080/api", None),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http://devlake:8080/api", "http://proxy:3128"),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "http://devlake:8080/api", None),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https://devlake/api", "http://proxy:3128"),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "devlake"},
+         "http://devlake:8080/api", None),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": ".svc"},
+         "http://devlake.ns.svc:8080/api", None),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "other"},
+         "http://devlake:8080/api", "http://proxy:3128"),
+    ],
+)
+def test_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                          environment: dict[str, str], url: str,
+                                          proxy: str | None) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    client = DevLakeClient(None, timeout_seconds=1)
+    assert client._proxy(url) == proxy
+    assert client._proxy(url) == proxy  # cached per host

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -47,7 +48,11 @@ def counter(context, name: str, **labels: str) -> float:
 
 
 async def outbox_empty(redis: aioredis.Redis, context) -> bool:
-    return await redis.xlen(context.keys.outbox_stream) == 0
+    return await outbox_length(redis, context, 0)
+
+
+async def outbox_length(redis: aioredis.Redis, context, length: int) -> bool:
+    return await redis.xlen(context.keys.outbox_stream) == length
 
 
 async def test_delivers_to_every_target_and_acknowledges(redis_client, devlake) -> None:
@@ -121,7 +126,9 @@ async def test_a_retrying_entry_does_not_hold_up_the_others(redis_client, devlak
     devlake.rate_limit_next(1, retry_after=3600)
     async with RunningService(DeliveryPool(context)):
         await eventually(lambda: len(devlake.deployment_ids(1)) == 5, what="five delivered")
-        assert await redis_client.xlen(context.keys.outbox_stream) == 1
+        # acknowledgements follow the 2xx in batches: wait for them, not just the posts
+        await eventually(lambda: outbox_length(redis_client, context, 1),
+                         what="the five acknowledged, the limited one kept")
     assert devlake.deployment_ids(1) == set(ids[1:])
 
 
@@ -335,3 +342,39 @@ async def test_held_retrying_entries_are_not_stolen_by_another_replica(
             assert [c["name"] for c in info["consumers"]] == ["a"]
             devlake.clear_faults()
             await eventually(lambda: outbox_empty(redis_client, context_a))
+
+
+async def test_nothing_is_acknowledged_before_devlake_answers(redis_client, devlake) -> None:
+    context = make_context(redis_client, devlake_section(devlake.url))
+    await stage(redis_client, context.keys, [deployment_entry(f"svc:{n}") for n in range(3)])
+    devlake.hold()
+    async with RunningService(DeliveryPool(context)):
+        await asyncio.to_thread(devlake.wait_for_held, 3)
+        assert await redis_client.xlen(context.keys.outbox_stream) == 3
+        info = await redis_client.xpending(context.keys.outbox_stream, OUTBOX_GROUP)
+        assert info["pending"] == 3
+        devlake.release()
+        await eventually(lambda: outbox_empty(redis_client, context), what="outbox drained")
+    assert devlake.deployment_ids(1) == {"svc:0", "svc:1", "svc:2"}
+
+
+async def test_stopping_acknowledges_what_was_delivered_and_keeps_the_rest(
+    redis_client, devlake
+) -> None:
+    """Acknowledgements are batched; stopping must not leave a delivered entry behind."""
+    context = make_context(redis_client, devlake_section(devlake.url),
+                           delivery={"workers": 4})
+    await stage(redis_client, context.keys, [deployment_entry(f"svc:{n}") for n in range(30)])
+    devlake.hold()
+    service = RunningService(DeliveryPool(context))
+    async with service:
+        await asyncio.to_thread(devlake.wait_for_held, 4)
+        service.stop_event.set()  # stop while four posts are in flight ...
+        for _ in range(5):
+            await asyncio.sleep(0)
+        devlake.release()  # ... and answered 2xx afterwards
+        await service.stop()
+    assert len(devlake.deployment_ids(1)) == 4
+    assert await redis_client.xlen(context.keys.outbox_stream) == 26
+    info = await redis_client.xpending(context.keys.outbox_stream, OUTBOX_GROUP)
+    assert info["pending"] == 26  # read but never sent: reclaimed by the next consumer

@@ -144,7 +144,7 @@ async def test_resolver_failure_leaves_the_entry_for_a_later_retry(redis_client)
 
 async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) -> None:
     context = make_context(redis_client, devlake_section("http://devlake"),
-                           delivery={"claim_idle": "60ms", "resolvers": 3})
+                           delivery={"claim_idle": "300ms", "resolvers": 3})
     deployment = detected()
     await detect(redis_client, context, deployment)
     release = asyncio.Event()
@@ -158,7 +158,7 @@ async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) 
     resolver = Slow({})
     async with RunningService(ResolverPool(context, resolver)):
         await eventually(lambda: len(resolver.calls) == 1)
-        await asyncio.sleep(0.4)  # several claim_idle periods: nobody may steal it
+        await asyncio.sleep(1.0)  # several claim_idle periods: nobody may steal it
         release.set()
         await eventually(lambda: stream_done(redis_client, context))
     assert resolver.calls == [deployment.id]

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, TextIO
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from pydantic import SecretStr
 
 from doraforwarder import __version__
@@ -112,36 +114,72 @@ class Sender(Protocol):
 
 
 class DevLakeClient:
-    """httpx client for the DevLake webhook routes."""
+    """HTTP client for the DevLake webhook routes: one keep-alive pool for every worker.
 
-    def __init__(self, token: SecretStr | None, timeout_seconds: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    Built on aiohttp rather than httpx: draining a backlog is one small POST
+    after another, and httpx/httpcore spend about 0.85 ms of CPU per request
+    here (a failed ``import sniffio`` on every request among it) against
+    about 0.12 ms for aiohttp, which made the daemon CPU-bound at ~400
+    records/s on two cores. ``pool_size`` caps the connections (keep-alive,
+    reused): one per delivery worker is all that is ever used.
+
+    Proxies come from ``HTTP(S)_PROXY``/``NO_PROXY`` as with any client
+    here, looked up once per host: aiohttp's own ``trust_env`` re-reads the
+    environment and ``~/.netrc`` in a thread for every request, which cost a
+    third of the delivery CPU.
+    """
+
+    def __init__(self, token: SecretStr | None, timeout_seconds: float, *,
+                 pool_size: int = 8) -> None:
         headers = {"User-Agent": f"doraforwarder/{__version__}", "Accept": "application/json"}
         if token is not None and token.get_secret_value():
             headers["Authorization"] = f"Bearer {token.get_secret_value()}"
         self.has_token = "Authorization" in headers
-        self._http = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(timeout_seconds), transport=transport,
-            follow_redirects=False,
-        )
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._pool_size = max(1, pool_size)
+        self._session: aiohttp.ClientSession | None = None
+        self._env_proxies = urllib.request.getproxies()
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, created on first use: aiohttp wants a running event loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30),
+                json_serialize=_compact_json,
+            )
+        return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        """The proxy for ``url`` from the environment (None: connect directly)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            host = parts.hostname or ""
+            bypass = bool(self._env_proxies) and bool(urllib.request.proxy_bypass(host))
+            self._proxies[key] = None if bypass else self._env_proxies.get(parts.scheme)
+        return self._proxies[key]
 
     async def request(self, method: str, url: str, body: dict[str, Any] | None = None
                       ) -> Answer:
         """Send one request; every failure is an :class:`Answer`, never an exception."""
         try:
-            if body is None:
-                response = await self._http.request(method, url)
-            else:
-                response = await self._http.request(method, url, json=body)
-        except httpx.TimeoutException as exc:
-            return Answer(None, failure="timeout", error=f"{type(exc).__name__}: {exc}")
-        except httpx.HTTPError as exc:  # connection refused/reset, protocol errors
+            async with self._http().request(method, url, json=body, proxy=self._proxy(url),
+                                            allow_redirects=False) as response:
+                raw = await response.read()
+                return Answer(
+                    status=response.status,
+                    body=_text(raw[:BODY_LIMIT * 4], response.charset)[:BODY_LIMIT],
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+        except TimeoutError as exc:
+            return Answer(None, failure="timeout",
+                          error=f"{type(exc).__name__}: no answer within {self._timeout.total}s")
+        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, protocol errors
             return Answer(None, failure="network", error=f"{type(exc).__name__}: {exc}")
-        return Answer(
-            status=response.status_code,
-            body=response.text[:BODY_LIMIT],
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-        )
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
                       ) -> Answer:
@@ -152,7 +190,20 @@ class DevLakeClient:
         return await self.request("GET", url)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _text(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", "replace")
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def dry_run_line(entry: OutboxEntry, url: str, body: dict[str, Any] | None) -> str:

@@ -7,6 +7,11 @@ Redis until DevLake accepted it (then ``XACK`` + ``XDEL``) or refused it for
 good (then it moves to the dead letters), so a crash loses nothing: another
 worker or replica reclaims it with ``XAUTOCLAIM`` after ``delivery.claim_idle``.
 
+Draining a backlog must cost little per entry: entries are read up to 250 at a
+time, acknowledged in batches after their 2xx (:class:`AckBatcher`, one
+transaction per wake-up instead of one per entry), and handed to workers
+without locks or polling (:class:`Schedule`).
+
 Retries never block other entries: a failed entry gets its own next-attempt
 time (exponential backoff with full jitter, ``Retry-After`` for 429) and
 workers go on with other due entries. Entries held here are kept fresh in
@@ -25,6 +30,8 @@ import contextlib
 import heapq
 import itertools
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +56,7 @@ from doraforwarder.logging import get_logger
 from doraforwarder.outbox import (
     StreamItem,
     ack_delivered,
+    ack_delivered_many,
     consumer_name,
     dead_letter,
     ensure_group,
@@ -56,7 +64,7 @@ from doraforwarder.outbox import (
     raw_entries,
     read_group_entries,
 )
-from doraforwarder.store import OUTBOX_GROUP
+from doraforwarder.store import OUTBOX_GROUP, Keys
 
 log = get_logger("devlake")
 
@@ -74,29 +82,45 @@ class Held:
     first_failure: float | None = None
 
 
+_TIMER_SLACK = 0.0005
+"""Seconds a timer may fire early (the loop's clock resolution) and still count as due."""
+
+
 @dataclass(order=True)
 class _Slot:
     due: float
     tie: int
     entry_id: str = field(compare=False)
+    token: int = field(compare=False)
 
 
 class Schedule:
     """Held entries and when each may be tried next; workers take whichever is due.
 
-    An entry is either waiting in the heap or in a worker's hands, never both.
-    Ordered entries blocked behind an earlier one are *parked* under their
-    order key and woken when that key makes progress here (with a timed
-    recheck in case the progress happens on another replica).
+    An entry is either waiting here (due now, or later in the heap) or in a
+    worker's hands, never both. Ordered entries blocked behind an earlier one
+    are *parked* under their order key and woken when that key makes progress
+    here (with a timed recheck in case the progress happens on another
+    replica).
+
+    Single-threaded asyncio needs no lock: a due entry goes straight to a
+    worker already waiting (its future), or into a FIFO the next ``take``
+    pops; later entries wait in a heap behind one timer. Putting an entry
+    wakes at most one worker, so many workers cost nothing while idle.
+    Rescheduling an entry gives it a new token; heap slots and FIFO places
+    with an old token are stale and skipped.
     """
 
     def __init__(self) -> None:
         self.held: dict[str, Held] = {}
+        self._waiting: dict[str, int] = {}
+        """Entry id -> token of its current place (FIFO or heap), for entries not in a worker."""
+        self._ready: deque[tuple[str, int]] = deque()
         self._heap: list[_Slot] = []
-        self._due: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._takers: deque[asyncio.Future[Held | None]] = deque()
         self._parked: dict[str, set[str]] = {}
-        self._tie = itertools.count()
-        self._changed = asyncio.Condition()
+        self._tokens = itertools.count()
         self._closed = False
 
     def __len__(self) -> int:
@@ -105,55 +129,152 @@ class Schedule:
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self.held
 
-    async def put(self, held: Held, delay: float = 0.0) -> None:
+    def put(self, held: Held, delay: float = 0.0) -> None:
         """Hold ``held`` (new, or back from a worker) and make it due after ``delay``."""
-        self.held[held.item.id] = held
-        due = time.monotonic() + max(0.0, delay)
-        self._due[held.item.id] = due
-        heapq.heappush(self._heap, _Slot(due, next(self._tie), held.item.id))
-        async with self._changed:
-            self._changed.notify_all()
+        entry_id = held.item.id
+        self.held[entry_id] = held
+        token = next(self._tokens)
+        self._waiting[entry_id] = token
+        if delay > 0:
+            heapq.heappush(self._heap, _Slot(time.monotonic() + delay, token, entry_id, token))
+            self._arm_timer()
+        else:
+            self._make_due(entry_id, token)
 
-    async def park(self, held: Held, order_key: str, recheck: float) -> None:
+    def park(self, held: Held, order_key: str, recheck: float) -> None:
         self._parked.setdefault(order_key, set()).add(held.item.id)
-        await self.put(held, recheck)
+        self.put(held, recheck)
 
-    async def wake(self, order_key: str) -> None:
+    def wake(self, order_key: str) -> None:
         """Make entries parked under ``order_key`` due now."""
         for entry_id in self._parked.pop(order_key, set()):
             held = self.held.get(entry_id)
-            if held is not None and entry_id in self._due:
-                await self.put(held)
+            if held is not None and entry_id in self._waiting:
+                self.put(held)
 
     def release(self, entry_id: str) -> None:
         """Forget an entry (acknowledged, dead-lettered, dropped)."""
         self.held.pop(entry_id, None)
-        self._due.pop(entry_id, None)
+        self._waiting.pop(entry_id, None)
 
     async def take(self) -> Held | None:
         """Wait for the next due entry; None once closed."""
-        async with self._changed:
-            while not self._closed:
-                now = time.monotonic()
-                while self._heap:
-                    slot = self._heap[0]
-                    if self._due.get(slot.entry_id) != slot.due:
-                        heapq.heappop(self._heap)  # stale slot (rescheduled or released)
-                        continue
-                    if slot.due > now:
-                        break
-                    heapq.heappop(self._heap)
-                    del self._due[slot.entry_id]
-                    return self.held[slot.entry_id]
-                timeout = self._heap[0].due - now if self._heap else None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+        while not self._closed:
+            while self._ready:
+                entry_id, token = self._ready.popleft()
+                if self._waiting.get(entry_id) == token:
+                    del self._waiting[entry_id]
+                    return self.held[entry_id]
+            taker: asyncio.Future[Held | None] = asyncio.get_running_loop().create_future()
+            self._takers.append(taker)
+            try:
+                return await taker
+            except asyncio.CancelledError:
+                handed = taker.result() if taker.done() and not taker.cancelled() else None
+                if handed is not None and handed.item.id in self.held:
+                    self.put(handed)  # handed over just as this worker was cancelled
+                raise
         return None
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self._closed = True
-        async with self._changed:
-            self._changed.notify_all()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                taker.set_result(None)
+
+    def _make_due(self, entry_id: str, token: int) -> None:
+        while self._takers:
+            taker = self._takers.popleft()
+            if not taker.done():
+                del self._waiting[entry_id]
+                taker.set_result(self.held[entry_id])
+                return
+        self._ready.append((entry_id, token))
+
+    def _arm_timer(self) -> None:
+        if not self._heap or self._closed:
+            return
+        first = self._heap[0].due
+        if self._timer is not None:
+            if self._timer.when() <= first:
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(first, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.monotonic() + _TIMER_SLACK
+        while self._heap and self._heap[0].due <= now:
+            slot = heapq.heappop(self._heap)
+            if self._waiting.get(slot.entry_id) == slot.token:
+                self._make_due(slot.entry_id, slot.token)
+        self._arm_timer()
+
+
+class AckBatcher:
+    """Acknowledges delivered entries in batches: one transaction per wake-up.
+
+    Workers hand over an entry once DevLake answered 2xx (never before); the
+    batcher acknowledges and deletes everything handed over since its last
+    round in one ``MULTI XACK XDEL`` (:func:`doraforwarder.outbox.ack_delivered_many`),
+    then calls ``on_acked`` so the entries stop being held. Until then they
+    stay held (and kept fresh by the heartbeat), so nothing retries them. A
+    crash between the 2xx and the acknowledgement means one more delivery of
+    the same record after a restart: an upsert, harmless. Only unordered
+    entries come here; an ordered entry's key must advance before its
+    successor is looked at, so those are acknowledged one by one.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, on_acked: Callable[[list[Held]], None],
+                 on_error: Callable[[Exception, Backoff, asyncio.Event], Awaitable[None]],
+                 max_batch: int = 500) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._on_acked = on_acked
+        self._on_error = on_error
+        self._max_batch = max_batch
+        self._pending: list[Held] = []
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, held: Held) -> None:
+        self._pending.append(held)
+        self._ready.set()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look at ``halt`` (called when halting)."""
+        self._ready.set()
+
+    async def run(self, halt: asyncio.Event) -> None:
+        """Acknowledge batches until ``halt``; whatever is left then is for :meth:`flush`."""
+        backoff = Backoff(0.2, 10.0)
+        while not halt.is_set():
+            if not self._pending:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            try:
+                await self._flush_batch()
+                backoff.reset()
+            except RedisError as exc:
+                await self._on_error(exc, backoff, halt)
+
+    async def flush(self) -> None:
+        """Acknowledge everything handed over so far (at shutdown; errors propagate)."""
+        while self._pending:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        batch = self._pending[:self._max_batch]
+        await ack_delivered_many(self._redis, self._keys, [held.item.id for held in batch])
+        del self._pending[:len(batch)]
+        self._on_acked(batch)
 
 
 class DeliveryPool:
@@ -179,7 +300,11 @@ class DeliveryPool:
         self.recheck = min(self.max_backoff, 1.0)
         """How soon a blocked or locked ordered entry is looked at again."""
         self.schedule = Schedule()
+        self._acks = self._new_ack_batcher()
         self._room = asyncio.Event()
+
+    def _new_ack_batcher(self) -> AckBatcher:
+        return AckBatcher(self.redis, self.keys, self._acked, self._ack_trouble)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -188,7 +313,8 @@ class DeliveryPool:
             return DryRunPrinter()
         devlake = self.settings.integration.devlake
         token = self.context.config.secrets.devlake_webhook_token
-        client = DevLakeClient(token, devlake.timeout_seconds)
+        client = DevLakeClient(token, devlake.timeout_seconds,
+                               pool_size=self.settings.delivery.workers)
         if not client.has_token:
             log.warning("DEVLAKE_WEBHOOK_TOKEN is not set: DevLake will refuse deliveries")
         return client
@@ -196,6 +322,7 @@ class DeliveryPool:
     async def run(self, stop: asyncio.Event) -> None:
         sender = self._sender or self._build_sender()
         self.schedule = Schedule()
+        self._acks = self._new_ack_batcher()
         await ensure_group(self.redis, self.keys.outbox_stream, OUTBOX_GROUP)
         devlake = self.settings.integration.devlake
         log.info(
@@ -212,6 +339,7 @@ class DeliveryPool:
         tasks = [
             asyncio.create_task(self._feed(halt), name="delivery:feed"),
             asyncio.create_task(self._housekeep(halt), name="delivery:housekeep"),
+            asyncio.create_task(self._acks.run(halt), name="delivery:ack"),
             *(
                 asyncio.create_task(self._work(sender), name=f"delivery:worker-{n}")
                 for n in range(self.settings.delivery.workers)
@@ -230,6 +358,7 @@ class DeliveryPool:
             _, pending = await asyncio.wait(tasks, timeout=10)
             for task in pending:
                 task.cancel()
+            await self._flush_acks()
             await sender.aclose()
             log.info("delivery stopped", held=len(self.schedule))
 
@@ -239,8 +368,22 @@ class DeliveryPool:
 
     async def _halt(self, halt: asyncio.Event) -> None:
         halt.set()
-        await self.schedule.close()
+        self.schedule.close()
+        self._acks.wake()
         self._room.set()
+
+    async def _flush_acks(self) -> None:
+        """Acknowledge what was delivered but not yet acknowledged, before exiting."""
+        left = len(self._acks)
+        try:
+            await asyncio.wait_for(self._acks.flush(), timeout=10)
+        except (RedisError, TimeoutError) as exc:
+            log.warning("could not acknowledge delivered entries while stopping; they stay "
+                        "pending and will be delivered again (an upsert) after a restart",
+                        entries=len(self._acks), error=f"{type(exc).__name__}: {exc}")
+        else:
+            if left:
+                log.debug("acknowledged the last delivered entries", entries=left)
 
     # --- reading --------------------------------------------------------------------
 
@@ -256,20 +399,20 @@ class DeliveryPool:
             try:
                 answer = await self.redis.xreadgroup(
                     OUTBOX_GROUP, self.consumer, {self.keys.outbox_stream: ">"},
-                    count=min(room, 100), block=self.read_block_ms,
+                    count=min(room, 250), block=self.read_block_ms,
                 )
             except RedisError as exc:
                 await self._redis_trouble("xreadgroup", exc, backoff, stop)
                 continue
             backoff.reset()
             for entry_id, fields in read_group_entries(answer):
-                await self._hold(StreamItem.parse(entry_id, fields))
+                self._hold(StreamItem.parse(entry_id, fields))
 
-    async def _hold(self, item: StreamItem) -> None:
+    def _hold(self, item: StreamItem) -> None:
         if item.id in self.schedule:
             return
         held = Held(item=item, backoff=Backoff(self.initial_backoff, self.max_backoff))
-        await self.schedule.put(held)
+        self.schedule.put(held)
 
     async def _housekeep(self, stop: asyncio.Event) -> None:
         """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
@@ -307,7 +450,7 @@ class DeliveryPool:
                 if entry_id in self.schedule:
                     continue
                 log.info("reclaimed outbox entry left by another consumer", entry=entry_id)
-                await self._hold(StreamItem.parse(entry_id, fields))
+                self._hold(StreamItem.parse(entry_id, fields))
             if cursor == "0-0":
                 return
 
@@ -340,14 +483,14 @@ class DeliveryPool:
                 delay = held.backoff.next_delay()
                 log.warning("redis error while delivering, will retry", entry=held.item.id,
                             error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
-                await self.schedule.put(held, delay)
+                self.schedule.put(held, delay)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 delay = held.backoff.next_delay()
                 log.exception("unexpected error while delivering, will retry",
                               entry=held.item.id, retry_in=round(delay, 3))
-                await self.schedule.put(held, delay)
+                self.schedule.put(held, delay)
 
     async def _attempt(self, held: Held, sender: Sender) -> None:
         item = held.item
@@ -377,17 +520,17 @@ class DeliveryPool:
             log.info("dropping obsolete entry: a later state was already delivered",
                      entry=item.id, order_key=entry.order_key, seq=item.seq,
                      delivered_seq=gate.delivered)
-            await self._finish(held, entry.order_key)
+            await self._finish(held)
             return
         if gate.verdict == "blocked":
-            await self.schedule.park(held, entry.order_key, self.recheck)
+            self.schedule.park(held, entry.order_key, self.recheck)
             return
         lock = self.redis.lock(
             self.keys.delivery_lock(entry.order_key),
             timeout=devlake.timeout_seconds * 2 + 5, blocking=False,
         )
         if not await lock.acquire():
-            await self.schedule.put(held, self.recheck)
+            self.schedule.put(held, self.recheck)
             return
         try:
             await self._send(held, sender, url, body)
@@ -413,7 +556,7 @@ class DeliveryPool:
         item = held.item
         entry = item.entry
         assert entry is not None
-        await self._finish(held, entry.order_key)
+        await self._finish(held)
         metrics = self.context.metrics
         metrics.records_sent.labels(entry.kind, entry.target.key).inc()
         metrics.delivery_latency.observe(max(0.0, time.time() - entry.enqueued_at))
@@ -432,13 +575,31 @@ class DeliveryPool:
             metrics.deployments_sent.labels(entry.target.key).inc()
             self.context.status.recent_deployments.appendleft(_summary(entry))
 
-    async def _finish(self, held: Held, order_key: str | None) -> None:
-        """Acknowledge a delivered or obsolete entry and let its order key move on."""
+    async def _finish(self, held: Held) -> None:
+        """Acknowledge a delivered or obsolete entry and let its order key move on.
+
+        Unordered entries are acknowledged in batches by :class:`AckBatcher`;
+        an ordered one right away, since its successor waits for its key to
+        advance in Redis.
+        """
+        if not held.item.ordered:
+            self._acks.add(held)
+            return
         await ack_delivered(self.redis, self.keys, held.item)
-        self.schedule.release(held.item.id)
+        self._acked([held])
+
+    def _acked(self, batch: list[Held]) -> None:
+        """Entries acknowledged in Redis: stop holding them, make room, wake their keys."""
+        for held in batch:
+            self.schedule.release(held.item.id)
+            entry = held.item.entry
+            if entry is not None and entry.order_key is not None:
+                self.schedule.wake(entry.order_key)
         self._room.set()
-        if order_key is not None:
-            await self.schedule.wake(order_key)
+
+    async def _ack_trouble(self, exc: Exception, backoff: Backoff, halt: asyncio.Event
+                           ) -> None:
+        await self._redis_trouble("ack", exc, backoff, halt)
 
     async def _dead(self, held: Held, reason: str, detail: str,
                     answer: Answer | None = None) -> None:
@@ -464,7 +625,7 @@ class DeliveryPool:
                  "'doraforwarder outbox requeue ID'",
         )
         if entry is not None and entry.order_key is not None:
-            await self.schedule.wake(entry.order_key)
+            self.schedule.wake(entry.order_key)
 
     async def _retry(self, held: Held, verdict: Verdict, answer: Answer, url: str) -> None:
         entry = held.item.entry
@@ -498,7 +659,7 @@ class DeliveryPool:
             retry_in=round(delay, 3),
             url=url,
         )
-        await self.schedule.put(held, delay)
+        self.schedule.put(held, delay)
 
 
 def _describe(answer: Answer, url: str) -> str:
