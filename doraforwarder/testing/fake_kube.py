@@ -107,9 +107,13 @@ class FakeKube(FakeServer):
 
     # --- server lifecycle -------------------------------------------------------------
     def stop(self) -> None:
-        """Stop listening: clients get connection refused (open watches are dropped)."""
-        self.drop_watches()
+        """Stop listening: clients get connection refused (open watches are dropped).
+
+        The socket closes first: a watcher reconnecting after its watch dropped
+        must meet the outage, not slip in before it.
+        """
         super().stop()
+        self.drop_watches()
 
     def close(self) -> None:
         self.drop_watches()
