@@ -24,7 +24,7 @@ from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.fake_webrca import FakeWebRCA
 from doraforwarder.testing.redis_server import RedisServer
 
-GITHUB_TOKEN = "ghp_world0000000000000000000000000000000"
+GITHUB_TOKEN = "fake-github-token-world-0000"
 DEVLAKE_TOKEN = "devlake-world-api-key-0000"
 OFFLINE_TOKEN = "offline-world-token-0000"
 KUBE_TOKEN = "kube-world-token-0000"
