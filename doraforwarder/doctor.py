@@ -20,7 +20,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from doraforwarder.config import LoadedConfig
-from doraforwarder.devlake.routing import global_target, team_target
+from doraforwarder.devlake.routing import global_target, target_url, team_target
 from doraforwarder.outbox import Target
 from doraforwarder.store import Keys, connect
 
@@ -109,19 +109,10 @@ async def check_devlake(config: LoadedConfig, client: httpx.AsyncClient) -> list
     return checks
 
 
-def _target_url(base_url: str, api_prefix: str, target: Target) -> str:
-    base = base_url.rstrip("/") + "/" + api_prefix.strip("/")
-    if target.kind == "project_name":
-        return f"{base}/projects/{target.value}"
-    if target.kind == "connection_name":
-        return f"{base}/plugins/webhook/connections/by-name/{target.value}"
-    return f"{base}/plugins/webhook/connections/{target.value}"
-
-
 async def _check_target(base_url: str, api_prefix: str, target: Target,
                         client: httpx.AsyncClient, headers: dict[str, str]) -> Check:
     label = f"devlake {target.team} target ({target.kind.replace('_', ' ')} {target.value})"
-    url = _target_url(base_url, api_prefix, target)
+    url = target_url(base_url, api_prefix, target)
     try:
         answer = await client.get(url, headers=headers)
     except httpx.HTTPError as exc:

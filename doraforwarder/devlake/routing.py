@@ -68,27 +68,32 @@ class Router:
         return [target for target in targets if target.kind != "project_name"]
 
 
-def endpoint(base_url: str, api_prefix: str, target: Target, kind: RecordKind,
-             record_id: str = "") -> str:
-    """The URL to POST ``kind`` to ``target``; ``record_id`` is the issue key for ``close``.
+def target_url(base_url: str, api_prefix: str, target: Target) -> str:
+    """The URL of ``target`` itself: its webhook connection, or its project.
 
     ``base_url`` may end in ``/`` or not; ``api_prefix`` is ``/api/rest``
-    through config-ui or ``/api`` directly on the DevLake server.
+    through config-ui or ``/api`` directly on the DevLake server. A GET of it
+    tells whether the target exists (``doctor`` uses it).
     """
     base = base_url.rstrip("/")
     prefix = "/" + api_prefix.strip("/") if api_prefix.strip("/") else ""
+    value = quote(target.value, safe="")
     if target.kind == "project_name":
-        if kind != "deployment":
-            raise ValueError(
-                f"DevLake accepts only deployments by project name; {kind} to project "
-                f"{target.value!r} needs a connection id or name"
-            )
-        return f"{base}{prefix}/projects/{quote(target.value, safe='')}/deployments"
+        return f"{base}{prefix}/projects/{value}"
     if target.kind == "connection_id":
-        connection = f"connections/{quote(target.value, safe='')}"
-    else:
-        connection = f"connections/by-name/{quote(target.value, safe='')}"
-    webhook = f"{base}{prefix}/plugins/webhook/{connection}"
+        return f"{base}{prefix}/plugins/webhook/connections/{value}"
+    return f"{base}{prefix}/plugins/webhook/connections/by-name/{value}"
+
+
+def endpoint(base_url: str, api_prefix: str, target: Target, kind: RecordKind,
+             record_id: str = "") -> str:
+    """The URL to POST ``kind`` to ``target``; ``record_id`` is the issue key for ``close``."""
+    if target.kind == "project_name" and kind != "deployment":
+        raise ValueError(
+            f"DevLake accepts only deployments by project name; {kind} to project "
+            f"{target.value!r} needs a connection id or name"
+        )
+    webhook = target_url(base_url, api_prefix, target)
     if kind == "deployment":
         return f"{webhook}/deployments"
     if kind == "issue":
