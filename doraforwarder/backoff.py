@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 class Backoff:
@@ -53,3 +55,27 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 def thread_wait_or_stop(stop: threading.Event, seconds: float) -> bool:
     """The same for code running in a thread (the Kubernetes client is synchronous)."""
     return stop.wait(max(0.0, seconds))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if unusable.
+
+    One parser for every client (DevLake, GitHub, WebRCA, the Kubernetes API),
+    so they all honour the same forms.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from doraforwarder.devlake.client import Answer, DevLakeClient, classify, parse_retry_after
+from doraforwarder.backoff import parse_retry_after
+from doraforwarder.devlake.client import Answer, DevLakeClient, classify
 from doraforwarder.testing.fake_devlake import FakeDevLake, parse_devlake_date
 from tests.devlake_support import TOKEN, deployment_entry, deployment_payload, issue_payload
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from doraforwarder.backoff import Backoff
+from doraforwarder.backoff import Backoff, parse_retry_after
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
 
@@ -331,7 +331,4 @@ def _retry_after(exc: ApiException) -> float:
     """Seconds asked by a 429/503 ``Retry-After`` header (capped at 5 minutes)."""
     headers = exc.headers or {}
     value = headers.get("Retry-After") if hasattr(headers, "get") else None
-    try:
-        return min(300.0, max(0.0, float(value))) if value is not None else 0.0
-    except ValueError:
-        return 0.0
+    return min(300.0, parse_retry_after(value) or 0.0)

@@ -23,6 +23,7 @@ from typing import Literal
 
 from prometheus_client import Gauge
 
+from doraforwarder.backoff import parse_retry_after
 from doraforwarder.metrics import Metrics
 
 SECONDARY_DEFAULT_WAIT = 60.0
@@ -77,9 +78,9 @@ def throttle_of(
     """Whether a 403/429 answer is a rate limit, and for how long."""
     if status not in (403, 429):
         return None
-    retry_after = _number(headers.get("retry-after"))
+    retry_after = parse_retry_after(headers.get("retry-after"))
     if retry_after is not None:
-        return Throttle("secondary", max(0.0, retry_after))
+        return Throttle("secondary", retry_after)
     info = parse_rate_limit(headers, "core")
     if info.remaining == 0:
         seconds = None if info.reset is None else max(0.0, info.reset - now)

@@ -16,8 +16,6 @@ import sys
 import threading
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, TextIO
 from urllib.parse import urlsplit
 
@@ -25,6 +23,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from doraforwarder import __version__
+from doraforwarder.backoff import parse_retry_after
 from doraforwarder.outbox import BODY_LIMIT, OutboxEntry
 
 FailureKind = Literal["timeout", "network"]
@@ -84,24 +83,6 @@ def classify(answer: Answer) -> Verdict:
     return Verdict("retry", "unexpected_status")
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if unusable."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 class Sender(Protocol):

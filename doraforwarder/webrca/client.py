@@ -20,6 +20,7 @@ from collections.abc import Callable
 import httpx
 from pydantic import SecretStr
 
+from doraforwarder.backoff import parse_retry_after
 from doraforwarder.webrca.pages import PageRead, read_page
 
 
@@ -56,14 +57,6 @@ class TokenRejected(ConfigurationError):
 
 class AccessDenied(ConfigurationError):
     """WebRCA refused a freshly exchanged access token, or the URL is wrong."""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _sso_error(response: httpx.Response) -> str:
@@ -129,7 +122,7 @@ class TokenSource:
             raise TransientError(f"SSO token endpoint unreachable: {type(exc).__name__}") from None
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientError(f"SSO token endpoint answered {response.status_code}",
-                                 _retry_after(response))
+                                 parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code != 200:
             error = _sso_error(response)
             if error == "invalid_grant":
@@ -180,7 +173,7 @@ class IncidentsClient:
                 raise AccessDenied("WebRCA rejected a freshly exchanged access token (401)")
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientError(f"WebRCA answered {response.status_code} on page {number}",
-                                 _retry_after(response))
+                                 parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code == 403:
             raise AccessDenied("WebRCA answered 403: the offline token's account may not "
                                "read incidents")
