@@ -508,17 +508,37 @@ async def test_lease_renewal_and_safe_release(redis_client: aioredis.Redis) -> N
 async def test_the_lease_is_renewed_during_a_long_poll(
     fake: FakeWebRCA, make_poller: PollerFactory
 ) -> None:
+    """A poll that outlives the lease keeps it through renewals.
+
+    The slow page fetch waits for four renewals (two seconds, longer than the
+    1.5 s TTL) instead of sleeping for a fixed window, so a stalled machine
+    makes the test slower, never wrong: each renewal has a second of slack.
+    """
     seed(fake, 3)
-    poller = make_poller(lease_ttl_ms=60)
+    poller = make_poller(lease_ttl_ms=1_500)
     fetch = poller._fetch
+    renew = poller.lease.renew
+    renewed = asyncio.Condition()
+    renewals = 0
+
+    async def counting_renew() -> bool:
+        nonlocal renewals
+        kept = await renew()
+        async with renewed:
+            renewals += kept
+            renewed.notify_all()
+        return kept
 
     async def slow(number: int, size: int, stop: asyncio.Event) -> Any:
-        await asyncio.sleep(0.1)  # longer than the lease: only renewal keeps it
+        async with renewed, asyncio.timeout(30):
+            await renewed.wait_for(lambda: renewals >= 4)  # outlived the first TTL
         return await fetch(number, size, stop)
 
+    poller.lease.renew = counting_renew  # type: ignore[method-assign]
     poller._fetch = slow  # type: ignore[method-assign]
     report = await poller.poll_once()
     assert (report.outcome, report.changed) == ("ok", 3)
+    assert renewals >= 4
 
 
 # --- the service loop ---------------------------------------------------------------------
