@@ -54,10 +54,10 @@ from doraforwarder.argocd.watcher import (  # noqa: E402
 )
 from doraforwarder.config import load_config  # noqa: E402
 from doraforwarder.context import AppContext  # noqa: E402
+from doraforwarder.keys import Keys  # noqa: E402
 from doraforwarder.logging import configure_logging  # noqa: E402
 from doraforwarder.metrics import Metrics  # noqa: E402
 from doraforwarder.outbox import OutboxEntry, Target, stage_entries  # noqa: E402
-from doraforwarder.store import Keys  # noqa: E402
 from doraforwarder.testing.argocd_objects import source  # noqa: E402
 from doraforwarder.testing.fake_kube import FakeKube  # noqa: E402
 from doraforwarder.testing.redis_server import RedisServer  # noqa: E402

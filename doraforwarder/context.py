@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from doraforwarder.config import LoadedConfig, Settings
+from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
-from doraforwarder.store import Keys
 
 
 class Readiness:

@@ -23,9 +23,10 @@ import redis.asyncio as aioredis
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext, Service
-from doraforwarder.http import bound_port, start_http
+from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
-from doraforwarder.store import Keys, connect
+from doraforwarder.server import bound_port, start_http
+from doraforwarder.storage import connect
 
 log = get_logger("daemon")
 
@@ -38,7 +39,7 @@ def build_services(context: AppContext) -> list[Service]:
     services: list[Service] = []
     if settings.argocd.enabled:
         from doraforwarder.argocd.source import ArgoCDSource
-        from doraforwarder.pipeline import ResolverPool
+        from doraforwarder.commits.stage import ResolverPool
 
         services.append(ArgoCDSource(context))
         services.append(ResolverPool(context))

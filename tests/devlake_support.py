@@ -13,9 +13,9 @@ from pydantic import SecretStr
 
 from doraforwarder.config import LoadedConfig, Secrets, Settings
 from doraforwarder.context import AppContext
+from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry, Target, stage_entries
 from doraforwarder.records import DetectedDeployment, ResolvedCommit
-from doraforwarder.store import Keys
 
 TOKEN = "devlake-test-token"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

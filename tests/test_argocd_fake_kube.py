@@ -89,8 +89,8 @@ def test_faults_and_auth(kube: FakeKube, api: CustomObjectsApi, tmp_path: Path) 
 
 
 async def test_doctor_probe(kube: FakeKube, tmp_path: Path) -> None:
-    from doraforwarder.argocd.access import probe_kubernetes
     from doraforwarder.config import load_config
+    from doraforwarder.ops.probes import probe_kubernetes
 
     kube.apply(LiveApp("svc").snapshot())
     config_path = tmp_path / "c.yaml"

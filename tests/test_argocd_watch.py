@@ -26,12 +26,12 @@ from doraforwarder.argocd.model import parse_time
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.argocd.state import load_state
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
+from doraforwarder.commits.stage import read_detected
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
+from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
-from doraforwarder.pipeline import read_detected
 from doraforwarder.records import DetectedDeployment, GitSource
-from doraforwarder.store import Keys
 from doraforwarder.testing.argocd_objects import GITOPS_REPO, LiveApp, image, sha
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import RedisServer

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from doraforwarder.argocd.detect import deployment_id
-from doraforwarder.backfill import dedupe_within_window
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.ops.backfill import dedupe_within_window
 from doraforwarder.records import DetectedDeployment
 from doraforwarder.testing.argocd_objects import LiveApp
 from doraforwarder.testing.world import FakeWorld

@@ -19,8 +19,8 @@ from doraforwarder.commits.github import slim
 from doraforwarder.commits.resolve import CommitResolver
 from doraforwarder.config import LoadedConfig, Secrets, Settings
 from doraforwarder.context import AppContext
+from doraforwarder.keys import Keys
 from doraforwarder.records import DetectedDeployment, GitSource, ResolvedCommit
-from doraforwarder.store import Keys
 from doraforwarder.testing.fake_github import FakeGitHub
 from doraforwarder.testing.http_fake import free_port
 

@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from doraforwarder import outbox
 from doraforwarder.devlake.client import DryRunPrinter
 from doraforwarder.devlake.delivery import AUTH_CONDITION, DeliveryPool
-from doraforwarder.http import bound_port, start_http
+from doraforwarder.keys import OUTBOX_GROUP
 from doraforwarder.outbox import OutboxEntry, Target
-from doraforwarder.store import OUTBOX_GROUP
+from doraforwarder.server import bound_port, start_http
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from tests.devlake_support import (
     GLOBAL,

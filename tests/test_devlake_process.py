@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from doraforwarder.store import OUTBOX_GROUP, Keys
+from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from doraforwarder.testing.redis_server import RedisServer
 from tests.conftest import write_config

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 from doraforwarder import outbox
 from doraforwarder.backoff import Backoff
 from doraforwarder.devlake.delivery import AckBatcher, Held, Schedule
+from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.outbox import StreamItem
-from doraforwarder.store import OUTBOX_GROUP, Keys
 from doraforwarder.testing.redis_server import RedisServer
 from tests.devlake_support import deployment_entry, eventually, stage
 

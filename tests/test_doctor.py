@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from doraforwarder.config import load_config
-from doraforwarder.doctor import Check, render, run_checks
+from doraforwarder.ops.doctor import Check, render, run_checks
 from doraforwarder.testing.http_fake import free_port
 from doraforwarder.testing.redis_server import RedisServer
 from doraforwarder.testing.world import FakeWorld

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from doraforwarder import cli, outbox
-from doraforwarder.store import Keys
+from doraforwarder.keys import Keys
 from doraforwarder.testing.redis_server import RedisServer
 from tests.conftest import write_config
 from tests.devlake_support import deployment_entry, issue_entries, stage

@@ -6,8 +6,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
+from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry, StreamItem, stage_entries
-from doraforwarder.store import Keys
 from tests.devlake_support import deployment_entry, issue_entries, stage
 
 KEYS = Keys("t")

@@ -8,9 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.pipeline import DRY_RUN_TARGET, ResolverPool, read_detected, stage_detected
+from doraforwarder.commits.stage import DRY_RUN_TARGET, ResolverPool, read_detected, stage_detected
+from doraforwarder.keys import DEPLOYMENTS_GROUP
 from doraforwarder.records import DetectedDeployment, ResolvedCommit
-from doraforwarder.store import DEPLOYMENTS_GROUP
 from tests.devlake_support import (
     RunningService,
     commit,

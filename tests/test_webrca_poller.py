@@ -15,8 +15,8 @@ from structlog.testing import capture_logs
 from doraforwarder.config import LoadedConfig, Secrets, validate_settings
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.payloads import IssuePayload
+from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry
-from doraforwarder.store import Keys
 from doraforwarder.testing.fake_webrca import FakeWebRCA
 from doraforwarder.testing.redis_server import RedisServer
 from doraforwarder.webrca.lease import RedisLease

@@ -19,11 +19,11 @@ from redis.exceptions import WatchError
 
 from doraforwarder.argocd.detect import Decision, apply_dedupe, deployment_dedupe_key
 from doraforwarder.argocd.state import AppState, CorruptState, load_state
+from doraforwarder.commits.stage import stage_detected
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
-from doraforwarder.pipeline import stage_detected
 from doraforwarder.records import DetectedDeployment
-from doraforwarder.store import Keys
 
 log = get_logger("argocd")
 

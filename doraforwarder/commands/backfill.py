@@ -8,7 +8,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from doraforwarder.backfill import Backfill, Selection, list_applications, render, summary
 from doraforwarder.commands.common import (
     add_config_argument,
     add_logging_arguments,
@@ -16,7 +15,9 @@ from doraforwarder.commands.common import (
 )
 from doraforwarder.config import ConfigError, LoadedConfig
 from doraforwarder.context import AppContext
-from doraforwarder.store import Keys, connect
+from doraforwarder.keys import Keys
+from doraforwarder.ops.backfill import Backfill, Selection, list_applications, render, summary
+from doraforwarder.storage import connect
 
 
 def _date(text: str) -> datetime:

@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from doraforwarder.demo import run_demo
+    from doraforwarder.ops.demo import run_demo
 
     configure_logging(level=args.log_level, log_format="console", stream=sys.stderr)
     return asyncio.run(run_demo(sys.stdout, as_json=args.json, pace=args.pace))

@@ -9,7 +9,7 @@ from typing import Any
 
 from doraforwarder.commands.common import add_config_argument
 from doraforwarder.config import load_config
-from doraforwarder.doctor import render, run_checks
+from doraforwarder.ops.doctor import render, run_checks
 
 
 def add_parser(subparsers: Any) -> None:

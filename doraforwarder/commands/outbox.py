@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from doraforwarder import outbox
 from doraforwarder.commands.common import add_config_argument
 from doraforwarder.config import load_config
-from doraforwarder.store import Keys, connect
+from doraforwarder.keys import Keys
+from doraforwarder.storage import connect
 
 
 def add_parser(subparsers: Any) -> None:

@@ -22,10 +22,10 @@ from redis.exceptions import RedisError
 
 from doraforwarder.commits.github import CommitInfo
 from doraforwarder.commits.plan import Candidate
+from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
 from doraforwarder.records import ResolvedCommit
-from doraforwarder.store import Keys
 
 RESOLVED_TTL = timedelta(days=1)
 

@@ -41,9 +41,9 @@ from doraforwarder.commits.ratelimit import (
     throttle_of,
 )
 from doraforwarder.context import Readiness
+from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
-from doraforwarder.store import Keys
 
 API_VERSION = "2022-11-28"
 PER_PAGE = 100

@@ -52,6 +52,7 @@ from doraforwarder.devlake.client import (
 )
 from doraforwarder.devlake.payloads import contract_body
 from doraforwarder.devlake.routing import endpoint
+from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox import (
     StreamItem,
@@ -64,7 +65,6 @@ from doraforwarder.outbox import (
     raw_entries,
     read_group_entries,
 )
-from doraforwarder.store import OUTBOX_GROUP, Keys
 
 log = get_logger("devlake")
 

@@ -34,7 +34,7 @@ import redis
 
 from doraforwarder.argocd.detect import deployment_id
 from doraforwarder.argocd.model import parse_time
-from doraforwarder.store import DEPLOYMENTS_GROUP, Keys
+from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.fake_devlake import parse_devlake_date
 from doraforwarder.testing.world import FakeWorld

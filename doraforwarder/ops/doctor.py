@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 
 from doraforwarder.config import LoadedConfig
 from doraforwarder.devlake.routing import global_target, target_url, team_target
+from doraforwarder.keys import Keys
 from doraforwarder.outbox import Target
-from doraforwarder.store import Keys, connect
+from doraforwarder.storage import connect
 
 Outcome = Literal["pass", "fail", "warn", "skip"]
 
@@ -190,7 +191,7 @@ async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) 
     checks = [Check("configuration", "pass", f"{config.source} is valid")]
     if config.settings.argocd.enabled:
         if kube_probe is None:
-            from doraforwarder.argocd.access import probe_kubernetes
+            from doraforwarder.ops.probes import probe_kubernetes
 
             kube_probe = probe_kubernetes
         checks += await kube_probe(config)

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import hashlib
 
-import redis.asyncio as aioredis
-
-from doraforwarder.config import RedisConfig
-
 DEPLOYMENTS_GROUP = "resolvers"
 OUTBOX_GROUP = "delivery"
 
@@ -109,20 +105,3 @@ class Keys:
 def _short_hash(text: str) -> str:
     """Stable short digest, so URLs and ids never bloat key names."""
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def connect(config: RedisConfig) -> aioredis.Redis:
-    """An asyncio client; it connects lazily, so a down Redis is not an error here.
-
-    Callers see connection errors on first use and retry with
-    :mod:`doraforwarder.backoff`; the daemon reports not-ready meanwhile.
-    """
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        config.connection_url(),
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=30,
-        retry_on_timeout=False,
-    )
-    return client

@@ -26,6 +26,7 @@ from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.payloads import build_deployment_payload, unchecked_deployment_body
 from doraforwarder.devlake.routing import Router
+from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox import (
     OutboxEntry,
@@ -39,7 +40,6 @@ from doraforwarder.outbox import (
     stage_entries,
 )
 from doraforwarder.records import DetectedDeployment, ResolvedCommit
-from doraforwarder.store import DEPLOYMENTS_GROUP, Keys
 
 FIELD = "deployment"
 DRY_RUN_TARGET = Target(kind="connection_name", value="dry-run", team="global")

@@ -29,6 +29,7 @@ from doraforwarder.argocd.detect import deployment_dedupe_key, history_deploymen
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.model import MalformedApplication, parse_application
 from doraforwarder.argocd.watcher import GROUP, PLURAL, VERSION
+from doraforwarder.commits.stage import DRY_RUN_TARGET, stage_detected
 from doraforwarder.config import ArgoCDConfig, LoadedConfig
 from doraforwarder.context import AppContext, Service
 from doraforwarder.devlake.client import dry_run_line
@@ -36,7 +37,6 @@ from doraforwarder.devlake.payloads import build_deployment_payload
 from doraforwarder.devlake.routing import Router, endpoint
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox import OutboxEntry
-from doraforwarder.pipeline import DRY_RUN_TARGET, stage_detected
 from doraforwarder.records import DetectedDeployment
 
 log = get_logger("backfill")
@@ -212,8 +212,8 @@ class Backfill:
 
     async def drain(self, stop: asyncio.Event, seconds: float) -> bool:
         """Run resolvers and senders until both queues are empty (or ``seconds`` pass)."""
+        from doraforwarder.commits.stage import ResolverPool
         from doraforwarder.devlake.delivery import DeliveryPool
-        from doraforwarder.pipeline import ResolverPool
 
         redis, keys = self.context.redis, self.context.keys
         halt = asyncio.Event()

@@ -49,7 +49,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio.client import Pipeline
 
-from doraforwarder.store import OUTBOX_GROUP, Keys
+from doraforwarder.keys import OUTBOX_GROUP, Keys
 
 TargetKind = Literal["connection_id", "connection_name", "project_name"]
 RecordKind = Literal["deployment", "issue", "close"]

@@ -1,0 +1,1 @@
+"""Operator tools built from the daemon's own parts: doctor, backfill, demo."""
