@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 from doraforwarder.testing.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-REFERENCE_CONFIGS = SHARED / "reference" / "configs"
+COMPAT_CONFIGS = ROOT / "tests" / "fixtures" / "compat"
+"""Configuration files in the reference implementation's format, written for these tests."""
+UPSTREAM_REFERENCE_CONFIGS = ROOT.parent / "shared" / "reference" / "configs"
+"""The reference implementation's own files, beside a CI checkout only: tests skip without them."""
 
 SECRET_ENV = ("GITHUB_TOKEN", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "REDIS_PASSWORD",
               "GITHUB_TOKEN_FILE", "DEVLAKE_WEBHOOK_TOKEN_FILE", "OFFLINE_TOKEN_FILE",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from doraforwarder.config import ConfigError, load_config, parse_duration
-from tests.conftest import REFERENCE_CONFIGS, ROOT, write_config
+from tests.conftest import COMPAT_CONFIGS, ROOT, UPSTREAM_REFERENCE_CONFIGS, write_config
 
 VALID_DEVLAKE = """
 integration:
@@ -25,22 +25,30 @@ integration:
     "path",
     [
         ROOT / "config" / "config.yaml",
-        REFERENCE_CONFIGS / "reference-config.yaml",
-        REFERENCE_CONFIGS / "reference-config-production.yaml",
+        COMPAT_CONFIGS / "reference-style.yaml",
+        COMPAT_CONFIGS / "reference-style-production.yaml",
     ],
     ids=lambda p: p.name,
 )
-def test_shipped_and_reference_files_load(path: Path) -> None:
+def test_shipped_and_reference_style_files_load(path: Path) -> None:
     config = load_config(path)
     assert config.settings.argocd.enabled
 
 
+@pytest.mark.parametrize("name", ["reference-config.yaml", "reference-config-production.yaml"])
+def test_the_reference_implementations_own_files_load_when_present(name: str) -> None:
+    path = UPSTREAM_REFERENCE_CONFIGS / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not beside this checkout (only CI has it)")
+    assert load_config(path).settings.argocd.enabled
+
+
 def test_reference_values_are_read() -> None:
-    config = load_config(REFERENCE_CONFIGS / "reference-config-production.yaml")
+    config = load_config(COMPAT_CONFIGS / "reference-style-production.yaml")
     s = config.settings
     assert s.webrca.enabled and s.webrca.interval == timedelta(hours=1)
-    assert s.argocd.namespaces == ["konflux-public-production", "argocd"]
-    assert "kflux-ocp-p01" in s.argocd.known_clusters
+    assert s.argocd.namespaces == ["apps-public-production", "argocd"]
+    assert "east-p01" in s.argocd.known_clusters
     assert s.integration.devlake.project_id == "1"
     assert [t.project_id for t in s.integration.devlake.teams][:2] == ["3", "6"]
     assert s.storage.redis.key_prefix == "dora-metrics"
@@ -155,7 +163,7 @@ def test_cli_exit_code_2_without_traceback(tmp_path: Path, case: str, text: str,
 def test_cli_check_config_masks_secrets(tmp_path: Path, clean_env: dict[str, str]) -> None:
     env = dict(clean_env, GITHUB_TOKEN="ghp_supersecret1234", REDIS_PASSWORD="redis-pass-123",
                DEVLAKE_WEBHOOK_TOKEN="dl-token-5678")
-    result = run_cli("check-config", "--config", str(REFERENCE_CONFIGS / "reference-config.yaml"),
+    result = run_cli("check-config", "--config", str(COMPAT_CONFIGS / "reference-style.yaml"),
                      env=env)
     assert result.returncode == 0, result.stderr
     for secret in ("ghp_supersecret1234", "redis-pass-123", "dl-token-5678"):
