@@ -8,9 +8,26 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from doraforwarder import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# ``*_created`` series double every counter's cardinality and no dashboard reads
+# them; prometheus-client only offers this switch process-wide.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+DEPENDENCIES = ("redis", "kubernetes", "devlake", "github", "webrca")
+"""What ``doraforwarder_dependency_up`` reports on, one series each."""
 
 
 class Metrics:
@@ -19,6 +36,22 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process itself
+        self.build_info = Info("doraforwarder_build", "Version of the running forwarder.",
+                               registry=r)
+        self.build_info.info({"version": __version__})
+        self.ready = Gauge("doraforwarder_ready", "1 when /readyz answers 200, else 0.",
+                           registry=r)
+        self.dependency_up = Gauge(
+            "doraforwarder_dependency_up",
+            "1 while the last exchange with the dependency worked, 0 while it fails.",
+            ["dependency"], registry=r,
+        )
+        self.dependency_last_success = Gauge(
+            "doraforwarder_dependency_last_success_timestamp_seconds",
+            "Unix time of the last successful exchange with each dependency.",
+            ["dependency"], registry=r,
+        )
         # ArgoCD source
         self.events_seen = Counter(
             "doraforwarder_argocd_events", "Watch events received, by type.", ["type"], registry=r
@@ -40,6 +73,11 @@ class Metrics:
         )
         self.apps_tracked = Gauge(
             "doraforwarder_argocd_apps_tracked", "Applications with state in memory.", registry=r
+        )
+        self.apps_by_environment = Gauge(
+            "doraforwarder_argocd_apps_by_environment",
+            "Tracked Applications by the DORA environment they were classified in.",
+            ["environment"], registry=r,
         )
         self.malformed_objects = Counter(
             "doraforwarder_argocd_malformed_objects",
@@ -115,6 +153,26 @@ class Metrics:
         self.outbox_depth = Gauge(
             "doraforwarder_outbox_depth", "Entries waiting in the outbox.", registry=r
         )
+        self.outbox_oldest_age = Gauge(
+            "doraforwarder_outbox_oldest_age_seconds",
+            "Age of the oldest entry waiting in the outbox (0 when it is empty).",
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "doraforwarder_deliveries",
+            "Delivery attempts, by target and outcome (delivered, retry, refused, dead).",
+            ["target", "outcome"], registry=r,
+        )
+        self.target_refused = Gauge(
+            "doraforwarder_devlake_target_refused",
+            "1 while DevLake refuses a target (401/403), by target and cause.",
+            ["target", "cause"], registry=r,
+        )
+        self.deployments_without_commits = Counter(
+            "doraforwarder_deployments_without_commits",
+            "Deployments sent with no resolvable source commit, by reason.",
+            ["reason"], registry=r,
+        )
         self.dead_letters = Gauge(
             "doraforwarder_dead_letters", "Entries in the dead-letter stream.", registry=r
         )
@@ -157,7 +215,15 @@ class Metrics:
 
     def mark_success(self, source: str) -> None:
         """Record that ``source`` (argocd, webrca, devlake, github) just worked."""
-        self.source_last_success.labels(source).set(time.time())
+        now = time.time()
+        self.source_last_success.labels(source).set(now)
+        dependency = "kubernetes" if source == "argocd" else source
+        self.dependency_up.labels(dependency).set(1)
+        self.dependency_last_success.labels(dependency).set(now)
+
+    def mark_failure(self, dependency: str) -> None:
+        """Record that the last exchange with ``dependency`` failed."""
+        self.dependency_up.labels(dependency).set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -691,17 +691,9 @@ def test_local_overlay() -> None:
 
 # --- monitoring ------------------------------------------------------------------------
 
-# Series these manifests may use that doraforwarder.metrics does not define yet;
-# once it does, they are found there too. Asked for by issue 14 (item 6 and the
-# readiness work): the lead makes metrics.py export exactly these names.
-PENDING_METRICS = frozenset({
-    "doraforwarder_build_info",  # gauge 1, labels include "version"
-    "doraforwarder_ready",  # gauge 1 while /readyz answers 200
-    "doraforwarder_dependency_up",  # gauge 0/1, label "dependency"
-    "doraforwarder_dependency_last_success_timestamp_seconds",  # label "dependency"
-    "doraforwarder_outbox_oldest_age_seconds",  # gauge, 0 when the outbox is empty
-    "doraforwarder_devlake_target_refused",  # gauge 1 while 401/403, labels "target", "cause"
-})
+# Series these manifests may use beyond what ``Metrics()`` exports: none left
+# (every name the alerts and the dashboard use is a real series).
+PENDING_METRICS: frozenset[str] = frozenset()
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES = frozenset({"up"})
 PROMQL_FUNCTIONS = frozenset({
