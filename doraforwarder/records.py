@@ -9,12 +9,15 @@ in Redis streams across restarts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Result = Literal["SUCCESS", "FAILURE"]
+RESOLVED_STATUSES = frozenset({"resolved", "closed"})
+"""Incident statuses that mean the incident is over."""
 Environment = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
 
 
@@ -88,3 +91,24 @@ class ResolvedCommit(Record):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return utc(value)
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An incident as the forwarder knows it, whatever source reported it."""
+
+    incident_id: str
+    status: str
+    """WebRCA's status as given (``unknown`` when absent)."""
+    summary: str
+    description: str | None
+    severity: str | None
+    products: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime | None
+    last_changed_at: datetime | None
+    resolved_at: datetime | None
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status.lower() in RESOLVED_STATUSES
