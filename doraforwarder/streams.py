@@ -21,6 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -83,6 +84,7 @@ HEARTBEAT_BATCH = 500
 """Entry ids refreshed per ``XCLAIM`` call."""
 
 
+@dataclass
 class GroupConsumer:
     """One member of a consumer group on one stream.
 
@@ -91,14 +93,12 @@ class GroupConsumer:
     held entries should be refreshed.
     """
 
-    def __init__(self, redis: aioredis.Redis, stream: str, group: str, consumer: str, *,
-                 claim_idle_s: float, read_block_s: float = 0.5) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        self.claim_idle_s = claim_idle_s
-        self.read_block_s = read_block_s
+    redis: aioredis.Redis
+    stream: str
+    group: str
+    consumer: str
+    claim_idle_s: float = field(kw_only=True)
+    read_block_s: float = field(default=0.5, kw_only=True)
 
     @property
     def _claim_idle_ms(self) -> int:

@@ -211,11 +211,15 @@ class ArgoCDSource:
 
     async def _forget_vanished(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
         """Apps with state in Redis but deleted while the daemon was down: start their TTL."""
-        prefix = self.context.keys.app_state_pattern()[:-1]
+        keys = self.context.keys
         try:
-            async for key in self.context.redis.scan_iter(match=f"{prefix}*", count=500):
-                namespace, _, name = str(key)[len(prefix) :].partition("/")
-                if name and scope.contains(namespace) and (namespace, name) not in present:
+            async for key in self.context.redis.scan_iter(match=keys.app_state_pattern(),
+                                                          count=500):
+                app = keys.parse_app_state(str(key))
+                if app is None:
+                    continue
+                namespace, name = app
+                if scope.contains(namespace) and (namespace, name) not in present:
                     assert self._lanes is not None
                     await self._lanes.submit(f"{namespace}/{name}", Deleted(namespace, name))
         except RedisError as exc:

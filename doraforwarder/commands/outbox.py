@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
 from doraforwarder.commands.common import add_config_argument
-from doraforwarder.config import load_config
+from doraforwarder.config import format_duration, load_config
 from doraforwarder.keys import Keys
 from doraforwarder.storage import connect
 
@@ -115,15 +116,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+    """An age to the second, written as durations are in the configuration (``1h5m3s``)."""
+    return "-" if seconds is None else format_duration(timedelta(seconds=int(seconds)))
 
 
 def _describe(item: outbox.StreamItem) -> tuple[str, str, str]:
