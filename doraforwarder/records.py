@@ -3,8 +3,10 @@
 ``DetectedDeployment`` is what ArgoCD detection decides: everything known about
 one sync without any network look-up. Commit resolution turns it into
 ``ResolvedCommit`` rows; the DevLake payload models (``devlake/payloads.py``)
-turn both into the contract. Records are JSON round-trippable so they can wait
-in Redis streams across restarts.
+turn both into the contract. An :class:`Incident` is what a source knows of
+an incident; ``devlake/issues.py`` makes it a DevLake issue. Deployment
+records are JSON round-trippable so they can wait in Redis streams across
+restarts.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class GitSource(Record):
 class DetectedDeployment(Record):
     """One deployment decided from ArgoCD, before commit resolution.
 
-    ``id`` is deterministic (see ARCHITECTURE.md, Identity and dedupe), so any
-    redelivery is an upsert in DevLake, never a second deployment.
+    ``id`` is deterministic (built by ``argocd/detect.py`` from component,
+    revision and deployment time), so any redelivery is an upsert in DevLake,
+    never a second deployment.
     """
 
     id: str

@@ -43,12 +43,12 @@ def resolution(incident: Incident) -> tuple[datetime, ResolutionSource] | None:
     """
     if not incident.is_resolved:
         return None
-    candidates: tuple[tuple[datetime | None, ResolutionSource], ...] = (
+    fields: tuple[tuple[datetime | None, ResolutionSource], ...] = (
         (incident.resolved_at, "resolved_at"),
         (incident.last_changed_at, "last_changed_at"),
         (incident.updated_at, "updated_at"),
     )
-    for when, source in candidates:
+    for when, source in fields:
         if when is not None:
             return max(when, incident.created_at), source
     return None
