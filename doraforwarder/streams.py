@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from doraforwarder.backoff import wait_or_stop
 from doraforwarder.keys import Keys
 from doraforwarder.records import DetectedDeployment
 
@@ -148,19 +149,23 @@ class GroupConsumer:
 
     @contextlib.asynccontextmanager
     async def kept_fresh(self, entry_id: str) -> AsyncIterator[None]:
-        """Refresh ``entry_id`` every :attr:`heartbeat_s` while the block runs."""
-        heartbeat = asyncio.create_task(self._keep_fresh(entry_id))
+        """Refresh ``entry_id`` every :attr:`heartbeat_s` while the block runs.
+
+        The heartbeat ends on an event as well as by cancellation, so a cancel
+        swallowed inside the Redis client cannot leave it running.
+        """
+        done = asyncio.Event()
+        heartbeat = asyncio.create_task(self._keep_fresh(entry_id, done))
         try:
             yield
         finally:
+            done.set()
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await asyncio.wait({heartbeat})
 
-    async def _keep_fresh(self, entry_id: str) -> None:
+    async def _keep_fresh(self, entry_id: str, done: asyncio.Event) -> None:
         interval = max(self.heartbeat_s, 0.01)
-        while True:
-            await asyncio.sleep(interval)
+        while not await wait_or_stop(done, interval):
             with contextlib.suppress(RedisError):
                 await self.refresh([entry_id])
 

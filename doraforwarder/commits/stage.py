@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from doraforwarder.backoff import Backoff, wait_or_stop
+from doraforwarder.commits.resolve import CommitResolver
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.plan import DeploymentPlan, Planner
 from doraforwarder.keys import DEPLOYMENTS_GROUP
@@ -84,8 +85,6 @@ class ResolverPool:
     async def run(self, stop: asyncio.Event) -> None:
         resolver = self._resolver
         if resolver is None:
-            from doraforwarder.commits.resolve import CommitResolver
-
             resolver = CommitResolver(self.context)
         await self.stream.ensure_group()
         workers = self.context.settings.delivery.resolvers

@@ -5,6 +5,13 @@ themselves: they stage outbox entries into the same Redis transaction
 (``MULTI``/``EXEC`` pipeline) as the state change that produced them, so a
 crash can neither lose a record nor produce it twice.
 
+The package is split by role: :mod:`~doraforwarder.outbox.entries` (what an
+entry is), :mod:`~doraforwarder.outbox.staging` (producers),
+:mod:`~doraforwarder.outbox.ordering` (the per-issue order gate and its Lua),
+:mod:`~doraforwarder.outbox.consuming` (acknowledging and dead-lettering) and
+:mod:`~doraforwarder.outbox.admin` (``doraforwarder outbox``). Everything is
+re-exported here.
+
 The contract producers rely on
 ------------------------------
 
