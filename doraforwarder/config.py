@@ -35,6 +35,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from doraforwarder.records import Environment as EnvironmentName
+
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
 
@@ -113,7 +115,6 @@ StrOrInt = Annotated[str, BeforeValidator(_string_or_number)]
 SSO_ENDPOINT = (
     "https://sso.redhat.com/auth/realms/redhat-external/protocol/openid-connect/token"
 )
-EnvironmentName = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
 
 
 def _production_only() -> list[EnvironmentName]:

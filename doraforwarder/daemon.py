@@ -20,13 +20,19 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 
+from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.backoff import Backoff, wait_or_stop
+from doraforwarder.commits.stage import ResolverPool
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext, Service
+from doraforwarder.devlake.delivery import DeliveryPool
+from doraforwarder.devlake.plan import Planner
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.server import bound_port, start_http
 from doraforwarder.storage import connect
+from doraforwarder.streams import stage_detected
+from doraforwarder.webrca.poller import WebRCAPoller
 
 log = get_logger("daemon")
 
@@ -34,22 +40,21 @@ ServicesFactory = Callable[[AppContext], Sequence[Service]]
 
 
 def build_services(context: AppContext) -> list[Service]:
-    """The sources and worker pools the configuration enables."""
+    """The sources and worker pools the configuration enables, wired together.
+
+    Sources know nothing of DevLake: the ArgoCD source is handed the function
+    that stages a detected deployment on the deployments stream, the WebRCA
+    poller the planner that turns an incident into outbox entries.
+    """
     settings = context.settings
+    planner = Planner.from_settings(settings, context.dry_run)
     services: list[Service] = []
     if settings.argocd.enabled:
-        from doraforwarder.argocd.source import ArgoCDSource
-        from doraforwarder.commits.stage import ResolverPool
-
-        services.append(ArgoCDSource(context))
-        services.append(ResolverPool(context))
+        services.append(ArgoCDSource(context, stage=stage_detected))
+        services.append(ResolverPool(context, planner=planner))
     if settings.webrca.enabled:
-        from doraforwarder.webrca.poller import WebRCAPoller
-
-        services.append(WebRCAPoller(context))
+        services.append(WebRCAPoller(context, planner=planner))
     if settings.integration.devlake.enabled or context.dry_run:
-        from doraforwarder.devlake.delivery import DeliveryPool
-
         services.append(DeliveryPool(context))
     return services
 

@@ -37,6 +37,14 @@ class Keys:
     def app_state_pattern(self) -> str:
         return self._key("app", "*")
 
+    def parse_app_state(self, key: str) -> tuple[str, str] | None:
+        """(namespace, name) of an :meth:`app_state` key; None for any other key."""
+        prefix = self._key("app", "")
+        if not key.startswith(prefix):
+            return None
+        namespace, _, name = key[len(prefix):].partition("/")
+        return (namespace, name) if name else None
+
     def dedupe(self, scope_key: str) -> str:
         """Deployment id already produced for a component+revision (TTL = dedupe window)."""
         return self._key("dedupe", scope_key)

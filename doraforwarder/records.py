@@ -3,18 +3,23 @@
 ``DetectedDeployment`` is what ArgoCD detection decides: everything known about
 one sync without any network look-up. Commit resolution turns it into
 ``ResolvedCommit`` rows; the DevLake payload models (``devlake/payloads.py``)
-turn both into the contract. Records are JSON round-trippable so they can wait
-in Redis streams across restarts.
+turn both into the contract. An :class:`Incident` is what a source knows of
+an incident; ``devlake/issues.py`` makes it a DevLake issue. Deployment
+records are JSON round-trippable so they can wait in Redis streams across
+restarts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Result = Literal["SUCCESS", "FAILURE"]
+RESOLVED_STATUSES = frozenset({"resolved", "closed"})
+"""Incident statuses that mean the incident is over."""
 Environment = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
 
 
@@ -40,8 +45,9 @@ class GitSource(Record):
 class DetectedDeployment(Record):
     """One deployment decided from ArgoCD, before commit resolution.
 
-    ``id`` is deterministic (see ARCHITECTURE.md, Identity and dedupe), so any
-    redelivery is an upsert in DevLake, never a second deployment.
+    ``id`` is deterministic (built by ``argocd/detect.py`` from component,
+    revision and deployment time), so any redelivery is an upsert in DevLake,
+    never a second deployment.
     """
 
     id: str
@@ -88,3 +94,24 @@ class ResolvedCommit(Record):
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return utc(value)
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An incident as the forwarder knows it, whatever source reported it."""
+
+    incident_id: str
+    status: str
+    """WebRCA's status as given (``unknown`` when absent)."""
+    summary: str
+    description: str | None
+    severity: str | None
+    products: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime | None
+    last_changed_at: datetime | None
+    resolved_at: datetime | None
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status.lower() in RESOLVED_STATUSES

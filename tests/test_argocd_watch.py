@@ -26,12 +26,12 @@ from doraforwarder.argocd.model import parse_time
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.argocd.state import load_state
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
-from doraforwarder.commits.stage import read_detected
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
 from doraforwarder.records import DetectedDeployment, GitSource
+from doraforwarder.streams import read_detected, stage_detected
 from doraforwarder.testing.argocd_objects import GITOPS_REPO, LiveApp, image, sha
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import RedisServer
@@ -101,7 +101,8 @@ class Harness:
     async def start(self, argocd: str = "", *, clock: Any = None, **kwargs: Any) -> Running:
         client = aioredis.Redis.from_url(self.redis_server.url, decode_responses=True)
         context = AppContext(config=self.config(argocd), redis=client, keys=self.keys)
-        options: dict[str, Any] = {"timing": FAST, "sweep_interval": 0.02}
+        options: dict[str, Any] = {"timing": FAST, "sweep_interval": 0.02,
+                                   "stage": stage_detected}
         if clock is not None:
             options["clock"] = clock
         options.update(kwargs)

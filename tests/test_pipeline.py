@@ -8,9 +8,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commits.stage import DRY_RUN_TARGET, ResolverPool, read_detected, stage_detected
+from doraforwarder.commits.stage import ResolverPool
+from doraforwarder.devlake.plan import DRY_RUN_TARGET
 from doraforwarder.keys import DEPLOYMENTS_GROUP
 from doraforwarder.records import DetectedDeployment, ResolvedCommit
+from doraforwarder.streams import read_detected, stage_detected
 from tests.devlake_support import (
     RunningService,
     commit,

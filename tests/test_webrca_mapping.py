@@ -7,16 +7,8 @@ from typing import Any
 
 import pytest
 
+from doraforwarder.devlake.issues import build_issue_payload, fingerprint, issue_status, resolution
 from doraforwarder.devlake.payloads import IssuePayload
-from doraforwarder.webrca.mapping import (
-    MalformedIncident,
-    build_issue_payload,
-    fingerprint,
-    issue_status,
-    parse_incident,
-    resolution,
-    wanted_product,
-)
 from doraforwarder.webrca.pages import (
     HARD_PAGE_LIMIT,
     PageRead,
@@ -24,6 +16,7 @@ from doraforwarder.webrca.pages import (
     page_limit,
     read_page,
 )
+from doraforwarder.webrca.parse import MalformedIncident, parse_incident, wanted_product
 
 URL = "https://web-rca.devshift.net/incident/{incident_id}"
 CREATED = "2025-03-01T10:00:00Z"

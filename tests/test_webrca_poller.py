@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from doraforwarder.config import LoadedConfig, Secrets, validate_settings
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.payloads import IssuePayload
+from doraforwarder.devlake.plan import Planner
 from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry
 from doraforwarder.testing.fake_webrca import FakeWebRCA
@@ -60,9 +61,10 @@ async def make_poller(redis_client: aioredis.Redis,
                 attempts: int = 3, lease_ttl_ms: int = 10_000, max_pages: int = 1000,
                 **settings: Any) -> WebRCAPoller:
         context = make_context(redis or redis_client, fake, **settings)
-        poller = WebRCAPoller(context, interval_ms=interval_ms, retry_base_ms=1,
-                              retry_cap_ms=5, attempts=attempts, lease_ttl_ms=lease_ttl_ms,
-                              max_pages=max_pages)
+        planner = Planner.from_settings(context.settings, context.dry_run)
+        poller = WebRCAPoller(context, planner=planner, interval_ms=interval_ms, retry_base_ms=1,
+                              retry_cap_ms=5, attempts=attempts,
+                              lease_ttl_ms=lease_ttl_ms, max_pages=max_pages)
         created.append(poller)
         return poller
 

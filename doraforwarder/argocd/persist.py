@@ -19,11 +19,11 @@ from redis.exceptions import WatchError
 
 from doraforwarder.argocd.detect import Decision, apply_dedupe, deployment_dedupe_key
 from doraforwarder.argocd.state import AppState, CorruptState, load_state
-from doraforwarder.commits.stage import stage_detected
 from doraforwarder.config import ArgoCDConfig
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.records import DetectedDeployment
+from doraforwarder.streams import StageDetected
 
 log = get_logger("argocd")
 
@@ -47,8 +47,13 @@ async def commit_decision(
     namespace: str,
     name: str,
     decide: Decide,
+    stage: StageDetected,
 ) -> Committed:
-    """Load the stored state, decide, and write the outcome atomically; retry on races."""
+    """Load the stored state, decide, and write the outcome atomically; retry on races.
+
+    ``stage`` queues each kept deployment on the transaction (the daemon hands
+    in :func:`doraforwarder.streams.stage_detected`).
+    """
     state_key = keys.app_state(namespace, name)
     conflicts = 0
     while True:
@@ -90,7 +95,7 @@ async def commit_decision(
                 for scope_key, value in claims.items():
                     pipe.set(keys.dedupe(scope_key), value, ex=window)
                 for deployment in staged:
-                    stage_detected(pipe, keys, deployment)
+                    stage(pipe, keys, deployment)
                 await pipe.execute()
                 return Committed(decision, staged, reasons, conflicts)
             except WatchError:

@@ -31,6 +31,7 @@ from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTi
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
 from doraforwarder.logging import get_logger
+from doraforwarder.streams import StageDetected
 
 log = get_logger("argocd")
 
@@ -51,6 +52,7 @@ class ArgoCDSource:
         self,
         context: AppContext,
         *,
+        stage: StageDetected,
         clock: Clock = utc_now,
         timing: WatchTiming | None = None,
         sweep_interval: float = 5.0,
@@ -59,6 +61,7 @@ class ArgoCDSource:
     ) -> None:
         self.context = context
         self.config = context.settings.argocd
+        self._stage = stage
         self.clock = clock
         self.timing = timing or WatchTiming(watch_timeout=self.config.watch_timeout.total_seconds())
         self.sweep_interval = sweep_interval
@@ -208,11 +211,15 @@ class ArgoCDSource:
 
     async def _forget_vanished(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
         """Apps with state in Redis but deleted while the daemon was down: start their TTL."""
-        prefix = self.context.keys.app_state_pattern()[:-1]
+        keys = self.context.keys
         try:
-            async for key in self.context.redis.scan_iter(match=f"{prefix}*", count=500):
-                namespace, _, name = str(key)[len(prefix) :].partition("/")
-                if name and scope.contains(namespace) and (namespace, name) not in present:
+            async for key in self.context.redis.scan_iter(match=keys.app_state_pattern(),
+                                                          count=500):
+                app = keys.parse_app_state(str(key))
+                if app is None:
+                    continue
+                namespace, name = app
+                if scope.contains(namespace) and (namespace, name) not in present:
                     assert self._lanes is not None
                     await self._lanes.submit(f"{namespace}/{name}", Deleted(namespace, name))
         except RedisError as exc:
@@ -250,7 +257,8 @@ class ArgoCDSource:
         while not self._stop.is_set():
             try:
                 return await commit_decision(
-                    self.context.redis, self.context.keys, self.config, namespace, name, decide_fn
+                    self.context.redis, self.context.keys, self.config, namespace, name, decide_fn,
+                    self._stage,
                 )
             except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()

@@ -33,15 +33,13 @@ from typing import Any, Protocol
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from doraforwarder.argocd.listing import list_applications
 from doraforwarder.backoff import Backoff, parse_retry_after
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
 
 log = get_logger("argocd")
 
-GROUP = "argoproj.io"
-VERSION = "v1alpha1"
-PLURAL = "applications"
 OBJECT_EVENTS = frozenset({"ADDED", "MODIFIED", "DELETED"})
 
 
@@ -295,13 +293,8 @@ class ApplicationWatcher:
         return True
 
     def _call(self, **kwargs: Any) -> Any:
-        if self.scope.namespace is None:
-            return self.api.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, _preload_content=False, **kwargs
-            )
-        return self.api.list_namespaced_custom_object(
-            GROUP, VERSION, self.scope.namespace, PLURAL, _preload_content=False, **kwargs
-        )
+        return list_applications(self.api, self.scope.namespace, _preload_content=False,
+                                 **kwargs)
 
 
 def _lines(response: Any) -> Iterator[bytes]:

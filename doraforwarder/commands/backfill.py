@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from doraforwarder.commands.common import (
-    add_config_argument,
+    add_command,
     add_logging_arguments,
     load_and_configure,
 )
@@ -31,13 +31,12 @@ def _date(text: str) -> datetime:
 
 
 def add_parser(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "backfill",
+    parser = add_command(
+        subparsers, "backfill",
         help="send the syncs ArgoCD still remembers (status.history) as deployments",
         description="Deployments get the ids the live path uses, so running backfill twice "
         "or next to the daemon creates no duplicates in DevLake.",
     )
-    add_config_argument(parser)
     add_logging_arguments(parser)
     parser.add_argument("--since", required=True, type=_date, metavar="DATE",
                         help="only syncs deployed at or after DATE (e.g. 2025-01-01)")

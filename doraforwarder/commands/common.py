@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from doraforwarder.config import LoadedConfig, load_config
 from doraforwarder.logging import configure_logging, get_logger
@@ -17,6 +18,15 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
     )
+
+
+def add_command(subparsers: Any, name: str, *, help: str, description: str
+                ) -> argparse.ArgumentParser:
+    """A sub-command that reads the configuration (``--config``)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description)
+    add_config_argument(parser)
+    return parser
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,25 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commands.common import add_config_argument
-from doraforwarder.config import load_config
+from doraforwarder.commands.common import add_command
+from doraforwarder.config import format_duration, load_config
 from doraforwarder.keys import Keys
 from doraforwarder.storage import connect
 
 
 def add_parser(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "outbox",
+    parser = add_command(
+        subparsers, "outbox",
         help="inspect and repair DevLake delivery (outbox and dead letters)",
         description="Show what waits for DevLake, what it refused, and put entries back.",
     )
-    add_config_argument(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     actions.add_parser("stats", help="counts: waiting, in delivery, dead letters")
@@ -115,15 +115,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
+    """An age to the second, written as durations are in the configuration (``1h5m3s``)."""
+    return "-" if seconds is None else format_duration(timedelta(seconds=int(seconds)))
 
 
 def _describe(item: outbox.StreamItem) -> tuple[str, str, str]:
@@ -158,34 +151,39 @@ def format_stats(stats: outbox.OutboxStats, where: str) -> str:
     return "\n".join(lines)
 
 
-def format_outbox(items: Sequence[outbox.StreamItem], total: int) -> str:
-    if not items:
-        return "the outbox is empty: everything was delivered"
-    rows = []
-    for item in items:
-        kind, target, record = _describe(item)
-        order = f"{item.entry.order_key}#{item.seq}" if item.entry and item.entry.order_key \
-            else "-"
-        rows.append([item.id, kind, target, age(item.age_seconds), order, record])
-    text = table(["ID", "KIND", "TARGET", "AGE", "ORDER", "RECORD"], rows)
+def _listing(items: Sequence[outbox.StreamItem], total: int, header: list[str],
+             row: Callable[[outbox.StreamItem], list[str]]) -> str:
+    text = table(header, [row(item) for item in items])
     if total > len(items):
         text += f"\n... {total - len(items)} more (use --limit)"
     return text
 
 
+def _outbox_row(item: outbox.StreamItem) -> list[str]:
+    kind, target, record = _describe(item)
+    order = f"{item.entry.order_key}#{item.seq}" if item.entry and item.entry.order_key else "-"
+    return [item.id, kind, target, age(item.age_seconds), order, record]
+
+
+def _dead_row(item: outbox.StreamItem) -> list[str]:
+    kind, target, record = _describe(item)
+    failed = item.fields.get("failed_at", "")
+    when = age(time.time() - float(failed)) + " ago" if failed else "-"
+    reason = " ".join(item.fields.get("reason", "").split())
+    return [item.id, kind, target, record, item.fields.get("status") or "-", when, reason[:160]]
+
+
+def format_outbox(items: Sequence[outbox.StreamItem], total: int) -> str:
+    if not items:
+        return "the outbox is empty: everything was delivered"
+    return _listing(items, total, ["ID", "KIND", "TARGET", "AGE", "ORDER", "RECORD"],
+                    _outbox_row)
+
+
 def format_dead(items: Sequence[outbox.StreamItem], total: int) -> str:
     if not items:
         return "no dead letters"
-    rows = []
-    for item in items:
-        kind, target, record = _describe(item)
-        failed = item.fields.get("failed_at", "")
-        when = age(time.time() - float(failed)) + " ago" if failed else "-"
-        reason = " ".join(item.fields.get("reason", "").split())
-        rows.append([item.id, kind, target, record, item.fields.get("status") or "-", when,
-                     reason[:160]])
-    text = table(["ID", "KIND", "TARGET", "RECORD", "STATUS", "FAILED", "REASON"], rows)
-    if total > len(items):
-        text += f"\n... {total - len(items)} more (use --limit)"
+    text = _listing(items, total,
+                    ["ID", "KIND", "TARGET", "RECORD", "STATUS", "FAILED", "REASON"], _dead_row)
     text += "\n\nrequeue after fixing the cause: doraforwarder outbox requeue ID | --all"
     return text

@@ -1,8 +1,9 @@
 """The DevLake sink: workers that drain the outbox stream into DevLake.
 
 One feeder reads new outbox entries with the consumer group
-(``store.OUTBOX_GROUP``) into an in-memory schedule; ``delivery.workers``
-workers take entries that are due and post them. An entry stays pending in
+(``keys.OUTBOX_GROUP``, through :class:`doraforwarder.streams.GroupConsumer`)
+into an in-memory schedule; ``delivery.workers`` workers take entries that are
+due and post them. An entry stays pending in
 Redis until DevLake accepted it (then ``XACK`` + ``XDEL``) or refused it for
 good (then it moves to the dead letters), so a crash loses nothing: another
 worker or replica reclaims it with ``XAUTOCLAIM`` after ``delivery.claim_idle``.
@@ -19,8 +20,8 @@ Redis (``XCLAIM ... JUSTID``) so a healthy replica's retrying entries are not
 mistaken for a crashed one's.
 
 Ordered entries (issues and their close calls) go through
-:func:`doraforwarder.outbox.order_gate` and a short per-order-key lock; see
-the contract in :mod:`doraforwarder.outbox`.
+:func:`doraforwarder.outbox.ordering.order_gate` and a short per-order-key
+lock; see the contract in :mod:`doraforwarder.outbox`.
 """
 
 from __future__ import annotations
@@ -54,17 +55,10 @@ from doraforwarder.devlake.payloads import contract_body
 from doraforwarder.devlake.routing import endpoint
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
-from doraforwarder.outbox import (
-    StreamItem,
-    ack_delivered,
-    ack_delivered_many,
-    consumer_name,
-    dead_letter,
-    ensure_group,
-    order_gate,
-    raw_entries,
-    read_group_entries,
-)
+from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
+from doraforwarder.outbox.entries import StreamItem
+from doraforwarder.outbox.ordering import order_gate
+from doraforwarder.streams import GroupConsumer, consumer_name
 
 log = get_logger("devlake")
 
@@ -284,19 +278,21 @@ class DeliveryPool:
 
     def __init__(self, context: AppContext, sender: Sender | None = None, *,
                  consumer: str | None = None, max_held: int = 1000,
-                 read_block_ms: int = 500) -> None:
+                 read_block_s: float = 0.5) -> None:
         self.context = context
         self.settings = context.settings
         self.keys = context.keys
         self.redis: aioredis.Redis = context.redis
         self.consumer = consumer or consumer_name()
         self.max_held = max_held
-        self.read_block_ms = read_block_ms
         self._sender = sender
         delivery = self.settings.delivery
         self.initial_backoff = max(delivery.initial_backoff.total_seconds(), 0.001)
         self.max_backoff = max(delivery.max_backoff.total_seconds(), self.initial_backoff)
-        self.claim_idle_ms = max(1, int(delivery.claim_idle.total_seconds() * 1000))
+        self.stream = GroupConsumer(
+            self.redis, self.keys.outbox_stream, OUTBOX_GROUP, self.consumer,
+            claim_idle_s=delivery.claim_idle.total_seconds(), read_block_s=read_block_s,
+        )
         self.recheck = min(self.max_backoff, 1.0)
         """How soon a blocked or locked ordered entry is looked at again."""
         self.schedule = Schedule()
@@ -323,7 +319,7 @@ class DeliveryPool:
         sender = self._sender or self._build_sender()
         self.schedule = Schedule()
         self._acks = self._new_ack_batcher()
-        await ensure_group(self.redis, self.keys.outbox_stream, OUTBOX_GROUP)
+        await self.stream.ensure_group()
         devlake = self.settings.integration.devlake
         log.info(
             "delivery started",
@@ -397,15 +393,12 @@ class DeliveryPool:
                 await self._room.wait()
                 continue
             try:
-                answer = await self.redis.xreadgroup(
-                    OUTBOX_GROUP, self.consumer, {self.keys.outbox_stream: ">"},
-                    count=min(room, 250), block=self.read_block_ms,
-                )
+                entries = await self.stream.read_new(min(room, 250))
             except RedisError as exc:
                 await self._redis_trouble("xreadgroup", exc, backoff, stop)
                 continue
             backoff.reset()
-            for entry_id, fields in read_group_entries(answer):
+            for entry_id, fields in entries:
                 self._hold(StreamItem.parse(entry_id, fields))
 
     def _hold(self, item: StreamItem) -> None:
@@ -416,11 +409,11 @@ class DeliveryPool:
 
     async def _housekeep(self, stop: asyncio.Event) -> None:
         """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
-        interval = min(max(self.claim_idle_ms / 3000.0, 0.02), 5.0)
+        interval = min(max(self.stream.heartbeat_s, 0.02), 5.0)
         backoff = Backoff(0.2, 10.0)
         while not stop.is_set():
             try:
-                await self._heartbeat()
+                await self.stream.refresh(list(self.schedule.held))
                 await self._reclaim()
                 await self._update_gauges()
                 backoff.reset()
@@ -430,23 +423,12 @@ class DeliveryPool:
             if await wait_or_stop(stop, interval):
                 return
 
-    async def _heartbeat(self) -> None:
-        ids: list[str | bytes | int | memoryview] = list(self.schedule.held)
-        for start in range(0, len(ids), 500):
-            await self.redis.xclaim(
-                self.keys.outbox_stream, OUTBOX_GROUP, self.consumer, 0,
-                ids[start:start + 500], justid=True,
-            )
-
     async def _reclaim(self) -> None:
         cursor = "0-0"
         while len(self.schedule) < self.max_held:
-            answer = await self.redis.xautoclaim(
-                self.keys.outbox_stream, OUTBOX_GROUP, self.consumer, self.claim_idle_ms,
-                start_id=cursor, count=min(100, self.max_held - len(self.schedule)),
-            )
-            cursor = str(answer[0])
-            for entry_id, fields in raw_entries(answer[1]):
+            cursor, claimed = await self.stream.reclaim(
+                min(100, self.max_held - len(self.schedule)), cursor)
+            for entry_id, fields in claimed:
                 if entry_id in self.schedule:
                     continue
                 log.info("reclaimed outbox entry left by another consumer", entry=entry_id)

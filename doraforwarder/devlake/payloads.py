@@ -1,6 +1,6 @@
 """The DevLake webhook contract as pydantic models; nothing is sent that fails them.
 
-Rules come from DevLake's webhook plugin (``shared/reference/devlake-webhook.md``):
+Rules come from DevLake's webhook plugin (its deployment and issue endpoints):
 required fields, environment and status enums, a non-empty commit list, dates
 as ``2020-01-01T12:00:00+00:00`` in UTC, and ``startedDate <= finishedDate``.
 Field contents for deployments follow the reference implementation, whose

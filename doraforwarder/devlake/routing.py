@@ -9,10 +9,31 @@ target share one delivery: DevLake would only upsert the same record twice.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 from urllib.parse import quote
 
+from pydantic import BaseModel, ConfigDict
+
 from doraforwarder.config import DevLakeConfig, TeamConfig
-from doraforwarder.outbox import RecordKind, Target
+
+TargetKind = Literal["connection_id", "connection_name", "project_name"]
+RecordKind = Literal["deployment", "issue", "close"]
+
+
+class Target(BaseModel):
+    """Where a record goes in DevLake: a webhook connection (by id or name) or a project."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: TargetKind
+    value: str
+    team: str = "global"
+    """``global`` or the team name; for logs and metrics only."""
+
+    @property
+    def key(self) -> str:
+        """Identity of the destination: two teams naming the same target share it."""
+        return f"{self.kind}:{self.value}"
 
 
 def _target(team: str, project_id: str | None, connection_name: str | None,

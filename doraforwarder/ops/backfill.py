@@ -17,27 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from kubernetes.client import CustomObjectsApi
 from redis.exceptions import WatchError
 
-from doraforwarder.argocd.detect import deployment_dedupe_key, history_deployments
+from doraforwarder.argocd.detect import apply_dedupe, deployment_dedupe_key, history_deployments
+from doraforwarder.argocd.ids import claim_deployed_at
 from doraforwarder.argocd.kube import build_api_client
+from doraforwarder.argocd.listing import iter_applications
 from doraforwarder.argocd.model import MalformedApplication, parse_application
-from doraforwarder.argocd.watcher import GROUP, PLURAL, VERSION
-from doraforwarder.commits.stage import DRY_RUN_TARGET, stage_detected
+from doraforwarder.commits.resolve import CommitResolver
+from doraforwarder.commits.stage import ResolverPool
 from doraforwarder.config import ArgoCDConfig, LoadedConfig
 from doraforwarder.context import AppContext, Service
 from doraforwarder.devlake.client import dry_run_line
-from doraforwarder.devlake.payloads import build_deployment_payload
-from doraforwarder.devlake.routing import Router, endpoint
+from doraforwarder.devlake.delivery import DeliveryPool
+from doraforwarder.devlake.plan import Planner
+from doraforwarder.devlake.routing import endpoint
 from doraforwarder.logging import get_logger
-from doraforwarder.outbox import OutboxEntry
 from doraforwarder.records import DetectedDeployment
+from doraforwarder.streams import stage_detected
 
 log = get_logger("backfill")
 
@@ -68,25 +71,10 @@ class Outcome:
 def list_applications(config: ArgoCDConfig, namespace: str | None) -> Iterator[dict[str, Any]]:
     """Every Application in the watched namespaces (or ``namespace``), page by page."""
     api = CustomObjectsApi(build_api_client(config))
-    scopes: Sequence[str] = [namespace] if namespace else config.namespaces
-    for scope in scopes:
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": 500, "_request_timeout": 60}
-            if token:
-                kwargs["_continue"] = token
-            if scope == "*":
-                answer = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
-            else:
-                answer = api.list_namespaced_custom_object(GROUP, VERSION, scope, PLURAL, **kwargs)
-            page = cast(dict[str, Any], answer)
-            yield from page.get("items", [])
-            token = page.get("metadata", {}).get("continue")
-            if not token:
-                break
+    yield from iter_applications(api, [namespace] if namespace else config.namespaces)
 
 
-def candidates(objects: Iterable[dict[str, Any]], config: ArgoCDConfig, selection: Selection,
+def history_selection(objects: Iterable[dict[str, Any]], config: ArgoCDConfig, selection: Selection,
                now: datetime) -> list[DetectedDeployment]:
     """Pure: the history deployments selected, oldest first."""
     found: list[DetectedDeployment] = []
@@ -102,41 +90,33 @@ def candidates(objects: Iterable[dict[str, Any]], config: ArgoCDConfig, selectio
     return sorted(found, key=lambda d: (d.deployed_at, d.app, d.id))
 
 
-def _claim_time(claim: str) -> datetime | None:
-    """When the deployment holding a claim (``"<app> <id>"``) happened, from its id."""
-    _, _, deployment_id_ = claim.partition(" ")
-    parts = deployment_id_.split(":")
-    if len(parts) >= 3 and parts[2].isdigit():
-        return datetime.fromtimestamp(int(parts[2]), UTC)
-    return None
-
-
 def dedupe_within_window(deployments: Sequence[DetectedDeployment], config: ArgoCDConfig,
-                         live_claims: dict[str, str | None]) -> tuple[
+                         live_claims: Mapping[str, str | None]) -> tuple[
                              list[DetectedDeployment], list[DetectedDeployment]]:
     """Pure: (kept, duplicates), deployments oldest first.
 
-    Another app's deployment of the same scope (component+revision, plus the
-    cluster with scope ``cluster``) within ``dedupe_window`` after the claim
-    is a duplicate; the same app deploying it again is not (a rollback).
+    The live rule (:func:`~doraforwarder.argocd.detect.apply_dedupe`) replayed
+    over history: a claim lives ``dedupe_window`` (in Redis its TTL does that;
+    here a claim further than the window from the deployment is let go), and
+    another app's deployment of the same scope while the claim lives is a
+    duplicate; the same app deploying it again is not (a rollback).
     """
-    claims: dict[str, tuple[str, datetime | None]] = {
-        key: (claim.partition(" ")[0], _claim_time(claim))
-        for key, claim in live_claims.items() if claim
-    }
+    holders = {key: claim for key, claim in live_claims.items() if claim}
     kept: list[DetectedDeployment] = []
     duplicates: list[DetectedDeployment] = []
     for deployment in deployments:
         key = deployment_dedupe_key(deployment, config)
-        holder = claims.get(key)
-        if holder is not None:
-            app, at = holder
-            fresh = at is None or abs(deployment.deployed_at - at) <= config.dedupe_window
-            if app != deployment.app and fresh:
-                duplicates.append(deployment)
-                continue
-        kept.append(deployment)
-        claims[key] = (deployment.app, deployment.deployed_at)
+        claim = holders.get(key)
+        if claim is not None:
+            at = claim_deployed_at(claim)
+            if at is not None and abs(deployment.deployed_at - at) > config.dedupe_window:
+                del holders[key]
+        outcome = apply_dedupe([deployment], {key: holders.get(key)}, config)
+        if outcome.kept:
+            kept.append(deployment)
+            holders.update(outcome.claims)
+        else:
+            duplicates.append(deployment)
     return kept, duplicates
 
 
@@ -150,7 +130,7 @@ class Backfill:
     async def plan(self, objects: Iterable[dict[str, Any]]) -> tuple[
             list[DetectedDeployment], list[DetectedDeployment]]:
         config = self.context.settings.argocd
-        found = candidates(objects, config, self.selection, datetime.now(UTC))
+        found = history_selection(objects, config, self.selection, datetime.now(UTC))
         keys = sorted({deployment_dedupe_key(d, config) for d in found})
         values = await self.context.redis.mget([self.context.keys.dedupe(k) for k in keys]) \
             if keys else []
@@ -184,10 +164,8 @@ class Backfill:
     async def print_payloads(self, deployments: Sequence[DetectedDeployment],
                              stop: asyncio.Event) -> list[Outcome]:
         """``--dry-run``: resolve and print every payload; write nothing but caches."""
-        from doraforwarder.commits.resolve import CommitResolver
-
         devlake = self.context.settings.integration.devlake
-        router = Router(devlake) if devlake.enabled else None
+        planner = Planner.from_settings(self.context.settings, dry_run=True)
         resolver = CommitResolver(self.context)
         outcomes: list[Outcome] = []
         try:
@@ -196,15 +174,14 @@ class Backfill:
                 if not commits:
                     outcomes.append(Outcome(deployment, "no commits"))
                     continue
-                body = build_deployment_payload(deployment, commits).body()
-                targets = router.for_component(deployment.component) if router \
-                    else [DRY_RUN_TARGET]
-                for target in targets:
-                    entry = OutboxEntry(kind="deployment", target=target,
-                                        record_id=deployment.id, payload=body)
+                plan = planner.plan_deployment(deployment, commits)
+                if plan.error is not None:
+                    raise ValueError(f"{deployment.id} breaks the DevLake contract: "
+                                     f"{plan.error}")
+                for entry in plan.entries:
                     url = endpoint(devlake.base_url or "http://devlake.invalid",
-                                   devlake.api_prefix, target, "deployment")
-                    print(dry_run_line(entry, url, body), flush=True)
+                                   devlake.api_prefix, entry.target, "deployment")
+                    print(dry_run_line(entry, url, entry.payload), flush=True)
                 outcomes.append(Outcome(deployment, "printed"))
         finally:
             await resolver.aclose()
@@ -212,9 +189,6 @@ class Backfill:
 
     async def drain(self, stop: asyncio.Event, seconds: float) -> bool:
         """Run resolvers and senders until both queues are empty (or ``seconds`` pass)."""
-        from doraforwarder.commits.stage import ResolverPool
-        from doraforwarder.devlake.delivery import DeliveryPool
-
         redis, keys = self.context.redis, self.context.keys
         halt = asyncio.Event()
         pools: list[Service] = [ResolverPool(self.context), DeliveryPool(self.context)]

@@ -14,7 +14,7 @@ from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from doraforwarder.argocd.kube import build_api_client
-from doraforwarder.argocd.watcher import GROUP, PLURAL, VERSION
+from doraforwarder.argocd.listing import list_applications
 from doraforwarder.config import LoadedConfig
 from doraforwarder.ops.doctor import Check
 
@@ -44,14 +44,7 @@ def _probe(config: LoadedConfig) -> list[Check]:
         for namespace in argocd.namespaces:
             name = f"applications in {namespace}"
             try:
-                if namespace == "*":
-                    answer = api.list_cluster_custom_object(
-                        GROUP, VERSION, PLURAL, limit=1, _request_timeout=10
-                    )
-                else:
-                    answer = api.list_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, limit=1, _request_timeout=10
-                    )
+                answer = list_applications(api, namespace, limit=1, _request_timeout=10)
             except ApiException as exc:
                 hint = RBAC_HINT if exc.status in (401, 403) else "check the API server address"
                 checks.append(Check(name, "fail", f"HTTP {exc.status} {exc.reason}", hint))

@@ -1,11 +1,12 @@
 """The WebRCA source: poll incidents, hand DevLake what changed.
 
 Every ``webrca.interval`` (first poll at start) the replica holding the
-Redis lease reads every page of incidents, keeps the wanted products, maps
-each incident to a DevLake issue and compares its fingerprint with the one
-stored in Redis. New and changed incidents are staged in the outbox in the
-same ``MULTI``/``EXEC`` as their new fingerprint, so a crash can neither
-lose a change nor send it twice, and a restart sends nothing already sent.
+Redis lease reads every page of incidents, keeps the wanted products, has
+the planner it was handed turn each into outbox entries and a fingerprint,
+and compares that fingerprint with the one stored in Redis. New and changed
+incidents are staged in the outbox in the same ``MULTI``/``EXEC`` as their
+new fingerprint, so a crash can neither lose a change nor send it twice, and
+a restart sends nothing already sent.
 
 The transaction ``WATCH``es the fingerprints and the lease: a replica whose
 lease expired mid-poll cannot stage anything, and two replicas never stage
@@ -17,21 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from doraforwarder.backoff import Backoff, wait_or_stop
-from doraforwarder.config import DevLakeConfig
 from doraforwarder.context import AppContext
-from doraforwarder.devlake.payloads import IssuePayload
-from doraforwarder.devlake.routing import Router
+from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
-from doraforwarder.outbox import OutboxEntry, Target, stage_entries
+from doraforwarder.records import Incident
 from doraforwarder.webrca.client import (
     ConfigurationError,
     IncidentsClient,
@@ -39,15 +40,8 @@ from doraforwarder.webrca.client import (
     TransientError,
 )
 from doraforwarder.webrca.lease import RedisLease
-from doraforwarder.webrca.mapping import (
-    Incident,
-    MalformedIncident,
-    build_issue_payload,
-    fingerprint,
-    parse_incident,
-    wanted_product,
-)
 from doraforwarder.webrca.pages import HARD_PAGE_LIMIT, PageRead, is_last_page, page_limit
+from doraforwarder.webrca.parse import MalformedIncident, parse_incident, wanted_product
 
 log = get_logger("webrca")
 
@@ -84,12 +78,35 @@ class PollReport:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-@dataclass
-class _Candidate:
-    incident: Incident
-    payload: IssuePayload
-    targets: list[Target]
-    fingerprint: str
+class PlannedIncident(Protocol):
+    """What the poller needs to know of a planned incident."""
+
+    @property
+    def incident(self) -> Incident: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def target_keys(self) -> list[str]: ...
+
+
+Plan = TypeVar("Plan", bound=PlannedIncident)
+
+
+class IncidentPlanning(Protocol[Plan]):
+    """Turns incidents into staged outbox entries (``devlake.plan.Planner``, handed in)."""
+
+    @property
+    def active(self) -> bool:
+        """False when incidents have nowhere to go."""
+        ...
+
+    def plan_incident(self, incident: Incident, component: str | None) -> Plan:
+        """Raises ``pydantic.ValidationError`` when the incident breaks the contract."""
+        ...
+
+    def stage(self, pipe: Pipeline, keys: Keys, plans: Iterable[Plan]) -> None: ...
 
 
 @dataclass
@@ -104,20 +121,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _router(context: AppContext) -> Router | None:
-    """Where incidents go; None when DevLake is off (and this is no dry run)."""
-    devlake = context.settings.integration.devlake
-    if not devlake.enabled and not context.dry_run:
-        return None
-    try:
-        return Router(devlake)
-    except ValueError:
-        # A dry run without any DevLake target configured still shows the payloads.
-        placeholder = DevLakeConfig(enabled=False, connection_name="dry-run",
-                                    teams=devlake.teams)
-        return Router(placeholder)
-
-
 class WebRCAPoller:
     """The ``webrca`` service. Timing parameters are in milliseconds (tests shrink them)."""
 
@@ -127,6 +130,7 @@ class WebRCAPoller:
         self,
         context: AppContext,
         *,
+        planner: IncidentPlanning[Any],
         interval_ms: float | None = None,
         retry_base_ms: float = 1_000,
         retry_cap_ms: float = 60_000,
@@ -144,7 +148,7 @@ class WebRCAPoller:
         self.retry_cap = max(retry_cap_ms, retry_base_ms) / 1000
         self.attempts = max(1, attempts)
         self.max_pages = max(1, max_pages)
-        self.router = _router(context)
+        self.planner: IncidentPlanning[Any] | None = planner if planner.active else None
         self.lease = RedisLease(context.redis, context.keys.webrca_lease, lease_ttl_ms)
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -157,7 +161,7 @@ class WebRCAPoller:
 
     # --- lifecycle -------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        if self.router is None:
+        if self.planner is None:
             log.info("webrca polling off: integration.devlake is disabled, "
                      "incidents would have nowhere to go")
             self.context.readiness.forget(READINESS)
@@ -214,14 +218,15 @@ class WebRCAPoller:
     async def poll_once(self, stop: asyncio.Event | None = None) -> PollReport:
         """Poll if this replica gets the lease; never raises (the outcome says what happened)."""
         stop = stop or asyncio.Event()
-        if self.router is None:
+        if self.planner is None:
             report = PollReport(_now(), "disabled")
         else:
-            report = await self._leased_poll(self.router, stop)
+            report = await self._leased_poll(self.planner, stop)
         await self._record(report)
         return report
 
-    async def _leased_poll(self, router: Router, stop: asyncio.Event) -> PollReport:
+    async def _leased_poll(self, planner: IncidentPlanning[Any], stop: asyncio.Event
+                           ) -> PollReport:
         try:
             acquired = await self.lease.acquire()
         except RedisError as exc:
@@ -233,7 +238,7 @@ class WebRCAPoller:
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lost), name="webrca-lease-renewal")
         try:
-            return await self._poll(router, stop, lost)
+            return await self._poll(planner, stop, lost)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,7 +259,8 @@ class WebRCAPoller:
                 self.context.metrics.redis_errors.labels("webrca_lease").inc()
                 log.warning("webrca lease renewal failed", error=str(exc))
 
-    async def _poll(self, router: Router, stop: asyncio.Event, lost: asyncio.Event) -> PollReport:
+    async def _poll(self, planner: IncidentPlanning[Any], stop: asyncio.Event,
+                    lost: asyncio.Event) -> PollReport:
         state = _PollState()
         started = _now()
 
@@ -277,7 +283,7 @@ class WebRCAPoller:
                 if page.total is not None:
                     total = page.total
                     limit = page_limit(total, size, self.max_pages)
-                await self._process(page, router, state)
+                await self._process(page, planner, state)
                 if is_last_page(page, size, limit, total):
                     if (page.number >= self.max_pages and page.problem is None
                             and len(page.items) >= size):
@@ -325,7 +331,8 @@ class WebRCAPoller:
                     raise _Interrupted() from None
                 attempt += 1
 
-    async def _process(self, page: PageRead, router: Router, state: _PollState) -> None:
+    async def _process(self, page: PageRead, planner: IncidentPlanning[Any],
+                       state: _PollState) -> None:
         """Check the items of one page and stage the new and changed incidents."""
         metrics = self.context.metrics
         if page.problem is not None:
@@ -334,16 +341,16 @@ class WebRCAPoller:
             log.error("malformed webrca page", page=page.number, problem=page.problem,
                       detail=page.detail)
             return
-        candidates: dict[str, _Candidate] = {}
+        plans: dict[str, PlannedIncident] = {}
         for index, item in enumerate(page.items):
-            candidate = self._candidate(item, page.number, index, router, state)
-            if candidate is not None:
-                candidates[candidate.incident.incident_id] = candidate
-        if candidates:
-            state.changed += await self._stage(list(candidates.values()))
+            plan = self._plan(item, page.number, index, planner, state)
+            if plan is not None:
+                plans[plan.incident.incident_id] = plan
+        if plans:
+            state.changed += await self._stage(planner, list(plans.values()))
 
-    def _candidate(self, item: Any, page: int, index: int, router: Router,
-                   state: _PollState) -> _Candidate | None:
+    def _plan(self, item: Any, page: int, index: int, planner: IncidentPlanning[Any],
+              state: _PollState) -> PlannedIncident | None:
         metrics = self.context.metrics
         try:
             incident = parse_incident(item)
@@ -359,7 +366,7 @@ class WebRCAPoller:
             return None
         state.wanted.add(incident.incident_id)
         try:
-            payload = build_issue_payload(incident, component, self.settings.incident_url)
+            plan: PlannedIncident = planner.plan_incident(incident, component)
         except ValidationError as exc:
             state.malformed += 1
             metrics.webrca_malformed.labels("contract").inc()
@@ -367,28 +374,12 @@ class WebRCAPoller:
                       index=index, incident_id=incident.incident_id,
                       detail=str(exc).replace("\n", "; "))
             return None
-        targets = router.for_products(incident.products)
-        return _Candidate(incident, payload, targets,
-                          fingerprint(incident, payload, [t.key for t in targets]))
+        return plan
 
-    def _entries(self, candidate: _Candidate) -> list[OutboxEntry]:
-        incident_id = candidate.incident.incident_id
-        body = candidate.payload.body()
-        close = self.settings.close_resolved and candidate.incident.is_resolved
-        entries = []
-        for target in candidate.targets:
-            order_key = f"issue:{target.key}:{incident_id}"
-            entries.append(OutboxEntry(kind="issue", target=target, record_id=incident_id,
-                                       payload=body, order_key=order_key))
-            if close:
-                entries.append(OutboxEntry(kind="close", target=target, record_id=incident_id,
-                                           payload={}, order_key=order_key))
-        return entries
-
-    async def _stage(self, candidates: list[_Candidate]) -> int:
-        """Stage the changed candidates with their fingerprints in one transaction."""
+    async def _stage(self, planner: IncidentPlanning[Any], plans: list[PlannedIncident]) -> int:
+        """Stage the changed plans with their fingerprints in one transaction."""
         keys = self.context.keys
-        ids = [c.incident.incident_id for c in candidates]
+        ids = [p.incident.incident_id for p in plans]
         for _ in range(STAGE_ATTEMPTS):
             async with self.context.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -396,23 +387,23 @@ class WebRCAPoller:
                     if await pipe.get(keys.webrca_lease) != self.lease.owner:
                         raise _LeaseLost()
                     stored = await pipe.hmget(keys.incident_fingerprints, ids)
-                    changed = [c for c, old in zip(candidates, stored, strict=True)
-                               if old != c.fingerprint]
+                    changed = [p for p, old in zip(plans, stored, strict=True)
+                               if old != p.fingerprint]
                     if not changed:
                         return 0
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    stage_entries(pipe, keys, [e for c in changed for e in self._entries(c)])
+                    planner.stage(pipe, keys, changed)
                     pipe.hset(keys.incident_fingerprints,
-                              mapping={c.incident.incident_id: c.fingerprint for c in changed})
+                              mapping={p.incident.incident_id: p.fingerprint for p in changed})
                     await pipe.execute()
                 except WatchError:
                     continue
             self.context.metrics.incidents_changed.inc(len(changed))
             previous = dict(zip(ids, stored, strict=True))
-            for c in changed:
-                log.info("incident staged for devlake", incident_id=c.incident.incident_id,
-                         status=c.incident.status, targets=[t.key for t in c.targets],
-                         new=previous.get(c.incident.incident_id) is None)
+            for p in changed:
+                log.info("incident staged for devlake", incident_id=p.incident.incident_id,
+                         status=p.incident.status, targets=p.target_keys,
+                         new=previous.get(p.incident.incident_id) is None)
             return len(changed)
         raise RedisError("incident fingerprints kept changing under this poll")
 

@@ -1,0 +1,164 @@
+"""Records into outbox entries: the one place that decides what DevLake is sent, and where.
+
+Every producer (the resolver stage, the WebRCA poller, backfill) hands its
+records to a :class:`Planner`, which routes them (``devlake/routing.py``),
+builds and checks the contract payload once per target, and says which
+records become dead letters because they break the contract. Where records
+go when DevLake is off is decided here too (:func:`planning_router`).
+
+Entries are built target by target (:meth:`Planner._deployment_entry`,
+:meth:`Planner._issue_entries`), so a difference between targets (its own
+URL kind, its own API key) is added in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
+
+from doraforwarder.config import DevLakeConfig, Settings
+from doraforwarder.devlake.issues import build_issue_payload, fingerprint
+from doraforwarder.devlake.payloads import build_deployment_payload, unchecked_deployment_body
+from doraforwarder.devlake.routing import Router, Target
+from doraforwarder.keys import Keys
+from doraforwarder.outbox.entries import OutboxEntry, dead_fields
+from doraforwarder.outbox.staging import stage_dead, stage_entries
+from doraforwarder.records import DetectedDeployment, Incident, ResolvedCommit
+
+DRY_RUN_TARGET = Target(kind="connection_name", value="dry-run", team="global")
+"""Where ``--dry-run`` shows records when no DevLake target is configured."""
+
+
+def planning_router(devlake: DevLakeConfig, dry_run: bool) -> Router | None:
+    """Where records go; None when DevLake is off and this is no dry run.
+
+    A dry run with DevLake off routes as configured when targets are
+    configured, else to :data:`DRY_RUN_TARGET` (plus the configured teams),
+    so the payloads are shown anyway.
+    """
+    if devlake.enabled:
+        return Router(devlake)
+    if not dry_run:
+        return None
+    try:
+        return Router(devlake)
+    except ValueError:
+        placeholder = DevLakeConfig(enabled=False, connection_name=DRY_RUN_TARGET.value,
+                                    teams=devlake.teams)
+        return Router(placeholder)
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What one resolved deployment becomes: entries to stage, or dead letters."""
+
+    deployment: DetectedDeployment
+    targets: list[Target]
+    entries: list[OutboxEntry] = field(default_factory=list)
+    dead: list[dict[str, str]] = field(default_factory=list)
+    """Dead-letter fields (one per target) when the payload breaks the contract."""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class IncidentPlan:
+    """What one incident becomes, with the fingerprint of what DevLake is told."""
+
+    incident: Incident
+    targets: list[Target]
+    entries: list[OutboxEntry]
+    fingerprint: str
+
+    @property
+    def incident_id(self) -> str:
+        return self.incident.incident_id
+
+    @property
+    def target_keys(self) -> list[str]:
+        return [target.key for target in self.targets]
+
+
+class Planner:
+    """Routes records and builds their outbox entries (pure, apart from :meth:`stage`)."""
+
+    def __init__(self, devlake: DevLakeConfig, *, dry_run: bool = False,
+                 incident_url: str = "{incident_id}", close_resolved: bool = False) -> None:
+        self.router = planning_router(devlake, dry_run)
+        self.incident_url = incident_url
+        self.close_resolved = close_resolved
+
+    @classmethod
+    def from_settings(cls, settings: Settings, dry_run: bool) -> Planner:
+        return cls(settings.integration.devlake, dry_run=dry_run,
+                   incident_url=settings.webrca.incident_url,
+                   close_resolved=settings.webrca.close_resolved)
+
+    @property
+    def active(self) -> bool:
+        """False when records have nowhere to go (DevLake off, no dry run)."""
+        return self.router is not None
+
+    # --- deployments ---------------------------------------------------------------
+    def deployment_targets(self, deployment: DetectedDeployment) -> list[Target]:
+        return self.router.for_component(deployment.component) if self.router else []
+
+    def plan_deployment(self, deployment: DetectedDeployment, commits: Sequence[ResolvedCommit],
+                        source_id: str = "") -> DeploymentPlan:
+        """Entries for each target; dead letters (from ``source_id``) if the contract fails.
+
+        Callers check ``commits`` is not empty first (DevLake needs at least one).
+        """
+        targets = self.deployment_targets(deployment)
+        try:
+            body = build_deployment_payload(deployment, commits).body()
+        except ValidationError as exc:
+            raw = unchecked_deployment_body(deployment, commits)
+            dead = [
+                dead_fields(self._deployment_entry(target, deployment, raw).to_fields(),
+                            source_id=source_id, reason=f"invalid_payload: {exc}")
+                for target in targets
+            ]
+            return DeploymentPlan(deployment, targets, dead=dead, error=str(exc))
+        entries = [self._deployment_entry(target, deployment, body) for target in targets]
+        return DeploymentPlan(deployment, targets, entries)
+
+    def _deployment_entry(self, target: Target, deployment: DetectedDeployment,
+                          body: dict[str, Any]) -> OutboxEntry:
+        return OutboxEntry(kind="deployment", target=target, record_id=deployment.id,
+                           payload=body)
+
+    # --- incidents -------------------------------------------------------------------
+    def plan_incident(self, incident: Incident, component: str | None) -> IncidentPlan:
+        """Entries for each target of ``incident`` (raises ValidationError: the contract fails)."""
+        payload = build_issue_payload(incident, component, self.incident_url)
+        targets = self.router.for_products(incident.products) if self.router else []
+        body = payload.body()
+        entries = [e for target in targets for e in self._issue_entries(target, incident, body)]
+        return IncidentPlan(incident, targets, entries,
+                            fingerprint(incident, payload, [t.key for t in targets]))
+
+    def _issue_entries(self, target: Target, incident: Incident,
+                       body: dict[str, Any]) -> list[OutboxEntry]:
+        """The upsert, then (resolved, when enabled) the close call, in one order key."""
+        incident_id = incident.incident_id
+        order_key = f"issue:{target.key}:{incident_id}"
+        entries = [OutboxEntry(kind="issue", target=target, record_id=incident_id,
+                               payload=body, order_key=order_key)]
+        if self.close_resolved and incident.is_resolved:
+            entries.append(OutboxEntry(kind="close", target=target, record_id=incident_id,
+                                       payload={}, order_key=order_key))
+        return entries
+
+    # --- staging ---------------------------------------------------------------------
+    def stage(self, pipe: Pipeline, keys: Keys,
+              plans: Iterable[DeploymentPlan | IncidentPlan]) -> None:
+        """Queue the entries and dead letters of ``plans`` on ``pipe`` (a transaction)."""
+        for plan in plans:
+            stage_entries(pipe, keys, plan.entries)
+            if isinstance(plan, DeploymentPlan):
+                for fields in plan.dead:
+                    stage_dead(pipe, keys, fields)

@@ -1,0 +1,175 @@
+"""Redis streams read with consumer groups, and both ends of the deployments stream.
+
+Detection stages a :class:`~doraforwarder.records.DetectedDeployment` on the
+``deployments`` stream inside the caller's transaction (:func:`stage_detected`,
+handed to the ArgoCD source by the daemon); the resolver stage reads it back
+(:func:`read_detected`). Both ends live here so the source never stands on the
+stage that consumes it.
+
+:class:`GroupConsumer` is the one consumer-group member the resolver stage and
+the outbox delivery share: it reads new entries (``XREADGROUP``), reclaims
+entries a crashed member left pending longer than the claim-idle time
+(``XAUTOCLAIM``), and keeps the entries it works on fresh (``XCLAIM ...
+JUSTID`` with idle 0) so a slow entry is not mistaken for a crashed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from doraforwarder.backoff import wait_or_stop
+from doraforwarder.keys import Keys
+from doraforwarder.records import DetectedDeployment
+
+DEPLOYMENT_FIELD = "deployment"
+
+RawEntries = list[tuple[str, dict[str, str]]]
+
+StageDetected = Callable[[Pipeline, Keys, DetectedDeployment], None]
+"""How a source stages a detected deployment inside its own transaction."""
+
+
+def stage_detected(pipe: Pipeline, keys: Keys, deployment: DetectedDeployment) -> None:
+    """Queue the XADD of ``deployment`` on ``pipe`` (a transaction the caller executes)."""
+    pipe.xadd(keys.deployments_stream, {DEPLOYMENT_FIELD: deployment.model_dump_json()})
+
+
+def read_detected(fields: Mapping[str, str]) -> DetectedDeployment:
+    """The deployment of a ``deployments`` stream entry (KeyError, ValidationError if bad)."""
+    return DetectedDeployment.model_validate_json(fields[DEPLOYMENT_FIELD])
+
+
+def raw_entries(raw: Any) -> RawEntries:
+    """Typed view of ``XRANGE``/``XAUTOCLAIM`` entries (decoded client); skips deleted ones."""
+    return [(str(entry_id), dict(fields)) for entry_id, fields in raw or [] if fields is not None]
+
+
+def read_group_entries(raw: Any) -> RawEntries:
+    """Typed view of an ``XREADGROUP`` answer over one or more streams."""
+    entries: RawEntries = []
+    for _stream, stream_entries in raw or []:
+        entries.extend(raw_entries(stream_entries))
+    return entries
+
+
+def consumer_name() -> str:
+    """A consumer-group member name unique per process.
+
+    A restarted process must not inherit a dead one's entries implicitly:
+    they are reclaimed explicitly after ``delivery.claim_idle``.
+    """
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing; reads start at the beginning."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except aioredis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+HEARTBEAT_BATCH = 500
+"""Entry ids refreshed per ``XCLAIM`` call."""
+
+
+@dataclass
+class GroupConsumer:
+    """One member of a consumer group on one stream.
+
+    ``claim_idle_s`` is how long an entry may sit unrefreshed before another
+    member may take it over; :attr:`heartbeat_s` (a third of it) is how often
+    held entries should be refreshed.
+    """
+
+    redis: aioredis.Redis
+    stream: str
+    group: str
+    consumer: str
+    claim_idle_s: float = field(kw_only=True)
+    read_block_s: float = field(default=0.5, kw_only=True)
+
+    @property
+    def _claim_idle_ms(self) -> int:
+        return max(1, int(self.claim_idle_s * 1000))
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.claim_idle_s / 3
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self.redis, self.stream, self.group)
+
+    async def read_new(self, count: int) -> RawEntries:
+        """Up to ``count`` entries never delivered to any member (waits up to the read block)."""
+        answer = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count,
+            block=max(1, int(self.read_block_s * 1000)),
+        )
+        return read_group_entries(answer)
+
+    async def reclaim(self, count: int, cursor: str = "0-0") -> tuple[str, RawEntries]:
+        """Entries left pending too long by any member, taken over; returns the next cursor."""
+        answer = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self._claim_idle_ms, start_id=cursor,
+            count=count,
+        )
+        return str(answer[0]), raw_entries(answer[1])
+
+    async def take_one(self) -> tuple[tuple[str, dict[str, str]] | None, bool]:
+        """One entry to work on: a reclaimed one first, else a new one.
+
+        Returns the entry (None when nothing came within the read block) and
+        whether it was reclaimed from another member.
+        """
+        _, claimed = await self.reclaim(1)
+        if claimed:
+            return claimed[0], True
+        entries = await self.read_new(1)
+        return (entries[0] if entries else None), False
+
+    async def refresh(self, entry_ids: Iterable[str]) -> None:
+        """Reset the idle time of entries this member holds."""
+        ids: list[str | bytes | int | memoryview] = list(entry_ids)
+        for start in range(0, len(ids), HEARTBEAT_BATCH):
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0,
+                                    ids[start:start + HEARTBEAT_BATCH], justid=True)
+
+    @contextlib.asynccontextmanager
+    async def kept_fresh(self, entry_id: str) -> AsyncIterator[None]:
+        """Refresh ``entry_id`` every :attr:`heartbeat_s` while the block runs.
+
+        The heartbeat ends on an event as well as by cancellation, so a cancel
+        swallowed inside the Redis client cannot leave it running.
+        """
+        done = asyncio.Event()
+        heartbeat = asyncio.create_task(self._keep_fresh(entry_id, done))
+        try:
+            yield
+        finally:
+            done.set()
+            heartbeat.cancel()
+            await asyncio.wait({heartbeat})
+
+    async def _keep_fresh(self, entry_id: str, done: asyncio.Event) -> None:
+        interval = max(self.heartbeat_s, 0.01)
+        while not await wait_or_stop(done, interval):
+            with contextlib.suppress(RedisError):
+                await self.refresh([entry_id])
+
+    def retire(self, pipe: Pipeline, *entry_ids: str) -> None:
+        """Queue the acknowledgement and deletion of finished entries on ``pipe``."""
+        pipe.xack(self.stream, self.group, *entry_ids)
+        pipe.xdel(self.stream, *entry_ids)
