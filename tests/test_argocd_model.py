@@ -79,7 +79,6 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("destination a string", setter("spec.destination", "in-cluster"), "spec.destination"),
     ("destination server a number", setter("spec.destination.server", 443),
      "spec.destination.server"),
-    ("no status", remover("status"), "status"),
     ("status a string", setter("status", "ok"), "status"),
     ("sync a string", setter("status.sync", "Synced"), "status.sync"),
     ("unknown sync status", setter("status.sync.status", "Sideways"), "status.sync.status"),
