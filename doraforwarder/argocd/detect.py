@@ -625,9 +625,10 @@ def track_degraded(
 
     Only with ``argocd.failures_as_incidents`` and for production apps. A
     spell starts when the app is Degraded (at ``status.health.lastTransitionTime``,
-    else now), becomes an open incident once it lasted ``incident_after``
-    (the caller rechecks at :attr:`DegradedSpell.open_at`), and ends when
-    the app is Healthy again, resolving the incident if one was opened. A
+    else now) and lasts until the app is Healthy again (Progressing after
+    Degraded is not a recovery); it becomes an open incident once it lasted
+    ``incident_after`` (the caller rechecks at :attr:`DegradedSpell.open_at`),
+    and ends when the app is Healthy again, resolving the incident if one was opened. A
     spell under way at first sight is remembered but never reported (no
     flood on the first start). The ended spell stays stored, so a late view
     of it (Degraded since before the recovery) starts nothing again.
@@ -641,7 +642,7 @@ def track_degraded(
     if health == "Degraded":
         start = since or now
         if spell is not None and spell.resolved_at is None:
-            if spell.open_at is not None and since is not None and since != spell.since:
+            if spell.open_at is not None and since is not None and since < spell.since:
                 # ArgoCD's own transition time is better than when we first saw it.
                 spell = spell.model_copy(
                     update={"since": since, "open_at": since + config.incident_after}
@@ -658,10 +659,6 @@ def track_degraded(
                 f"Degraded since {start.isoformat()}"
                 + (" (before first sight: not reported)" if first_sight else "")
             )
-        if spell.open_at is not None and now >= spell.open_at:
-            spell = spell.model_copy(update={"open_at": None, "opened": True})
-            incidents.append(_incident(view, identity, spell, now))
-            reasons.append(f"incident opened: Degraded for more than {config.incident_after}")
     elif health == "Healthy" and spell is not None and spell.resolved_at is None:
         if since is not None and since < spell.since:
             return spell, [], ["Healthy since before the Degraded spell: older view"]
@@ -671,6 +668,16 @@ def track_degraded(
             reasons.append("incident resolved: Healthy again")
         else:
             reasons.append("Degraded spell over before it became an incident")
+    if (
+        health != "Healthy"
+        and spell is not None
+        and spell.resolved_at is None
+        and spell.open_at is not None
+        and now >= spell.open_at
+    ):
+        spell = spell.model_copy(update={"open_at": None, "opened": True})
+        incidents.append(_incident(view, identity, spell, now))
+        reasons.append(f"incident opened: not Healthy for more than {config.incident_after}")
     return spell, incidents, reasons
 
 
