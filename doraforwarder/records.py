@@ -40,6 +40,8 @@ class GitSource(Record):
     repo_url: str
     revision: str
     path: str = ""
+    chart: str = ""
+    """Helm chart name for a chart source (then ``revision`` is the chart version)."""
 
 
 class DetectedDeployment(Record):
@@ -115,3 +117,44 @@ class Incident:
     @property
     def is_resolved(self) -> bool:
         return self.status.lower() in RESOLVED_STATUSES
+
+
+IncidentStatus = Literal["open", "resolved"]
+
+
+class DetectedIncident(Record):
+    """A production Application Degraded for longer than ``argocd.incident_after``.
+
+    Emitted twice per Degraded spell, under one ``key``: ``open`` once the
+    spell lasted long enough, ``resolved`` (same key, ``resolved_at`` set)
+    when the app is Healthy again. Times come from the Application
+    (``status.health.lastTransitionTime``) when ArgoCD records it, else from
+    when the watch saw the change.
+    """
+
+    key: str
+    """``argocd:<namespace>/<app>:<degraded-since epoch>``: stable across restarts and replicas."""
+    app_namespace: str
+    app_name: str
+    component: str
+    cluster: str
+    environment: Environment
+    status: IncidentStatus
+    created_at: datetime
+    """When the app turned Degraded."""
+    resolved_at: datetime | None = None
+    """When it was Healthy again (``resolved`` only)."""
+    title: str
+    description: str = ""
+    revision: str = ""
+    """The gitops revision deployed when the app turned Degraded (context only)."""
+    detected_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("created_at", "resolved_at", "detected_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return utc(value) if value is not None else None
+
+    @property
+    def app(self) -> str:
+        return f"{self.app_namespace}/{self.app_name}"

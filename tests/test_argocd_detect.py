@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,6 +101,46 @@ SCENARIOS: list[tuple[str, Scenario, list[tuple[Any, ...]]]] = [
      [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
     ("first sight of a drifted app is a baseline",
      lambda a: [(a.status["sync"].update(status="OutOfSync"), a.refresh())[1], a.refresh()], []),
+    # settling: the operation and a comparison after it, whatever the sync status
+    ("OutOfSync after a successful sync settles with the compared images",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], sync_status="OutOfSync")],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("OutOfSync and progressing waits",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Progressing",
+                                      sync_status="OutOfSync")], []),
+    ("OutOfSync then degraded", lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], health="Degraded",
+                                                                 sync_status="OutOfSync")],
+     [("FAILURE", 1, sha("r1"), [I1], [I0], "health Degraded")]),
+    ("the next OutOfSync sync starts from the settled images",
+     lambda a: [a.snapshot(), *a.sync(sha("r1"), [I1], sync_status="OutOfSync"),
+                *a.sync(sha("r2"), [I2], sync_status="OutOfSync")],
+     [("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy"),
+      ("SUCCESS", 2, sha("r2"), [I2], [I1], "health Healthy")]),
+    # failed attempts: the resolved revision, retries once per finishedAt
+    ("a failed sync of HEAD reports the resolved commit",
+     lambda a: [a.snapshot(), *a.fail("HEAD", resolved=sha("bad"))],
+     [("FAILURE", None, sha("bad"), [I0], [I0], "one or more objects failed to apply")]),
+    ("a retried failure is one attempt per finishedAt, the final one too",
+     lambda a: [a.snapshot(), *a.retrying_fail(sha("bad"), attempts=2)],
+     [("FAILURE", None, sha("bad"), [I0], [I0],
+       "one or more objects failed to apply. Retrying attempt #1 at 10:05AM."),
+      ("FAILURE", None, sha("bad"), [I0], [I0],
+       "one or more objects failed to apply. Retrying attempt #2 at 10:05AM."),
+      ("FAILURE", None, sha("bad"), [I0], [I0],
+       "one or more objects failed to apply (retried 2 times).")]),
+    ("a retried failure seen again is not counted again",
+     lambda a: (lambda first, steps: [first, *steps, steps[-1], a.refresh()])(
+         a.snapshot(), a.retrying_fail(sha("bad"), attempts=1, final_phase=None)),
+     [("FAILURE", None, sha("bad"), [I0], [I0],
+       "one or more objects failed to apply. Retrying attempt #1 at 10:05AM.")]),
+    ("a retry that then succeeds: one failure, one deployment",
+     lambda a: [a.snapshot(), *a.retrying_fail(sha("r1"), attempts=1, final_phase=None),
+                *a.sync(sha("r1"), [I1])],
+     [("FAILURE", None, sha("r1"), [I0], [I0],
+       "one or more objects failed to apply. Retrying attempt #1 at 10:05AM."),
+      ("SUCCESS", 1, sha("r1"), [I1], [I0], "health Healthy")]),
+    ("the retry start (Running, no finishedAt) is not a failure",
+     lambda a: [a.snapshot(), a.retrying_fail(sha("bad"), attempts=2, final_phase=None)[2]], []),
 ]
 
 
@@ -108,6 +149,34 @@ def test_scenarios(case: str, scenario: Scenario, want: list[tuple[Any, ...]]) -
     app = LiveApp("svc")
     _, records = run(scenario(app))
     assert summary(records) == want
+
+
+def test_the_final_failure_with_the_retry_s_finished_at_is_the_same_attempt() -> None:
+    app = LiveApp("svc")
+    first = app.snapshot()
+    retry = app.retrying_fail(sha("bad"), attempts=1, final_phase=None)[-1]
+    final = copy.deepcopy(retry)
+    final["status"]["operationState"].update(phase="Failed", message="failed (retried 1 times).")
+    _, records = run([first, retry, final])
+    assert [r.message for r in records] == [
+        "one or more objects failed to apply. Retrying attempt #1 at 10:05AM."]
+
+
+@pytest.mark.parametrize(("sync_result", "want"), [
+    ({"revision": sha("resolved")}, sha("resolved")),
+    (None, "main"),  # no syncResult: the requested revision is all there is
+])
+def test_failed_attempt_revision(sync_result: dict[str, Any] | None, want: str) -> None:
+    app = LiveApp("svc")
+    first = app.snapshot()
+    steps = app.fail("main")
+    if sync_result is None:
+        del steps[-1]["status"]["operationState"]["syncResult"]
+    else:
+        steps[-1]["status"]["operationState"]["syncResult"] = sync_result
+    _, [record] = run([first, *steps])
+    assert record.revision == want and record.sources[0].revision == want
+    assert record.id.split(":")[1] == want
 
 
 def test_first_sight_during_running_sync_uses_previous_entry_as_baseline() -> None:

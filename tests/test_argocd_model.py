@@ -79,7 +79,6 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("destination a string", setter("spec.destination", "in-cluster"), "spec.destination"),
     ("destination server a number", setter("spec.destination.server", 443),
      "spec.destination.server"),
-    ("no status", remover("status"), "status"),
     ("status a string", setter("status", "ok"), "status"),
     ("sync a string", setter("status.sync", "Synced"), "status.sync"),
     ("unknown sync status", setter("status.sync.status", "Sideways"), "status.sync.status"),
@@ -229,3 +228,64 @@ def test_creation_time_is_read_for_telling_a_predecessor_from_a_re_creation() ->
     assert parse_application(obj).created_at == parse_time("2024-06-01T10:00:00Z")
     obj["metadata"]["creationTimestamp"] = "yesterday"  # only orders views: not worth a skip
     assert parse_application(obj).created_at is None
+
+
+# --- fields read for multi-source, hydrator, retries and incidents ----------------------
+
+def test_operation_revisions_are_the_resolved_ones() -> None:
+    from doraforwarder.testing.argocd_objects import T0 as START
+    from doraforwarder.testing.argocd_objects import operation_state
+    obj = base()
+    obj["status"]["operationState"] = operation_state(
+        "Failed", "HEAD", START, START, "boom", resolved=sha("resolved"))
+    operation = parse_application(obj).operation
+    assert operation is not None and operation.revisions == (sha("resolved"),)
+    del obj["status"]["operationState"]["syncResult"]
+    operation = parse_application(obj).operation
+    assert operation is not None and operation.revisions == ("HEAD",)
+
+
+@pytest.mark.parametrize(("phase", "finished", "message", "retrying", "failed"), [
+    ("Running", True, "x. Retrying attempt #2 at 10:05AM.", True, True),
+    ("Running", False, "Retrying operation. Attempt #2", False, False),
+    ("Running", True, "one or more tasks are running", False, False),
+    ("Failed", True, "x (retried 2 times).", False, True),
+    ("Error", True, "", False, True),
+    ("Succeeded", True, "", False, False),
+])
+def test_failed_attempts_include_retried_ones(phase: str, finished: bool, message: str,
+                                              retrying: bool, failed: bool) -> None:
+    from doraforwarder.argocd.model import OperationView
+    moment = parse_time("2025-01-01T10:00:00Z")
+    operation = OperationView(phase, moment, moment if finished else None, message)
+    assert (operation.retrying, operation.failed_attempt) == (retrying, failed)
+
+
+def test_fields_for_rules_and_incidents_are_read() -> None:
+    from doraforwarder.testing.argocd_objects import T0 as START
+    from doraforwarder.testing.argocd_objects import application, chart_source
+    obj = application("svc", project="team-a", destination_namespace="svc-prod",
+                      health_since=START, sources=[chart_source("svc", "1.4.2")])
+    view = parse_application(obj)
+    assert (view.project, view.destination_namespace, view.health_since) == (
+        "team-a", "svc-prod", START)
+    assert view.sources[0].chart == "svc" and view.source_path == ""
+    obj["status"]["health"]["lastTransitionTime"] = "garbage"  # orders times only: unknown
+    assert parse_application(obj).health_since is None
+
+
+def test_fingerprint_follows_what_the_new_decisions_read() -> None:
+    from doraforwarder.testing.argocd_objects import application, hydrator_status
+    obj = base()
+    digest = fingerprint(obj)
+    for mutate in (
+        lambda o: o["status"]["health"].update(lastTransitionTime="2025-01-01T10:00:00Z"),
+        lambda o: o["status"].update(sourceHydrator=hydrator_status(sha("d"), sha("h"))),
+        lambda o: o["spec"].update(project="other"),
+        lambda o: o["status"]["operationState"]["syncResult"].update(revision=sha("other")),
+        lambda o: o.pop("status"),
+    ):
+        changed = copy.deepcopy(obj)
+        mutate(changed)
+        assert fingerprint(changed) != digest
+    assert fingerprint(application("svc", with_status=False)) is not None

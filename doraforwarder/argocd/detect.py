@@ -2,6 +2,8 @@
 
 Pure: no I/O, no clock, no randomness, so every rule below is a table test.
 
+- An Application without ``status`` (not reconciled yet) waits: nothing is
+  decided or stored (:attr:`Decision.waiting`).
 - First sight of an app records a baseline and emits nothing (no flood on
   the first start); a sync caught while still running is the exception: it is
   followed to its end.
@@ -9,16 +11,27 @@ Pure: no I/O, no clock, no randomness, so every rule below is a table test.
   entry while the operation is still Running, before the app is Synced,
   before ``summary.images`` shows the new images and before health reflects
   the new pods, so a candidate is decided only from a *settled* state: the
-  operation Succeeded with ``finishedAt``, sync Synced, and a comparison ran
-  after it finished (``reconciledAt >= finishedAt``).
-- Settled health Healthy/Unknown -> SUCCESS, Degraded -> FAILURE, anything
-  else waits until ``argocd.health_timeout`` and then takes
-  ``argocd.unsettled_result``. A candidate superseded by a newer entry before
-  it settled is still a deployment (result ``unsettled_result``), with the
-  images known for it.
-- A Failed/Error operation with a ``finishedAt`` not seen before is a FAILURE
-  attempt; it does not move the baseline (commit ranges stay anchored on what
-  really runs).
+  operation Succeeded with ``finishedAt`` and a comparison ran after it
+  finished (``reconciledAt >= finishedAt``), whether the app is then Synced
+  or OutOfSync (ignored differences, mutating webhooks: the operation is the
+  fact of the sync, the sync status is not).
+- Settled health Healthy/Unknown -> SUCCESS, Degraded -> FAILURE (SUCCESS
+  with ``argocd.failures_as_incidents``: it reached production, and the
+  change failure is told by an incident), anything else waits until
+  ``argocd.health_timeout`` and then takes ``argocd.unsettled_result``.
+  A candidate superseded by a newer entry before it settled is still a
+  deployment (result ``unsettled_result``), with the images known for it.
+- A failed attempt (phase Failed/Error, or Running with ``finishedAt`` and
+  "Retrying attempt #N") with a ``finishedAt`` not seen before is a FAILURE
+  attempt, of the resolved revision (``syncResult``); it does not move the
+  baseline (commit ranges stay anchored on what really runs).
+- A multi-source sync is identified by every source's revision: a change of
+  any one is a deployment (:func:`~doraforwarder.argocd.ids.revision_key`).
+- With ``argocd.failures_as_incidents``, a production app Degraded for longer
+  than ``argocd.incident_after`` yields an open incident, and the same
+  incident resolved once it is Healthy again; the spell is remembered in the
+  state so each is emitted once (:attr:`Decision.recheck_at` asks to look
+  again when the spell would become an incident).
 - A sync of the revision and images already deployed changed nothing: the
   state advances, nothing is sent.
 - A view older than the stored state (:func:`stale_reason`: another replica,
@@ -33,10 +46,43 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from doraforwarder.argocd.identity import Identity, Skip, resolve_identity
-from doraforwarder.argocd.model import FAILED_PHASES, AppView, HistoryEntry, git_sources
-from doraforwarder.argocd.state import AppState, Baseline, PendingSync
+from doraforwarder.argocd.ids import (
+    claim_value,
+    dedupe_key,
+    deployment_dedupe_key,
+    deployment_id,
+    incident_key,
+    parse_claim,
+    revision_key,
+    scope_cluster,
+)
+from doraforwarder.argocd.model import (
+    AppView,
+    HistoryEntry,
+    deployed_sources,
+    git_sources,
+    gitops_revision,
+)
+from doraforwarder.argocd.state import AppState, Baseline, DegradedSpell, PendingSync
 from doraforwarder.config import ArgoCDConfig
-from doraforwarder.records import DetectedDeployment, GitSource, Result
+from doraforwarder.records import DetectedDeployment, DetectedIncident, GitSource, Result
+
+__all__ = [
+    "Decision",
+    "DedupeOutcome",
+    "apply_dedupe",
+    "claim_value",
+    "decide",
+    "dedupe_key",
+    "deployment_dedupe_key",
+    "deployment_id",
+    "history_deployments",
+    "is_settled",
+    "mark_deleted",
+    "scope_cluster",
+    "stale_reason",
+    "track_degraded",
+]
 
 SETTLED_SUCCESS = frozenset({"Healthy", "Unknown"})
 SETTLED_FAILURE = frozenset({"Degraded"})
@@ -53,56 +99,18 @@ class Decision:
     """Whether ``state`` differs from the stored one (else nothing is written)."""
     stale: bool = False
     """The view was older than the stored state: nothing was decided from it."""
+    incidents: list[DetectedIncident] = field(default_factory=list)
+    """Incidents opened or resolved by this decision (``argocd.failures_as_incidents``)."""
+    waiting: bool = False
+    """The Application has no status yet (not reconciled): nothing was decided, not malformed."""
+
+    @property
+    def recheck_at(self) -> datetime | None:
+        """When to decide again from the same view if no event comes first."""
+        return self.state.next_deadline if self.state is not None else None
 
 
-# --- ids and dedupe -----------------------------------------------------------------
-
-
-def deployment_id(
-    component: str,
-    revision: str,
-    deployed_at: datetime,
-    *,
-    cluster: str | None = None,
-    failed: bool = False,
-) -> str:
-    """``<component>:<revision>:<epoch>[:<cluster>][:failed]``: deterministic, so resends upsert."""
-    parts = [component, revision, str(int(deployed_at.timestamp()))]
-    if cluster is not None:
-        parts.append(cluster)
-    if failed:
-        parts.append("failed")
-    return ":".join(parts)
-
-
-def dedupe_key(
-    component: str, revision: str, *, cluster: str | None = None, failed: bool = False
-) -> str:
-    """The scope inside which one deployment of a revision is enough.
-
-    Scope ``component`` (the reference behaviour): one per component+revision
-    whatever the cluster; scope ``cluster``: pass ``cluster`` for one per cluster.
-    Failed attempts have their own scope, so a failure never hides a success.
-    """
-    parts = [component, revision]
-    if cluster is not None:
-        parts.append(cluster)
-    if failed:
-        parts.append("failed")
-    return ":".join(parts)
-
-
-def scope_cluster(config: ArgoCDConfig, cluster: str) -> str | None:
-    return cluster if config.dedupe_scope == "cluster" else None
-
-
-def deployment_dedupe_key(deployment: DetectedDeployment, config: ArgoCDConfig) -> str:
-    return dedupe_key(
-        deployment.component,
-        deployment.revision,
-        cluster=scope_cluster(config, deployment.cluster),
-        failed=deployment.history_id is None,
-    )
+# --- dedupe -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,6 @@ class DedupeOutcome:
     claims: dict[str, str]
     """Dedupe scope key -> claim value to write (with TTL = ``argocd.dedupe_window``)."""
     reasons: list[str]
-
-
-def claim_value(app: str, deployment_id_: str) -> str:
-    return f"{app} {deployment_id_}"
 
 
 def apply_dedupe(
@@ -136,7 +140,7 @@ def apply_dedupe(
     for deployment in deployments:
         key = deployment_dedupe_key(deployment, config)
         holder = current.get(key)
-        holder_app = holder.split(" ", 1)[0] if holder else None
+        holder_app = parse_claim(holder).app if holder else None
         if holder_app is not None and holder_app != deployment.app:
             reasons.append(f"{deployment.id}: duplicate of {holder} (dedupe scope {key})")
             continue
@@ -149,11 +153,9 @@ def apply_dedupe(
 
 
 def is_settled(view: AppView) -> bool:
-    """The last operation succeeded and a comparison after it already ran."""
+    """The last operation succeeded and a comparison after it already ran (Synced or not)."""
     operation = view.operation
     if operation is None or operation.phase != "Succeeded" or operation.finished_at is None:
-        return False
-    if view.sync_status != "Synced":
         return False
     return view.reconciled_at is None or view.reconciled_at >= operation.finished_at
 
@@ -234,6 +236,10 @@ def stale_reason(view: AppView, stored: AppState) -> str | None:
 
 def decide(view: AppView, stored: AppState | None, config: ArgoCDConfig, now: datetime) -> Decision:
     """Advance ``stored`` with what ``view`` shows; return the deployments that completes."""
+    if not view.has_status:
+        return Decision(
+            state=stored, reasons=["not reconciled yet (no status): waiting"], waiting=True
+        )
     if stored is not None:
         stale = stale_reason(view, stored)
         if stale is not None:
@@ -266,6 +272,7 @@ def _baseline(entry: HistoryEntry | None, images: tuple[str, ...]) -> Baseline |
     return Baseline(
         history_id=entry.id,
         revision=entry.revision,
+        revisions=list(entry.revisions),
         sources=entry.git_sources(),
         images=list(images),
         deployed_at=entry.deployed_at,
@@ -276,9 +283,7 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
     latest = view.latest
     operation = view.operation
     last_failure = (
-        operation.finished_at
-        if operation is not None and operation.phase in FAILED_PHASES
-        else None
+        operation.finished_at if operation is not None and operation.failed_attempt else None
     )
     in_flight = latest is not None and _in_flight(view, latest)
     if latest is not None and in_flight:
@@ -294,16 +299,34 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
         reasons = [f"first sight: sync {latest.id} in progress, following it"]
         # The running sync may already be settled enough to decide: run the rules once.
         decision = _follow(view, state, _identity_of(view, config), config, now)
-        return Decision(decision.state, decision.deployments, reasons + decision.reasons, True)
+        return Decision(
+            decision.state,
+            decision.deployments,
+            reasons + decision.reasons,
+            True,
+            incidents=decision.incidents,
+        )
+    baseline = _baseline(latest, view.images)
+    spell, _, spell_reasons = track_degraded(
+        view,
+        None,
+        _identity_of(view, config),
+        config,
+        now,
+        baseline.revision if baseline is not None else "",
+        first_sight=True,
+    )
     state = AppState(
         uid=view.uid,
         created_at=view.created_at,
-        baseline=_baseline(latest, view.images),
+        baseline=baseline,
         last_history_id=latest.id if latest is not None else None,
         last_failure_at=last_failure,
+        degraded=spell,
     )
     where = f"history id {latest.id}" if latest is not None else "no history"
-    return Decision(state, [], [f"first sight: baseline at {where}, nothing sent"], True)
+    reasons = [f"first sight: baseline at {where}, nothing sent", *spell_reasons]
+    return Decision(state, [], reasons, True)
 
 
 def _identity_of(view: AppView, config: ArgoCDConfig) -> Identity:
@@ -349,7 +372,7 @@ def _follow(
     operation = view.operation
     if (
         operation is not None
-        and operation.phase in FAILED_PHASES
+        and operation.failed_attempt
         and operation.finished_at is not None
         and (last_failure_at is None or operation.finished_at > last_failure_at)
     ):
@@ -371,7 +394,7 @@ def _follow(
                 verdict = "SUCCESS"
                 why = f"health {health}"
             elif health in SETTLED_FAILURE:
-                verdict = "FAILURE"
+                verdict = "SUCCESS" if config.failures_as_incidents else "FAILURE"
                 why = f"health {health}"
             elif now >= candidate.deadline:
                 verdict = config.unsettled_result
@@ -392,7 +415,7 @@ def _follow(
         final_images = images if images is not None else (baseline.images if baseline else [])
         if (
             baseline is not None
-            and candidate.revision == baseline.revision
+            and _revisions(candidate) == baseline.all_revisions()
             and final_images == baseline.images
         ):
             reasons.append(
@@ -408,11 +431,21 @@ def _follow(
         baseline = Baseline(
             history_id=candidate.history_id,
             revision=candidate.revision,
+            revisions=_revisions(candidate),
             sources=candidate.sources,
             images=final_images,
             deployed_at=candidate.deployed_at,
         )
 
+    spell, incidents, spell_reasons = track_degraded(
+        view,
+        stored.degraded,
+        identity,
+        config,
+        now,
+        baseline.revision if baseline is not None else "",
+    )
+    reasons.extend(spell_reasons)
     state = AppState(
         uid=uid,
         created_at=created_at,
@@ -421,13 +454,18 @@ def _follow(
         pending=still_pending,
         last_failure_at=last_failure_at,
         deleted_at=None,
+        degraded=spell,
     )
     if state.created_at is None and state != stored:
         # States written before creation times were kept learn it with their next change.
         state = state.model_copy(update={"created_at": view.created_at})
     if stored.deleted_at is not None:
         reasons.append("application is back")
-    return Decision(state, deployments, reasons, changed=state != stored)
+    return Decision(state, deployments, reasons, changed=state != stored, incidents=incidents)
+
+
+def _revisions(candidate: PendingSync) -> list[str]:
+    return list(candidate.revisions) or [candidate.revision]
 
 
 def mark_deleted(stored: AppState | None, now: datetime, uid: str = "") -> Decision:
@@ -463,7 +501,7 @@ def _deployment(
     return DetectedDeployment(
         id=deployment_id(
             identity.component,
-            candidate.revision,
+            revision_key(_revisions(candidate)),
             candidate.deployed_at,
             cluster=scope_cluster(config, identity.cluster),
         ),
@@ -495,12 +533,17 @@ def _failed_attempt(
     operation = view.operation
     assert operation is not None and operation.finished_at is not None
     revisions = operation.revisions or tuple(s.target_revision for s in view.sources)
-    revision = revisions[0] if revisions and revisions[0] else "unknown"
-    sources: list[GitSource] = git_sources(view.sources, revisions)
+    if view.hydrator is not None and operation.revisions:
+        deployed, revisions = deployed_sources((view.hydrator.sync,), revisions, view.hydrator)
+    else:
+        deployed = view.sources
+    revision = gitops_revision(deployed, revisions) or "unknown"
+    sources: list[GitSource] = git_sources(deployed, revisions)
+    key = revision_key(list(revisions)) if len(revisions) > 1 else revision
     return DetectedDeployment(
         id=deployment_id(
             identity.component,
-            revision,
+            key,
             operation.finished_at,
             cluster=scope_cluster(config, identity.cluster),
             failed=True,
@@ -530,7 +573,8 @@ def history_deployments(
 
     For ``backfill``: old entries carry no images (ArgoCD keeps none), so only
     the latest entry of a settled app gets the current images; the result is
-    SUCCESS except a latest entry whose settled health is Degraded.
+    SUCCESS except a latest entry whose settled health is Degraded (without
+    ``argocd.failures_as_incidents``).
     """
     identity = resolve_identity(view, config)
     if isinstance(identity, Skip):
@@ -544,7 +588,10 @@ def history_deployments(
         images = list(view.images) if is_latest and settled else []
         result: Result = (
             "FAILURE"
-            if is_latest and settled and view.health_status in SETTLED_FAILURE
+            if is_latest
+            and settled
+            and view.health_status in SETTLED_FAILURE
+            and not config.failures_as_incidents
             else "SUCCESS"
         )
         records.append(
@@ -552,5 +599,112 @@ def history_deployments(
                 view, identity, candidate, result, images, previous, config, now, "backfill"
             )
         )
-        previous = Baseline(history_id=entry.id, revision=entry.revision, images=images)
+        previous = Baseline(
+            history_id=entry.id,
+            revision=entry.revision,
+            revisions=list(entry.revisions),
+            images=images,
+        )
     return records
+
+
+# --- incidents ----------------------------------------------------------------------
+
+
+def track_degraded(
+    view: AppView,
+    spell: DegradedSpell | None,
+    identity: Identity,
+    config: ArgoCDConfig,
+    now: datetime,
+    revision: str,
+    *,
+    first_sight: bool = False,
+) -> tuple[DegradedSpell | None, list[DetectedIncident], list[str]]:
+    """Follow the app's Degraded spells; return the spell to store and the incidents due.
+
+    Only with ``argocd.failures_as_incidents`` and for production apps. A
+    spell starts when the app is Degraded (at ``status.health.lastTransitionTime``,
+    else now) and lasts until the app is Healthy again (Progressing after
+    Degraded is not a recovery); it becomes an open incident once it lasted
+    ``incident_after`` (the caller rechecks at :attr:`DegradedSpell.open_at`),
+    and ends when the app is Healthy again, resolving the incident if one was opened. A
+    spell under way at first sight is remembered but never reported (no
+    flood on the first start). The ended spell stays stored, so a late view
+    of it (Degraded since before the recovery) starts nothing again.
+    """
+    if not config.failures_as_incidents or identity.environment != "PRODUCTION":
+        return spell, [], []
+    health = view.health_status
+    since = view.health_since
+    incidents: list[DetectedIncident] = []
+    reasons: list[str] = []
+    if health == "Degraded":
+        start = since or now
+        if spell is not None and spell.resolved_at is None:
+            if spell.open_at is not None and since is not None and since < spell.since:
+                # ArgoCD's own transition time is better than when we first saw it.
+                spell = spell.model_copy(
+                    update={"since": since, "open_at": since + config.incident_after}
+                )
+        elif spell is not None and spell.resolved_at is not None and start <= spell.resolved_at:
+            return spell, [], [f"Degraded since {start.isoformat()}: that spell is over"]
+        else:
+            spell = DegradedSpell(
+                since=start,
+                open_at=None if first_sight else start + config.incident_after,
+                revision=revision,
+            )
+            reasons.append(
+                f"Degraded since {start.isoformat()}"
+                + (" (before first sight: not reported)" if first_sight else "")
+            )
+    elif health == "Healthy" and spell is not None and spell.resolved_at is None:
+        if since is not None and since < spell.since:
+            return spell, [], ["Healthy since before the Degraded spell: older view"]
+        spell = spell.model_copy(update={"open_at": None, "resolved_at": since or now})
+        if spell.opened:
+            incidents.append(_incident(view, identity, spell, now))
+            reasons.append("incident resolved: Healthy again")
+        else:
+            reasons.append("Degraded spell over before it became an incident")
+    if (
+        health != "Healthy"
+        and spell is not None
+        and spell.resolved_at is None
+        and spell.open_at is not None
+        and now >= spell.open_at
+    ):
+        spell = spell.model_copy(update={"open_at": None, "opened": True})
+        incidents.append(_incident(view, identity, spell, now))
+        reasons.append(f"incident opened: not Healthy for more than {config.incident_after}")
+    return spell, incidents, reasons
+
+
+def _incident(
+    view: AppView, identity: Identity, spell: DegradedSpell, now: datetime
+) -> DetectedIncident:
+    ended = (
+        f"; Healthy again at {spell.resolved_at.isoformat()}."
+        if spell.resolved_at is not None
+        else "."
+    )
+    revision = f" with revision {spell.revision}" if spell.revision else ""
+    return DetectedIncident(
+        key=incident_key(view.namespace, view.name, spell.since),
+        app_namespace=view.namespace,
+        app_name=view.name,
+        component=identity.component,
+        cluster=identity.cluster,
+        environment=identity.environment,
+        status="resolved" if spell.resolved_at is not None else "open",
+        created_at=spell.since,
+        resolved_at=spell.resolved_at,
+        title=f"{identity.component} Degraded in {identity.cluster}",
+        description=(
+            f"ArgoCD application {view.key} ({identity.environment}) turned Degraded at "
+            f"{spell.since.isoformat()}{revision}{ended}"
+        ),
+        revision=spell.revision,
+        detected_at=now,
+    )

@@ -5,7 +5,13 @@ Explicit annotations win (``doraforwarder.io/component``, ``/cluster``,
 reference rules apply: the app name is ``<component>-<cluster>`` for one of
 ``argocd.known_clusters`` (longest suffix wins, so ``prod-east-1`` beats
 ``east-1``); with no known clusters the component is the app name and the
-cluster the destination. The environment comes from the source path.
+cluster the destination.
+
+The environment, first answer wins: the ``doraforwarder.io/environment``
+annotation; ``argocd.environment_rules`` in order (each a regular expression
+searched in one field); the reference's path rules when a source has a path;
+``argocd.default_environment``. Chart sources have no path, so without a
+rule they take the default rather than a silent PRODUCTION.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from doraforwarder.argocd.model import (
     ANNOTATION_ENVIRONMENT,
     AppView,
 )
-from doraforwarder.config import ArgoCDConfig
+from doraforwarder.config import ArgoCDConfig, EnvironmentRule
 from doraforwarder.records import Environment
 
 _PATH_ENVIRONMENTS: tuple[tuple[Environment, frozenset[str]], ...] = (
@@ -84,6 +90,43 @@ def destination_cluster(view: AppView) -> str:
     return ""
 
 
+def _rule_fields(view: AppView, matcher: str) -> list[str]:
+    """The values of ``view`` a rule's matcher is searched in (any may match)."""
+    if matcher == "path":
+        return [source.path for source in view.sources if source.path]
+    if matcher == "repo_url":
+        return [source.repo_url for source in view.sources]
+    if matcher == "app":
+        return [view.name]
+    if matcher == "namespace":
+        return [view.namespace]
+    if matcher == "project":
+        return [view.project]
+    if matcher == "destination_namespace":
+        return [view.destination_namespace]
+    if matcher == "destination":
+        return [value for value in (view.destination_name, view.destination_server) if value]
+    raise ValueError(f"unknown environment rule matcher {matcher}")
+
+
+def rule_matches(rule: EnvironmentRule, view: AppView) -> bool:
+    matcher, pattern = rule.matcher
+    return any(pattern.search(value) for value in _rule_fields(view, matcher))
+
+
+def resolve_environment(view: AppView, config: ArgoCDConfig) -> Environment:
+    """Annotation, then ``environment_rules``, then path rules (with a path), then the default."""
+    annotated = view.annotations.get(ANNOTATION_ENVIRONMENT, "")
+    if annotated:
+        return cast(Environment, annotated.upper())
+    for rule in config.environment_rules:
+        if rule_matches(rule, view):
+            return rule.environment
+    if view.source_path:
+        return environment_from_path(view.source_path)
+    return config.default_environment
+
+
 def resolve_identity(view: AppView, config: ArgoCDConfig) -> Identity | Skip:
     """Identity of ``view`` under ``config``, or why it is not forwarded."""
     if not config.all_namespaces and view.namespace not in config.namespaces:
@@ -107,12 +150,7 @@ def resolve_identity(view: AppView, config: ArgoCDConfig) -> Identity | Skip:
                 return Skip("no cluster: no annotation, destination name or server")
     if component in config.components_to_ignore:
         return Skip(f"component {component} is ignored")
-    annotated = view.annotations.get(ANNOTATION_ENVIRONMENT, "")
-    environment = (
-        cast(Environment, annotated.upper())
-        if annotated
-        else environment_from_path(view.source_path)
-    )
+    environment = resolve_environment(view, config)
     if environment not in config.environments:
         return Skip(f"environment {environment} is not forwarded")
     return Identity(component=component, cluster=cluster, environment=environment)

@@ -33,6 +33,8 @@ HEALTH_STATUSES = frozenset(
 )
 OPERATION_PHASES = frozenset({"Running", "Succeeded", "Failed", "Error", "Terminating"})
 FAILED_PHASES = frozenset({"Failed", "Error"})
+RETRY_MARKER = "Retrying attempt #"
+"""In ``operationState.message`` of a failed attempt ArgoCD will retry."""
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Error"})
 ENVIRONMENTS = frozenset({"PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"})
 
@@ -59,6 +61,8 @@ class SourceView:
     repo_url: str
     path: str = ""
     target_revision: str = ""
+    chart: str = ""
+    """Set for a Helm chart source: its revisions are chart versions, not git commits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,8 @@ class HistoryEntry:
 
     @property
     def revision(self) -> str:
-        return self.revisions[0]
+        """The gitops commit: the first git (non-chart) source's revision, else the first."""
+        return gitops_revision(self.sources, self.revisions)
 
     def git_sources(self) -> list[GitSource]:
         return git_sources(self.sources, self.revisions)
@@ -88,6 +93,46 @@ class OperationView:
     finished_at: datetime | None
     message: str = ""
     revisions: tuple[str, ...] = ()
+    """The resolved revisions (``syncResult``), else the requested ones."""
+
+    @property
+    def retrying(self) -> bool:
+        """A failed attempt ArgoCD will retry: ``Running`` with ``finishedAt`` set."""
+        return (
+            self.phase == "Running"
+            and self.finished_at is not None
+            and RETRY_MARKER in self.message
+        )
+
+    @property
+    def failed_attempt(self) -> bool:
+        """A failed sync attempt (final or to be retried), identified by its ``finishedAt``."""
+        return self.finished_at is not None and (self.phase in FAILED_PHASES or self.retrying)
+
+
+@dataclass(frozen=True, slots=True)
+class HydratorView:
+    """``spec.sourceHydrator`` and what ``status.sourceHydrator`` says of its last run.
+
+    What a developer wrote is the dry commit; what ArgoCD syncs is the
+    hydrated commit the hydrator pushed to ``syncSource.targetBranch``.
+    """
+
+    dry: SourceView
+    sync: SourceView
+    dry_sha: str = ""
+    hydrated_sha: str = ""
+
+    def deployed(self, revision: str) -> tuple[SourceView, str]:
+        """The source and revision a synced (hydrated) ``revision`` stands for.
+
+        The dry commit when the last successful hydration produced that
+        revision (or does not say which one it produced), else the hydrated
+        commit in the sync source.
+        """
+        if self.dry_sha and (not self.hydrated_sha or self.hydrated_sha == revision):
+            return self.dry, self.dry_sha
+        return self.sync, revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +154,13 @@ class AppView:
     operation: OperationView | None = None
     images: tuple[str, ...] = ()
     reconciled_at: datetime | None = None
+    project: str = ""
+    destination_namespace: str = ""
+    health_since: datetime | None = None
+    """``status.health.lastTransitionTime`` (when ArgoCD records it)."""
+    hydrator: HydratorView | None = None
+    has_status: bool = True
+    """False for an Application the controller has not reconciled yet (no ``status``)."""
 
     @property
     def key(self) -> str:
@@ -132,12 +184,28 @@ def app_key(namespace: str, name: str) -> str:
 
 
 def git_sources(sources: tuple[SourceView, ...], revisions: tuple[str, ...]) -> list[GitSource]:
-    """Pair sources with the revisions deployed from them (by position, as ArgoCD does)."""
+    """Pair sources with the revisions deployed from them (by position, as ArgoCD does).
+
+    Every source is listed, chart sources included (with their chart name and
+    version as revision); the name is historical.
+    """
     result = []
     for index, source in enumerate(sources):
         revision = revisions[index] if index < len(revisions) else source.target_revision
-        result.append(GitSource(repo_url=source.repo_url, revision=revision, path=source.path))
+        result.append(
+            GitSource(
+                repo_url=source.repo_url, revision=revision, path=source.path, chart=source.chart
+            )
+        )
     return result
+
+
+def gitops_revision(sources: tuple[SourceView, ...], revisions: tuple[str, ...]) -> str:
+    """The first git source's revision (the gitops commit), else the first revision."""
+    for index, source in enumerate(sources):
+        if not source.chart and index < len(revisions) and revisions[index]:
+            return revisions[index]
+    return revisions[0] if revisions else ""
 
 
 def parse_time(text: str) -> datetime:
@@ -220,6 +288,7 @@ class _Reader:
             repo_url=self.text(data.get("repoURL"), f"{field}.repoURL", required=True),
             path=self.text(data.get("path"), f"{field}.path"),
             target_revision=self.text(data.get("targetRevision"), f"{field}.targetRevision"),
+            chart=self.text(data.get("chart"), f"{field}.chart"),
         )
 
     def sources(self, holder: dict[str, Any], field: str) -> tuple[SourceView, ...]:
@@ -278,17 +347,47 @@ def parse_application(obj: Any) -> AppView:
         )
 
     spec = r.mapping(obj.get("spec"), "spec", required=True)
-    sources = r.sources(spec, "spec")
+    raw_status = obj.get("status")
+    hydrator = _hydrator(r, spec, r.mapping(raw_status, "status"))
+    if hydrator is not None:
+        sources: tuple[SourceView, ...] = (hydrator.dry,)
+        history_sources: tuple[SourceView, ...] = (hydrator.sync,)
+    else:
+        sources = history_sources = r.sources(spec, "spec")
     if not sources:
-        raise r.fail("spec.source", "is missing (neither spec.source nor spec.sources)")
+        raise r.fail(
+            "spec.source", "is missing (none of spec.source, spec.sources, spec.sourceHydrator)"
+        )
     destination = r.mapping(spec.get("destination"), "spec.destination")
+    project = r.text(spec.get("project"), "spec.project")
+    destination_namespace = r.text(destination.get("namespace"), "spec.destination.namespace")
 
-    status = r.mapping(obj.get("status"), "status", required=True)
+    if raw_status is None:
+        return AppView(
+            namespace=namespace,
+            name=name,
+            uid=r.text(metadata.get("uid"), "metadata.uid"),
+            resource_version=r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
+            created_at=_optional_time(metadata.get("creationTimestamp")),
+            annotations=annotations,
+            sources=sources,
+            destination_server=r.text(destination.get("server"), "spec.destination.server"),
+            destination_name=r.text(destination.get("name"), "spec.destination.name"),
+            project=project,
+            destination_namespace=destination_namespace,
+            hydrator=hydrator,
+            has_status=False,
+        )
+    status = r.mapping(raw_status, "status", required=True)
     sync = r.mapping(status.get("sync"), "status.sync")
     health = r.mapping(status.get("health"), "status.health")
     summary = r.mapping(status.get("summary"), "status.summary")
 
     return AppView(
+        project=project,
+        destination_namespace=destination_namespace,
+        health_since=_optional_time(health.get("lastTransitionTime")),
+        hydrator=hydrator,
         namespace=namespace,
         name=name,
         uid=r.text(metadata.get("uid"), "metadata.uid"),
@@ -300,7 +399,7 @@ def parse_application(obj: Any) -> AppView:
         destination_name=r.text(destination.get("name"), "spec.destination.name"),
         sync_status=r.choice(sync.get("status"), "status.sync.status", SYNC_STATUSES),
         health_status=r.choice(health.get("status"), "status.health.status", HEALTH_STATUSES),
-        history=_history(r, status.get("history"), sources),
+        history=_history(r, status.get("history"), history_sources, hydrator),
         operation=_operation(r, status.get("operationState")),
         images=_images(r, summary.get("images")),
         reconciled_at=r.time(status.get("reconciledAt"), "status.reconciledAt"),
@@ -317,8 +416,51 @@ def _optional_time(value: Any) -> datetime | None:
         return None
 
 
+def _hydrator(r: _Reader, spec: dict[str, Any], status: dict[str, Any]) -> HydratorView | None:
+    raw = spec.get("sourceHydrator")
+    if raw is None:
+        return None
+    hydrator = r.mapping(raw, "spec.sourceHydrator")
+    dry = r.source(hydrator.get("drySource"), "spec.sourceHydrator.drySource")
+    sync = r.mapping(
+        hydrator.get("syncSource"), "spec.sourceHydrator.syncSource", required=True
+    )
+    sync_source = SourceView(
+        repo_url=r.text(sync.get("repoURL"), "spec.sourceHydrator.syncSource.repoURL")
+        or dry.repo_url,
+        path=r.text(sync.get("path"), "spec.sourceHydrator.syncSource.path"),
+        target_revision=r.text(
+            sync.get("targetBranch"), "spec.sourceHydrator.syncSource.targetBranch", required=True
+        ),
+    )
+    hydrated = r.mapping(status.get("sourceHydrator"), "status.sourceHydrator")
+    last = r.mapping(
+        hydrated.get("lastSuccessfulOperation"), "status.sourceHydrator.lastSuccessfulOperation"
+    )
+    field = "status.sourceHydrator.lastSuccessfulOperation"
+    return HydratorView(
+        dry=dry,
+        sync=sync_source,
+        dry_sha=r.text(last.get("drySHA"), f"{field}.drySHA"),
+        hydrated_sha=r.text(last.get("hydratedSHA"), f"{field}.hydratedSHA"),
+    )
+
+
+def deployed_sources(
+    sources: tuple[SourceView, ...], revisions: tuple[str, ...], hydrator: HydratorView | None
+) -> tuple[tuple[SourceView, ...], tuple[str, ...]]:
+    """The sources and revisions a sync deployed, the dry commit standing for a hydrated one."""
+    if hydrator is None or len(revisions) != 1:
+        return sources, revisions
+    source, revision = hydrator.deployed(revisions[0])
+    return (source,), (revision,)
+
+
 def _history(
-    r: _Reader, value: Any, spec_sources: tuple[SourceView, ...]
+    r: _Reader,
+    value: Any,
+    spec_sources: tuple[SourceView, ...],
+    hydrator: HydratorView | None = None,
 ) -> tuple[HistoryEntry, ...]:
     raw = r.items(value, "status.history")
     if len(raw) > MAX_HISTORY:
@@ -336,13 +478,16 @@ def _history(
         if entry_id < 0 or entry_id in seen:
             raise r.fail(f"{field}.id", f"is negative or repeated ({entry_id})")
         seen.add(entry_id)
-        sources = r.sources(entry, field) or spec_sources
+        sources = _entry_sources(r, entry, field) or spec_sources
         deployed_at = r.time(entry.get("deployedAt"), f"{field}.deployedAt", required=True)
         assert deployed_at is not None
+        sources, revisions = deployed_sources(
+            sources, r.revisions(entry, field, required=True), hydrator
+        )
         entries.append(
             HistoryEntry(
                 id=entry_id,
-                revisions=r.revisions(entry, field, required=True),
+                revisions=revisions,
                 sources=sources,
                 deployed_at=deployed_at,
                 started_at=r.time(entry.get("deployStartedAt"), f"{field}.deployStartedAt"),
@@ -350,6 +495,16 @@ def _history(
         )
     entries.sort(key=lambda e: e.id)
     return tuple(entries)
+
+
+def _entry_sources(r: _Reader, entry: dict[str, Any], field: str) -> tuple[SourceView, ...]:
+    """A history entry's sources; multi-source entries carry an empty ``source``
+    (``{repoURL: ""}``) beside ``sources``, which is no source at all."""
+    if entry.get("sources") is None:
+        single = entry.get("source")
+        if isinstance(single, dict) and not single.get("repoURL"):
+            return ()
+    return r.sources(entry, field)
 
 
 def _operation(r: _Reader, value: Any) -> OperationView | None:
@@ -364,13 +519,13 @@ def _operation(r: _Reader, value: Any) -> OperationView | None:
         "status.operationState.finishedAt",
         required=phase in TERMINAL_PHASES,
     )
-    revisions: tuple[str, ...] = ()
-    operation = r.mapping(state.get("operation"), "status.operationState.operation")
-    sync = r.mapping(operation.get("sync"), "status.operationState.operation.sync")
-    revisions = r.revisions(sync, "status.operationState.operation.sync", required=False)
+    # The resolved revisions first: the requested one may be HEAD or a branch.
+    result = r.mapping(state.get("syncResult"), "status.operationState.syncResult")
+    revisions = r.revisions(result, "status.operationState.syncResult", required=False)
     if not revisions:
-        result = r.mapping(state.get("syncResult"), "status.operationState.syncResult")
-        revisions = r.revisions(result, "status.operationState.syncResult", required=False)
+        operation = r.mapping(state.get("operation"), "status.operationState.operation")
+        sync = r.mapping(operation.get("sync"), "status.operationState.operation.sync")
+        revisions = r.revisions(sync, "status.operationState.operation.sync", required=False)
     message = state.get("message")
     return OperationView(
         phase=phase,
@@ -420,13 +575,25 @@ def _fingerprint_values(obj: Any) -> tuple[Any, ...] | None:
         metadata = obj["metadata"]
         annotations = metadata.get("annotations") or _NO_FIELDS
         spec = obj["spec"]
-        status = obj["status"]
+        status = obj.get("status")
+        if status is None:
+            status = _NO_FIELDS
         history = status.get("history") or ()
         last = history[-1] if history else _NO_FIELDS
         operation = status.get("operationState") or _NO_FIELDS
         finished = operation.get("finishedAt")
         reconciled = status.get("reconciledAt")
+        health = status.get("health") or _NO_FIELDS
+        hydrated = (status.get("sourceHydrator") or _NO_FIELDS).get("lastSuccessfulOperation")
         return (
+            "status" in obj,
+            spec.get("sourceHydrator"),
+            hydrated,
+            spec.get("project"),
+            health.get("lastTransitionTime"),
+            (operation.get("syncResult") or _NO_FIELDS).get("revision"),
+            (operation.get("syncResult") or _NO_FIELDS).get("revisions"),
+            operation.get("message") if operation.get("phase") == "Running" else None,
             metadata.get("uid"),
             annotations.get(ANNOTATION_COMPONENT),
             annotations.get(ANNOTATION_CLUSTER),
@@ -435,7 +602,7 @@ def _fingerprint_values(obj: Any) -> tuple[Any, ...] | None:
             spec.get("sources"),
             spec.get("destination"),
             (status.get("sync") or _NO_FIELDS).get("status"),
-            (status.get("health") or _NO_FIELDS).get("status"),
+            health.get("status"),
             len(history),
             last.get("id"),
             last.get("deployedAt"),

@@ -280,7 +280,7 @@ class ArgoCDSource:
             # Nothing was decided from an old view: the newer one this replica will see
             # (or another replica already saw) sets the pending bookkeeping, not this one.
             self._deadlines.pop(key, None)
-        elif state is not None and state.pending and view is not None:
+        elif state is not None and state.next_deadline is not None and view is not None:
             self._views[key] = view
             deadline = state.next_deadline
             if deadline is not None:

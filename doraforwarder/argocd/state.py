@@ -4,7 +4,8 @@ Stored as JSON under ``Keys.app_state(namespace, name)``. It is the memory
 that makes detection exact: the baseline (last deployment, whose images are
 the base of the next commit range), the highest history id already taken into
 account, the syncs seen but not decided yet (waiting for the operation to
-finish or for health to settle), and the last failed operation reported.
+finish or for health to settle), the last failed operation reported, and the
+current Degraded spell (so an incident is opened and resolved once each).
 """
 
 from __future__ import annotations
@@ -27,9 +28,18 @@ class Baseline(StateModel):
 
     history_id: int | None = None
     revision: str = ""
+    revisions: list[str] = Field(default_factory=list)
+    """Every source's revision (empty in states written before it was kept)."""
     sources: list[GitSource] = Field(default_factory=list)
     images: list[str] = Field(default_factory=list)
     deployed_at: datetime | None = None
+
+    def all_revisions(self) -> list[str]:
+        if self.revisions:
+            return list(self.revisions)
+        if self.sources:
+            return [source.revision for source in self.sources]
+        return [self.revision]
 
 
 class PendingSync(StateModel):
@@ -47,6 +57,21 @@ class PendingSync(StateModel):
     """Images read from the settled state; None until it settled."""
 
 
+class DegradedSpell(StateModel):
+    """The app's current (or last) Degraded spell, for incidents."""
+
+    since: datetime
+    """When it turned Degraded: the incident's creation time and key."""
+    open_at: datetime | None = None
+    """When the spell becomes an incident (``since + incident_after``); None once opened,
+    or when it is not to be reported (Degraded before the app was first seen)."""
+    opened: bool = False
+    """The open incident was emitted."""
+    resolved_at: datetime | None = None
+    """When it was Healthy again; set once the spell is over (and, if opened, resolved)."""
+    revision: str = ""
+
+
 class AppState(StateModel):
     schema_version: int = SCHEMA_VERSION
     uid: str = ""
@@ -60,13 +85,20 @@ class AppState(StateModel):
     """``finishedAt`` of the last failed operation taken into account."""
     deleted_at: datetime | None = None
     """Set when the Application was deleted; the key then expires after ``argocd.state_ttl``."""
+    degraded: DegradedSpell | None = None
 
     def dump(self) -> str:
         return self.model_dump_json(exclude_defaults=False)
 
     @property
     def next_deadline(self) -> datetime | None:
-        return min((pending.deadline for pending in self.pending), default=None)
+        """The next time detection wants to look at the app again without a new event:
+        a pending sync's deadline, or when a Degraded spell becomes an incident."""
+        moments = [pending.deadline for pending in self.pending]
+        spell = self.degraded
+        if spell is not None and spell.resolved_at is None and spell.open_at is not None:
+            moments.append(spell.open_at)
+        return min(moments, default=None)
 
 
 class CorruptState(ValueError):

@@ -40,6 +40,37 @@ def source(path: str, repo_url: str = GITOPS_REPO, target_revision: str = "main"
     return {"repoURL": repo_url, "path": path, "targetRevision": target_revision}
 
 
+def chart_source(
+    chart: str, version: str, repo_url: str = "https://charts.example.com"
+) -> dict[str, Any]:
+    """A Helm repository chart source (no path; its revision is the chart version)."""
+    return {"repoURL": repo_url, "chart": chart, "targetRevision": version}
+
+
+def values_source(repo_url: str = GITOPS_REPO, ref: str = "values") -> dict[str, Any]:
+    """A ``$values`` git source of a multi-source app (a ``ref``, no path)."""
+    return {"repoURL": repo_url, "ref": ref, "targetRevision": "main"}
+
+
+def hydrator_spec(
+    dry_path: str,
+    *,
+    repo_url: str = GITOPS_REPO,
+    target_branch: str = "environments/production",
+    sync_path: str | None = None,
+) -> dict[str, Any]:
+    """``spec.sourceHydrator``: what developers write (dry) and where it is hydrated to."""
+    return {
+        "drySource": {"repoURL": repo_url, "path": dry_path, "targetRevision": "main"},
+        "syncSource": {"targetBranch": target_branch, "path": sync_path or dry_path},
+    }
+
+
+def hydrator_status(dry_sha: str, hydrated_sha: str) -> dict[str, Any]:
+    """``status.sourceHydrator`` after a successful hydration."""
+    return {"lastSuccessfulOperation": {"drySHA": dry_sha, "hydratedSHA": hydrated_sha}}
+
+
 def history_entry(
     entry_id: int,
     revision: str | list[str],
@@ -56,6 +87,9 @@ def history_entry(
         "initiatedBy": {"automated": True},
     }
     if isinstance(revision, list):
+        # As ArgoCD writes them: an empty singular revision and source beside the lists.
+        entry["revision"] = ""
+        entry["source"] = {"repoURL": ""}
         entry["revisions"] = list(revision)
         if sources is not None:
             entry["sources"] = copy.deepcopy(sources)
@@ -81,16 +115,29 @@ def application(
     sync: str = "Synced",
     operation_state: dict[str, Any] | None = None,
     reconciled_at: datetime = T0,
+    project: str = "default",
+    destination_namespace: str | None = None,
+    health_since: datetime | None = None,
+    source_hydrator: dict[str, Any] | None = None,
+    hydrated: dict[str, Any] | None = None,
+    with_status: bool = True,
 ) -> dict[str, Any]:
-    """One Application object as the API server returns it (minus server-set metadata)."""
+    """One Application object as the API server returns it (minus server-set metadata).
+
+    ``source_hydrator`` (see :func:`hydrator_spec`) replaces ``spec.source``;
+    ``hydrated`` is ``status.sourceHydrator``; ``with_status=False`` is an
+    Application the controller has not reconciled yet.
+    """
     spec_sources = sources or [source(path or f"components/{name}/production")]
     spec: dict[str, Any] = {
-        "project": "default",
-        "destination": {"server": destination_server, "namespace": name},
+        "project": project,
+        "destination": {"server": destination_server, "namespace": destination_namespace or name},
     }
     if destination_name is not None:
-        spec["destination"] = {"name": destination_name, "namespace": name}
-    if len(spec_sources) == 1 and sources is None:
+        spec["destination"] = {"name": destination_name, "namespace": destination_namespace or name}
+    if source_hydrator is not None:
+        spec["sourceHydrator"] = copy.deepcopy(source_hydrator)
+    elif len(spec_sources) == 1 and sources is None:
         spec["source"] = spec_sources[0]
     else:
         spec["sources"] = spec_sources
@@ -104,18 +151,24 @@ def application(
         "summary": {"images": list(images or [])},
         "reconciledAt": ts(reconciled_at),
     }
+    if health_since is not None:
+        status["health"]["lastTransitionTime"] = ts(health_since)
     if operation_state is not None:
         status["operationState"] = operation_state
+    if hydrated is not None:
+        status["sourceHydrator"] = copy.deepcopy(hydrated)
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if annotations:
         metadata["annotations"] = dict(annotations)
-    return {
+    obj: dict[str, Any] = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Application",
         "metadata": metadata,
         "spec": spec,
-        "status": status,
     }
+    if with_status:
+        obj["status"] = status
+    return obj
 
 
 def operation_state(
@@ -124,9 +177,17 @@ def operation_state(
     started_at: datetime,
     finished_at: datetime | None = None,
     message: str = "",
+    *,
+    resolved: str | list[str] | None = None,
 ) -> dict[str, Any]:
+    """``status.operationState``; ``revision`` is requested, ``resolved`` (default: the same)
+    is what ``syncResult`` records (a SHA where the request was ``HEAD`` or a branch)."""
     sync: dict[str, Any] = (
         {"revisions": list(revision)} if isinstance(revision, list) else {"revision": revision}
+    )
+    resolved = resolved if resolved is not None else revision
+    result: dict[str, Any] = (
+        {"revisions": list(resolved)} if isinstance(resolved, list) else {"revision": resolved}
     )
     state: dict[str, Any] = {
         "phase": phase,
@@ -137,7 +198,7 @@ def operation_state(
         }.get(phase, ""),
         "operation": {"sync": sync, "initiatedBy": {"automated": True}},
         "startedAt": ts(started_at),
-        "syncResult": dict(sync),
+        "syncResult": result,
     }
     if finished_at is not None:
         state["finishedAt"] = ts(finished_at)
@@ -216,9 +277,12 @@ class LiveApp:
         images: list[str] | None = None,
         *,
         health: str = "Healthy",
+        sync_status: str = "Synced",
+        record_transition: bool = False,
     ) -> list[dict[str, Any]]:
         """The writes of one successful sync; ``health`` is where it ends
-        (``Progressing`` stops before health settles)."""
+        (``Progressing`` stops before health settles); ``sync_status`` what the
+        comparison after it finds (``OutOfSync``: ignored differences done wrong)."""
         steps: list[dict[str, Any]] = []
         status = self.status
         started = self._tick()
@@ -238,7 +302,7 @@ class LiveApp:
         finished = self._tick()
         status["operationState"] = operation_state("Succeeded", revision, started, finished)
         status["sync"] = {
-            "status": "Synced",
+            "status": sync_status,
             "revision": revision if isinstance(revision, str) else revision[0],
         }
         steps.append(self.snapshot())
@@ -249,13 +313,68 @@ class LiveApp:
         status["reconciledAt"] = ts(self._tick())
         steps.append(self.snapshot())
         if health != "Progressing":
-            steps.append(self.set_health(health))
+            steps.append(self.set_health(health, record_transition=record_transition))
         return steps
 
-    def set_health(self, health: str) -> dict[str, Any]:
+    def set_health(self, health: str, *, record_transition: bool = False) -> dict[str, Any]:
+        """A comparison that changes health; ``record_transition`` sets
+        ``lastTransitionTime`` to this write's time, as ArgoCD 3.x does."""
+        moment = self._tick()
         self.status["health"] = {"status": health}
-        self.status["reconciledAt"] = ts(self._tick())
+        if record_transition:
+            self.status["health"]["lastTransitionTime"] = ts(moment)
+        self.status["reconciledAt"] = ts(moment)
         return self.snapshot()
+
+    def advance(self, delta: timedelta) -> datetime:
+        """Let time pass without any write; returns the new time."""
+        self.now += delta
+        return self.now
+
+    def retrying_fail(
+        self,
+        revision: str,
+        attempts: int = 1,
+        *,
+        resolved: str | None = None,
+        final_phase: str | None = "Failed",
+        message: str = "one or more objects failed to apply",
+    ) -> list[dict[str, Any]]:
+        """A sync failing ``attempts`` times with retries (phase ``Running``, ``finishedAt``
+        set, "Retrying attempt #N"), then, with ``final_phase``, the final failure."""
+        status = self.status
+        started = self._tick()
+        status["sync"]["status"] = "OutOfSync"
+        steps: list[dict[str, Any]] = []
+        for attempt in range(1, attempts + 1):
+            running = operation_state("Running", revision, started, resolved=resolved)
+            running["message"] = f"Retrying operation. Attempt #{attempt}" if attempt > 1 else (
+                "one or more tasks are running"
+            )
+            status["operationState"] = running
+            steps.append(self.snapshot())
+            status["operationState"] = operation_state(
+                "Running",
+                revision,
+                started,
+                self._tick(),
+                f"{message}. Retrying attempt #{attempt} at 10:05AM.",
+                resolved=resolved,
+            )
+            status["reconciledAt"] = ts(self._tick())
+            steps.append(self.snapshot())
+        if final_phase is not None:
+            status["operationState"] = operation_state(
+                final_phase,
+                revision,
+                started,
+                self._tick(),
+                f"{message} (retried {attempts} times).",
+                resolved=resolved,
+            )
+            status["reconciledAt"] = ts(self._tick())
+            steps.append(self.snapshot())
+        return steps
 
     def fail(
         self,
@@ -263,14 +382,19 @@ class LiveApp:
         *,
         phase: str = "Failed",
         message: str = "one or more objects failed to apply",
+        resolved: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The writes of a failed sync: no history entry, operation Failed/Error."""
+        """The writes of a failed sync: no history entry, operation Failed/Error.
+
+        ``revision`` is the requested one; ``resolved`` what ``syncResult`` records."""
         status = self.status
         started = self._tick()
         status["sync"]["status"] = "OutOfSync"
-        status["operationState"] = operation_state("Running", revision, started)
+        status["operationState"] = operation_state("Running", revision, started, resolved=resolved)
         first = self.snapshot()
-        status["operationState"] = operation_state(phase, revision, started, self._tick(), message)
+        status["operationState"] = operation_state(
+            phase, revision, started, self._tick(), message, resolved=resolved
+        )
         status["reconciledAt"] = ts(self._tick())
         return [first, self.snapshot()]
 
