@@ -719,10 +719,10 @@ class FakeDevLake(FakeServer):
 
     def _answer(self, request: web.Request, body: Any
                 ) -> tuple[web.Response, _Route | None, int | None]:
+        raw = request.raw_path.split("?", 1)[0]
         injected = self._injected()
         if injected is not None:
-            return injected, None, None
-        raw = request.raw_path.split("?", 1)[0]
+            return injected, _peek_route(request.method, raw), None
         try:
             forwarded = through_config_ui(raw)
             if forwarded is None and raw.startswith("/api"):
@@ -927,6 +927,16 @@ class FakeDevLake(FakeServer):
 @dataclass(frozen=True)
 class _Unparsable:
     text: str = field(repr=False)
+
+
+def _peek_route(method: str, raw: str) -> _Route | None:
+    """The route a request aims at, ignoring keys and escaping (to record injected faults)."""
+    try:
+        forwarded = through_config_ui(raw)
+        path = go_unescape(forwarded if forwarded is not None else raw)
+    except BadEscape:
+        return None
+    return match_route(method, path.removeprefix("/rest"))
 
 
 def _kind(route: _Route | None) -> str:
