@@ -1,13 +1,27 @@
-"""A fake Apache DevLake webhook API that enforces the real contract and fails on demand.
+"""A fake Apache DevLake (backend plus config-ui's nginx) as strict as the real one.
 
-Serves every webhook route of ``shared/reference/devlake-webhook.md`` under
-both prefixes (``/api/rest`` through config-ui, ``/api`` directly): by
-connection id, by connection name, and deployments by project name. Bodies
-are checked the way DevLake checks them (400 with a message), the bearer
-token too (401 without one, 403 with a wrong one). Accepted records are
-upserted like DevLake does (deployments by connection and id, issues by
-connection and issue key), so tests and ``doraforwarder demo`` can look at
-the final state and count the posts.
+One server plays both doors of a real installation:
+
+- config-ui's nginx: ``/api/rest/...`` is proxied to the backend's ``/rest/...``
+  (nginx decodes the path and re-escapes it its own way), ``/api/...`` to the
+  backend's ``/...`` with the raw path kept (the UI's own session: no API key);
+- the backend: webhook routes under ``/plugins/webhook/...``, the same under
+  ``/rest/plugins/webhook/...`` behind the API-key check.
+
+What the backend does is modelled step by step: the key check (``Bearer``,
+invalid, expired, the key's ``allowedPath`` searched unanchored in the
+decoded path without ``/rest``), Go's path escaping rules (a path whose raw
+form is not Go's own escaping of it is routed on the raw form, which under
+``/rest`` is gin's 404), gin's trailing-slash redirect (which drops
+``/rest``), the route table (id, by-name, legacy and project routes), the
+body binding (not a JSON object: 500), the project route's find-or-create of
+``<project>_deployments`` before the body is validated, body decoding (bad
+dates and types: 400 with a bare JSON string) and validation (400 with
+DevLake's error body), and storage the way DevLake keeps it: one
+``cicd_deployments`` row per raw deployment id shared by every connection,
+one deployment-commit row per (connection, deployment id, repoUrl, sha) with
+the row's own result, issues upserted per (connection, issueKey) on the
+board ``webhook:<connection>``, and close setting the status only.
 
 Faults: :meth:`FakeDevLake.fail_next` / :meth:`fail_always` (any status,
 default 503), :meth:`rate_limit_next` (429 with ``Retry-After``),
@@ -19,14 +33,15 @@ mid-request), and :meth:`stop` / :meth:`start` (connection refused).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Self
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -34,113 +49,316 @@ from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 ENVIRONMENTS = ("PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT")
 ISSUE_STATUSES = ("TODO", "DONE", "IN_PROGRESS")
-_DATE_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S%z",
-    "%Y-%m-%dT%H:%M:%S.%f%z",
-    "%Y-%m-%d %H:%M:%S",
+GLOBAL_ALLOWED_PATH = "/plugins/webhook/.*"
+NAME_LIMIT = 100
+
+# --- dates -------------------------------------------------------------------------------
+
+_FRACTION = r"(?:\.\d+)?"
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_TIME = r"\d{2}:\d{2}:\d{2}"
+# DevLake v1.0.3 picks one Go layout by the end of the string (first match wins),
+# then parses the whole string with it; Go accepts a fraction after the seconds
+# even when the layout has none, except where the layout fixes its digits.
+_LAYOUTS: tuple[tuple[str, str], ...] = (
+    (r"[+-]\d{4}$", rf"{_DATE}T{_TIME}{_FRACTION}[+-]\d{{4}}"),
+    (r"\d{3}[+-]\d{2}:\d{2}$", rf"{_DATE}T{_TIME}\.\d{{3}}[+-]\d{{2}}:\d{{2}}"),
+    (r"[+-]\d{2}:\d{2}$", rf"{_DATE}T{_TIME}{_FRACTION}[+-]\d{{2}}:\d{{2}}"),
+    (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", rf"{_DATE} {_TIME}"),
+    (r"[+-]\d{2}-\d{2}$", _DATE),
+    (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", rf"{_DATE} \d{{2}}:\d{{2}}"),
 )
+_RFC3339 = rf"{_DATE}T{_TIME}{_FRACTION}(?:Z|[+-]\d{{2}}:\d{{2}})"
 
 
 def parse_devlake_date(value: object) -> datetime | None:
-    """A date as DevLake's webhook plugin parses it; None when it would refuse it."""
+    """A date as DevLake v1.0.3's webhook plugin parses it (aware, UTC); None if refused.
+
+    Layouts without a zone are UTC. Microseconds with a ``+00:00`` offset are
+    refused: v1.0.3 reads them with the milliseconds layout.
+    """
     if not isinstance(value, str) or not value:
         return None
-    for form in _DATE_FORMATS:
-        try:
-            return datetime.strptime(value, form)
-        except ValueError:
-            continue
-    try:  # RFC 3339, DevLake's last resort
+    for selector, whole in _LAYOUTS:
+        if re.search(selector, value):
+            return _parse(value) if re.fullmatch(whole, value) else None
+    return _parse(value) if re.fullmatch(_RFC3339, value) else None
+
+
+def _parse(value: str) -> datetime | None:
+    try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+# --- bodies -------------------------------------------------------------------------------
 
 
 class Invalid(Exception):
-    """A body DevLake would refuse with 400."""
+    """A body DevLake refuses with 400 (struct validation: DevLake's error body)."""
 
 
-def _require_string(body: Mapping[str, Any], name: str, where: str = "") -> str:
+class DecodeError(Invalid):
+    """A body DevLake cannot decode (a bad date or type): 400 with a bare JSON string."""
+
+
+def _decode_string(body: Mapping[str, Any], name: str, where: str) -> None:
+    if body.get(name) is not None and not isinstance(body[name], str):
+        raise DecodeError(f"1 error(s) decoding:\n\n* '{where}{name}' expected type "
+                          f"'string', got {type(body[name]).__name__}")
+
+
+def _decode_date(body: Mapping[str, Any], name: str, where: str) -> None:
     value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"{where}{name} is required")
-    return value
+    if value in (None, ""):
+        return
+    if parse_devlake_date(value) is None:
+        raise DecodeError(f"1 error(s) decoding:\n\n* error decoding '{where}{name}': "
+                          f"cannot parse {value!r} as a date")
 
 
-def _optional_string(body: Mapping[str, Any], name: str, where: str = "") -> None:
-    if name in body and body[name] is not None and not isinstance(body[name], str):
-        raise Invalid(f"{where}{name} must be a string")
-
-
-def _require_date(body: Mapping[str, Any], name: str, where: str = "") -> datetime:
+def _required(body: Mapping[str, Any], name: str, where: str) -> None:
     if body.get(name) in (None, ""):
-        raise Invalid(f"{where}{name} is required")
-    parsed = parse_devlake_date(body[name])
-    if parsed is None:
-        raise Invalid(f"{where}{name}: cannot parse {body[name]!r} as a date")
-    return parsed
-
-
-def _optional_date(body: Mapping[str, Any], name: str, where: str = "") -> None:
-    if body.get(name) not in (None, "") and parse_devlake_date(body[name]) is None:
-        raise Invalid(f"{where}{name}: cannot parse {body[name]!r} as a date")
+        raise Invalid(f"input json error: {where}{name} is required")
 
 
 def check_deployment(body: Any) -> None:
-    """DevLake's checks of a webhook deployment (``WebhookDeploymentReq``)."""
+    """DevLake's decoding and checks of a webhook deployment (``WebhookDeploymentReq``)."""
+    if body is None:
+        body = {}
     if not isinstance(body, dict):
-        raise Invalid("input json error: the body must be a JSON object")
-    _require_string(body, "id")
-    _require_date(body, "startedDate")
-    _require_date(body, "finishedDate")
-    _optional_date(body, "createdDate")
-    environment = body.get("environment")
-    if environment not in (None, "") and environment not in ENVIRONMENTS:
-        raise Invalid(f"environment must be one of {' '.join(ENVIRONMENTS)}")
-    for name in ("displayTitle", "name", "result", "originalEnvironment"):
-        _optional_string(body, name)
+        raise DecodeError("input json error: the body must be a JSON object")
+    for name in ("id", "environment", "result", "displayTitle", "name",
+                 "originalEnvironment"):
+        _decode_string(body, name, "")
+    for name in ("startedDate", "finishedDate", "createdDate"):
+        _decode_date(body, name, "")
     commits = body.get("deploymentCommits")
-    if not commits:
-        raise Invalid("deployment_commits is empty")
-    if not isinstance(commits, list):
-        raise Invalid("deploymentCommits must be a list")
-    for index, commit in enumerate(commits):
+    if commits is not None and not isinstance(commits, list):
+        raise DecodeError("1 error(s) decoding:\n\n* 'deploymentCommits': source data must "
+                          "be an array or slice")
+    for index, commit in enumerate(commits or []):
         where = f"deploymentCommits[{index}]."
         if not isinstance(commit, dict):
-            raise Invalid(f"{where[:-1]} must be an object")
-        _require_string(commit, "repoUrl", where)
-        _require_string(commit, "commitSha", where)
-        _require_date(commit, "startedDate", where)
-        _require_date(commit, "finishedDate", where)
-        _optional_date(commit, "createdDate", where)
-        for name in ("refName", "commitMsg", "displayTitle", "name", "result", "status",
-                     "repoId"):
-            _optional_string(commit, name, where)
+            raise DecodeError(f"1 error(s) decoding:\n\n* '{where[:-1]}' expected a map")
+        for name in ("repoUrl", "commitSha", "refName", "commitMsg", "displayTitle", "name",
+                     "result", "status", "repoId"):
+            _decode_string(commit, name, where)
+        for name in ("startedDate", "finishedDate", "createdDate"):
+            _decode_date(commit, name, where)
+    _required(body, "id", "")
+    _required(body, "startedDate", "")
+    _required(body, "finishedDate", "")
+    environment = body.get("environment")
+    if environment not in (None, "") and environment not in ENVIRONMENTS:
+        raise Invalid(f"input json error: environment must be one of {' '.join(ENVIRONMENTS)}")
+    for index, commit in enumerate(commits or []):
+        where = f"deploymentCommits[{index}]."
+        for name in ("repoUrl", "commitSha", "startedDate", "finishedDate"):
+            _required(commit, name, where)
+    if not commits:
+        raise Invalid("deployment_commits is empty")
 
 
 def check_issue(body: Any) -> None:
-    """DevLake's checks of a webhook issue (``WebhookIssueRequest``)."""
+    """DevLake's decoding and checks of a webhook issue (``WebhookIssueRequest``)."""
+    if body is None:
+        body = {}
     if not isinstance(body, dict):
-        raise Invalid("input json error: the body must be a JSON object")
-    _require_string(body, "issueKey")
-    _require_string(body, "title")
-    status = _require_string(body, "status")
-    if status not in ISSUE_STATUSES:
-        raise Invalid(f"status must be one of {' '.join(ISSUE_STATUSES)}")
-    _require_string(body, "originalStatus")
-    _require_date(body, "createdDate")
-    _optional_date(body, "resolutionDate")
-    _optional_date(body, "updatedDate")
-    if "storyPoint" in body and body["storyPoint"] is not None \
-            and not isinstance(body["storyPoint"], int | float):
-        raise Invalid("storyPoint must be a number")
+        raise DecodeError("input json error: the body must be a JSON object")
+    for name in ("issueKey", "title", "status", "originalStatus", "type", "url",
+                 "description", "epicKey", "parentIssueKey", "priority", "creatorId",
+                 "creatorName", "assigneeId", "assigneeName", "severity", "component"):
+        _decode_string(body, name, "")
+    for name in ("createdDate", "resolutionDate", "updatedDate"):
+        _decode_date(body, name, "")
+    point = body.get("storyPoint")
+    if point is not None and (isinstance(point, bool) or not isinstance(point, int | float)):
+        raise DecodeError("1 error(s) decoding:\n\n* 'storyPoint' expected type 'float64'")
     lead = body.get("leadTimeMinutes")
-    if lead is not None and (not isinstance(lead, int) or lead < 0):
-        raise Invalid("leadTimeMinutes must be an unsigned integer")
+    if lead is not None and (isinstance(lead, bool) or not isinstance(lead, int) or lead < 0):
+        raise DecodeError("1 error(s) decoding:\n\n* 'leadTimeMinutes' expected type 'uint'"
+                          " (leadTimeMinutes must be an unsigned integer)")
     for name in ("originalEstimateMinutes", "timeSpentMinutes", "timeRemainingMinutes"):
-        if body.get(name) is not None and not isinstance(body[name], int):
-            raise Invalid(f"{name} must be an integer")
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DecodeError(f"1 error(s) decoding:\n\n* '{name}' expected type 'int64'")
+    for name in ("issueKey", "title"):
+        _required(body, name, "")
+    if body.get("status") not in ISSUE_STATUSES:
+        raise Invalid(f"input json error: status must be one of {' '.join(ISSUE_STATUSES)}")
+    for name in ("originalStatus", "createdDate"):
+        _required(body, name, "")
+
+
+# --- paths --------------------------------------------------------------------------------
+
+_GO_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                     b"-_.~$&+,/:;=@")
+_NGINX_ESCAPE = frozenset(b' "#%<>?\\^`{|}\x7f') | frozenset(range(0x20)) \
+    | frozenset(range(0x80, 0x100))
+
+
+class BadEscape(ValueError):
+    """A ``%`` not followed by two hex digits: Go's server answers 400."""
+
+
+def go_unescape(raw: str) -> str:
+    """Go's ``unescape(s, encodePath)``: ``%XX`` to bytes, ``+`` kept."""
+    out = bytearray()
+    data = raw.encode("utf-8", "surrogateescape")
+    index = 0
+    while index < len(data):
+        if data[index] == ord("%"):
+            pair = data[index + 1:index + 3]
+            if len(pair) != 2 or not all(chr(c) in "0123456789abcdefABCDEF" for c in pair):
+                raise BadEscape(raw)
+            out.append(int(pair, 16))
+            index += 3
+        else:
+            out.append(data[index])
+            index += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def go_escape(path: str) -> str:
+    """Go's ``escape(path, encodePath)`` (``URL.EscapedPath``): uppercase hex."""
+    return "".join(chr(b) if b in _GO_KEEP else f"%{b:02X}"
+                   for b in path.encode("utf-8", "surrogateescape"))
+
+
+def nginx_escape(path: str) -> str:
+    """nginx's ``NGX_ESCAPE_URI`` (1.21.1+), used when a rewritten URI is proxied."""
+    return "".join(f"%{b:02X}" if b in _NGINX_ESCAPE else chr(b)
+                   for b in path.encode("utf-8", "surrogateescape"))
+
+
+def through_config_ui(raw_path: str) -> str | None:
+    """The raw path config-ui's nginx sends to the backend; None when it serves it itself.
+
+    ``/api/rest/...``: the decoded path, re-escaped by nginx when the client
+    used escapes, without ``/api``. ``/api/...``: the raw path without ``/api``.
+    """
+    if raw_path.startswith("/api/rest/"):
+        if "%" in raw_path:
+            return nginx_escape(go_unescape(raw_path))[len("/api"):]
+        return raw_path[len("/api"):]
+    if raw_path.startswith("/api/"):
+        return raw_path[len("/api"):]
+    return None
+
+
+def backend_view(raw_path: str) -> tuple[str, str | None]:
+    """(``URL.Path``, ``URL.RawPath``) as Go's ``url.setPath`` sets them."""
+    decoded = go_unescape(raw_path)
+    return decoded, (None if go_escape(decoded) == raw_path else raw_path)
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Route:
+    kind: str
+    """deployment, issue, close, pull_request, connections, connection, create_connection."""
+    connection_ref: tuple[str, str] | None = None
+    """("id", "6") or ("name", "team-build")."""
+    project: str | None = None
+    issue_key: str | None = None
+
+
+_ID = "(?P<id>[^/]+)"
+_NAME = "(?P<name>[^/]+)"
+_KEY = "(?P<key>[^/]+)"
+_ROUTES: tuple[tuple[str, str, str], ...] = (
+    # gin tries static segments before parameters: by-name before :connectionId.
+    ("GET", "connections", "connections"),
+    ("POST", "connections", "create_connection"),
+    ("GET", f"connections/by-name/{_NAME}", "connection"),
+    ("POST", f"connections/by-name/{_NAME}/deployments", "deployment"),
+    ("POST", f"connections/by-name/{_NAME}/pull_requests", "pull_request"),
+    ("POST", f"connections/by-name/{_NAME}/issues", "issue"),
+    ("POST", f"connections/by-name/{_NAME}/issue/{_KEY}/close", "close"),
+    ("GET", f"connections/{_ID}", "connection"),
+    ("POST", f"connections/{_ID}/deployments", "deployment"),
+    ("POST", f"connections/{_ID}/pull_requests", "pull_request"),
+    ("POST", f"connections/{_ID}/issues", "issue"),
+    ("POST", f"connections/{_ID}/issue/{_KEY}/close", "close"),
+    ("POST", "projects/(?P<project>[^/]+)/deployments", "deployment"),
+    ("POST", f"{_ID}/deployments", "deployment"),
+    ("POST", f"{_ID}/pull_requests", "pull_request"),
+    ("POST", f"{_ID}/issues", "issue"),
+    ("POST", f"{_ID}/issue/{_KEY}/close", "close"),
+)
+_PLUGIN = "/plugins/webhook/"
+
+
+def _unescape_param(value: str, raw: bool) -> str:
+    """gin's parameter value: from the decoded path, or QueryUnescape'd from the raw one."""
+    return go_unescape(value.replace("+", " ")) if raw else value
+
+
+def match_route(method: str, path: str, raw: bool = False) -> _Route | None:
+    """The webhook route gin dispatches ``path`` (without ``/rest``) to, if any."""
+    if not path.startswith(_PLUGIN):
+        return None
+    tail = path[len(_PLUGIN):]
+    for route_method, pattern, kind in _ROUTES:
+        found = re.fullmatch(pattern, tail)
+        if route_method != method or found is None:
+            continue
+        params = {k: _unescape_param(v, raw) for k, v in found.groupdict().items()}
+        ref = (("name", params["name"]) if "name" in params
+               else ("id", params["id"]) if "id" in params else None)
+        return _Route(kind, connection_ref=ref, project=params.get("project"),
+                      issue_key=params.get("key"))
+    return None
+
+
+def _redirects(path: str) -> bool:
+    """gin's trailing-slash redirect: the path without its slash is a route (any method)."""
+    if not path.endswith("/") or len(path) <= 1:
+        return False
+    return any(match_route(method, path[:-1]) for method in ("GET", "POST"))
+
+
+# --- keys, connections, projects --------------------------------------------------------
+
+
+@dataclass
+class ApiKey:
+    """An API key as DevLake stores it: the regex of paths it may call."""
+
+    key: str
+    allowed_path: str
+    expired: bool = False
+    connection_id: int | None = None
+    """The webhook connection it was created with, if any."""
+
+
+@dataclass
+class Project:
+    """A DevLake project; it holds connections through its blueprint."""
+
+    name: str
+    blueprint: bool = True
+    connection_ids: list[int] = field(default_factory=list)
+
+
+def connection_key_value(connection_id: int) -> str:
+    """The (fake) key DevLake returns when a webhook connection is created."""
+    return f"devlake-connection-{connection_id}-key"
+
+
+def deployment_commit_row_id(connection_id: int, deployment_id: str, repo_url: str,
+                             sha: str) -> str:
+    """DevLake's ``GenerateDeploymentCommitId``."""
+    digest = hashlib.md5(repo_url.encode(), usedforsecurity=False).hexdigest()[:16]
+    return f"webhook:{connection_id}:{deployment_id}:{digest}:{sha}"
 
 
 @dataclass(frozen=True)
@@ -150,7 +368,7 @@ class Posted:
     method: str
     path: str
     kind: str
-    """deployment, issue, close, connection, other."""
+    """deployment, issue, close, connection, connections, other."""
     connection_id: int | None
     record_id: str | None
     status: int
@@ -170,74 +388,59 @@ class _Faults:
     delay: float = 0.0
 
 
-@dataclass
-class _Route:
-    kind: str
-    connection_ref: tuple[str, str] | None = None
-    """("id", "6") or ("name", "team-build")."""
-    project: str | None = None
-    issue_key: str | None = None
+class _HandlerError(Exception):
+    """A DevLake ``errors.Error``: rendered ``message (status)`` in DevLake's error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-def _route(method: str, raw_path: str) -> _Route | None:
-    """Match a path of either prefix to a webhook route."""
-    path = raw_path.split("?", 1)[0]
-    for prefix in ("/api/rest/", "/api/"):
-        if path.startswith(prefix):
-            parts = [unquote(p) for p in path[len(prefix):].split("/")]
-            break
-    else:
-        return None
-    if parts[:1] == ["projects"] and len(parts) >= 2:
-        if len(parts) == 3 and parts[2] == "deployments" and method == "POST":
-            return _Route("deployment", project=parts[1])
-        if len(parts) == 2 and method == "GET":
-            return _Route("project", project=parts[1])
-        return None
-    if parts[:3] != ["plugins", "webhook", "connections"]:
-        return None
-    rest = parts[3:]
-    if not rest and method == "GET":
-        return _Route("connections")
-    if rest[:1] == ["by-name"] and len(rest) >= 2:
-        ref, rest = ("name", rest[1]), rest[2:]
-    elif rest:
-        ref, rest = ("id", rest[0]), rest[1:]
-    else:
-        return None
-    if not rest and method == "GET":
-        return _Route("connection", connection_ref=ref)
-    if method != "POST":
-        return None
-    if rest == ["deployments"]:
-        return _Route("deployment", connection_ref=ref)
-    if rest == ["issues"]:
-        return _Route("issue", connection_ref=ref)
-    if len(rest) == 3 and rest[0] == "issue" and rest[2] == "close":
-        return _Route("close", connection_ref=ref, issue_key=rest[1])
-    return None
+def _middleware_error(status: int, message: str) -> web.Response:
+    return web.json_response({"success": False, "message": message}, status=status)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"success": False, "message": message, "causes": []},
-                             status=status)
+def _devlake_error(status: int, message: str, causes: list[str] | None = None
+                   ) -> web.Response:
+    return web.json_response({"success": False, "message": f"{message} ({status})",
+                              "causes": causes, "data": None}, status=status)
+
+
+def _gin_404() -> web.Response:
+    return web.Response(status=404, text="404 page not found", content_type="text/plain")
+
+
+_SUCCESS = {"success": True, "message": "success"}
 
 
 class FakeDevLake(FakeServer):
-    """The fake; ``with FakeDevLake() as devlake: devlake.url ...``."""
+    """The fake; ``with FakeDevLake() as devlake: devlake.url ...``.
+
+    ``token`` is a global key (allowed path ``/plugins/webhook/.*``), as the
+    reference setup uses; ``None`` (and no key added with :meth:`add_api_key`)
+    turns the key check off. Every connection gets its own key,
+    :meth:`connection_key`, scoped to ``/plugins/webhook/connections/<id>/.*``.
+    """
 
     def __init__(self, token: str | None = "devlake-test-token",
                  connections: Mapping[int, str] | None = None,
                  projects: Iterable[str] = (), port: int | None = None) -> None:
         self.token = token
-        """Accepted API key; None accepts any request (even without a header)."""
-        self.connections: dict[int, str] = dict(
-            connections if connections is not None else {1: "global"}
-        )
-        self.projects: dict[str, int | None] = {name: None for name in projects}
+        """The global key; None (and no other key added) accepts any request."""
+        self.api_keys: dict[str, ApiKey] = {}
+        self._keys_added = False
+        self.connections: dict[int, str] = {}
+        self.projects: dict[str, Project] = {}
         self.deployments: dict[tuple[int, str], dict[str, Any]] = {}
+        """Deployment bodies as accepted, per (connection, id)."""
+        self.cicd_deployments: dict[str, dict[str, Any]] = {}
+        """DevLake's ``cicd_deployments``: one row per raw id, whatever the connection."""
         self.deployment_commits: dict[tuple[int, str, str, str], dict[str, Any]] = {}
+        """DevLake's ``cicd_deployment_commits``, per (connection, id, repoUrl, sha)."""
         self.issues: dict[tuple[int, str], dict[str, Any]] = {}
+        """Issue bodies as upserted, per (connection, issueKey)."""
+        self.webhook_pull_requests: list[tuple[int, dict[str, Any]]] = []
         self.requests: list[Posted] = []
         self._faults = _Faults()
         self._down = False
@@ -245,6 +448,13 @@ class FakeDevLake(FakeServer):
         self._held = threading.Condition(self._lock)
         self.waiting = 0
         """Requests currently held by :meth:`hold`."""
+        if token is not None:
+            self.api_keys[token] = ApiKey(token, GLOBAL_ALLOWED_PATH)
+        for connection_id, name in (connections if connections is not None
+                                    else {1: "global"}).items():
+            self.add_connection(connection_id, name)
+        for project in projects:
+            self.add_project(project)
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.server = BackgroundServer(app, port=port)
@@ -278,19 +488,65 @@ class FakeDevLake(FakeServer):
         self.release()
         super().close()
 
-    # --- configuration and faults ---------------------------------------------------
+    # --- configuration ------------------------------------------------------------------
 
-    def add_connection(self, connection_id: int, name: str) -> None:
+    def add_connection(self, connection_id: int, name: str) -> str:
+        """A webhook connection, created as DevLake's UI does: with its own key (returned)."""
+        key = connection_key_value(connection_id)
         with self._lock:
             self.connections[connection_id] = name
+            self.api_keys[key] = ApiKey(key, f"/plugins/webhook/connections/{connection_id}/.*",
+                                        connection_id=connection_id)
+        return key
 
-    def add_project(self, name: str) -> None:
+    def connection_key(self, connection_id: int) -> str:
+        """The key created with connection ``connection_id``."""
         with self._lock:
-            self.projects.setdefault(name, None)
+            for key in self.api_keys.values():
+                if key.connection_id == connection_id:
+                    return key.key
+        raise KeyError(f"connection {connection_id} has no key of its own")
+
+    def add_api_key(self, key: str, allowed_path: str = ".*", expired: bool = False) -> None:
+        """A key an administrator creates (``allowed_path`` is a Go regexp, searched)."""
+        with self._lock:
+            self.api_keys[key] = ApiKey(key, allowed_path, expired=expired)
+            self._keys_added = True
+
+    def expire_key(self, key: str) -> None:
+        with self._lock:
+            self.api_keys[key].expired = True
 
     def set_token(self, token: str | None) -> None:
+        """Replace the global key (None: no global key; then no check unless keys were added)."""
         with self._lock:
+            if self.token is not None:
+                self.api_keys.pop(self.token, None)
             self.token = token
+            if token is not None:
+                self.api_keys[token] = ApiKey(token, GLOBAL_ALLOWED_PATH)
+
+    def add_project(self, name: str, blueprint: bool = True,
+                    connections: Iterable[int] = ()) -> None:
+        with self._lock:
+            project = self.projects.setdefault(name, Project(name, blueprint))
+            project.blueprint = project.blueprint or blueprint
+            for connection_id in connections:
+                if connection_id not in project.connection_ids:
+                    project.connection_ids.append(connection_id)
+
+    def attach(self, project: str, connection_id: int) -> None:
+        """Add a connection to the project's blueprint (the project must have one)."""
+        with self._lock:
+            found = self.projects[project]
+            if not found.blueprint:
+                raise ValueError(f"project {project} has no blueprint")
+            if connection_id not in self.connections:
+                raise KeyError(f"no connection {connection_id}")
+            if connection_id not in found.connection_ids:
+                found.connection_ids.append(connection_id)
+
+    # --- faults -------------------------------------------------------------------------
 
     def fail_next(self, count: int, status: int = 503) -> None:
         """Answer the next ``count`` requests with ``status``."""
@@ -368,23 +624,47 @@ class FakeDevLake(FakeServer):
 
     def connection_id(self, name: str) -> int | None:
         with self._lock:
-            for connection_id, connection_name in self.connections.items():
-                if connection_name == name:
+            return self._connection_named(name)
+
+    def project_connection(self, project: str) -> int | None:
+        """The ``<project>_deployments`` connection the project route created or found."""
+        with self._lock:
+            found = self.projects.get(project)
+            if found is None:
+                return None
+            for connection_id in found.connection_ids:
+                if self.connections.get(connection_id) == f"{project}_deployments":
                     return connection_id
             return None
 
-    def project_connection(self, project: str) -> int | None:
+    def commit_rows(self, connection_ids: Iterable[int] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Deployment-commit rows (copies), of the given connections or all."""
+        wanted = None if connection_ids is None else set(connection_ids)
         with self._lock:
-            return self.projects.get(project)
+            return [dict(row) for key, row in self.deployment_commits.items()
+                    if wanted is None or key[0] in wanted]
+
+    def issue_rows(self, connection_ids: Iterable[int] | None = None
+                   ) -> list[tuple[int, dict[str, Any]]]:
+        """(connection, issue body) pairs, of the given connections or all."""
+        wanted = None if connection_ids is None else set(connection_ids)
+        with self._lock:
+            return [(key[0], dict(issue)) for key, issue in self.issues.items()
+                    if wanted is None or key[0] in wanted]
+
+    def project_connections(self, project: str) -> list[int]:
+        with self._lock:
+            return list(self.projects[project].connection_ids)
+
+    def project_names(self) -> list[str]:
+        with self._lock:
+            return list(self.projects)
 
     # --- serving ----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body_text = await request.text()
-        try:
-            body: Any = json.loads(body_text) if body_text else None
-        except json.JSONDecodeError:
-            body = _Unparsable(body_text)
         with self._held:
             holding = not self._gate.is_set()
             if holding:
@@ -407,112 +687,264 @@ class FakeDevLake(FakeServer):
             return web.Response(status=503)  # never reaches the client
         if delay:
             await asyncio.sleep(delay)
-        route = _route(request.method, request.raw_path)
-        response, connection_id = self._answer(request, route, body)
+        body: Any
+        try:
+            body = json.loads(body_text) if body_text.strip() else None
+        except json.JSONDecodeError as exc:
+            body = _Unparsable(f"invalid character in JSON: {exc.msg}")
+        response, route, connection_id = self._answer(request, body)
         with self._lock:
             self.requests.append(Posted(
                 method=request.method, path=request.path,
-                kind=route.kind if route else "other", connection_id=connection_id,
+                kind=_kind(route), connection_id=connection_id,
                 record_id=_record_id(route, body), status=response.status,
                 body=None if isinstance(body, _Unparsable) else body,
                 authorization=request.headers.get("Authorization"), at=time.time(),
             ))
         return response
 
-    def _answer(self, request: web.Request, route: _Route | None, body: Any
-                ) -> tuple[web.Response, int | None]:
+    def _injected(self) -> web.Response | None:
         with self._lock:
             faults = self._faults
             if faults.fail_forever or faults.fail_count > 0:
                 if not faults.fail_forever:
                     faults.fail_count -= 1
-                return _error(faults.fail_status, "injected failure"), None
+                return _devlake_error(faults.fail_status, "injected failure")
             if faults.rate_limit_count > 0:
                 faults.rate_limit_count -= 1
-                response = _error(429, "too many requests")
+                response = _middleware_error(429, "too many requests")
                 response.headers["Retry-After"] = faults.retry_after
-                return response, None
-            token = self.token
-        if token is not None:
-            header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer "):
-                return _error(401, "authentication required: missing API key"), None
-            if header.removeprefix("Bearer ") != token:
-                return _error(403, "forbidden: invalid API key"), None
-        if route is None:
-            return _error(404, f"no route {request.method} {request.path}"), None
-        if isinstance(body, _Unparsable):
-            return _error(400, "input json error: body is not JSON"), None
-        with self._lock:
-            return self._serve(route, body)
+                return response
+        return None
 
-    def _connection(self, ref: tuple[str, str] | None) -> int | None:
-        if ref is None:
+    def _answer(self, request: web.Request, body: Any
+                ) -> tuple[web.Response, _Route | None, int | None]:
+        raw = request.raw_path.split("?", 1)[0]
+        injected = self._injected()
+        if injected is not None:
+            return injected, _peek_route(request.method, raw), None
+        try:
+            forwarded = through_config_ui(raw)
+            if forwarded is None and raw.startswith("/api"):
+                return web.Response(status=200, text="<html>config-ui</html>",
+                                    content_type="text/html"), None, None
+            path, raw_path = backend_view(forwarded if forwarded is not None else raw)
+        except BadEscape:
+            return web.Response(status=400, text="400 Bad Request"), None, None
+        if path.startswith("/rest"):
+            path = path[len("/rest"):]
+            refused = self._check_key(request.headers.get("Authorization"), path)
+            if refused is not None:
+                return refused, None, None
+            if raw_path is not None:  # gin routes on the raw path, which still says /rest
+                return _gin_404(), None, None
+            route = match_route(request.method, path)
+        elif raw_path is not None:
+            route, path = match_route(request.method, raw_path, raw=True), raw_path
+        else:
+            route = match_route(request.method, path)
+        if route is None:
+            if _redirects(path):
+                status = 301 if request.method == "GET" else 307
+                return web.Response(status=status, headers={"Location": path[:-1]}), None, None
+            return _gin_404(), None, None
+        if isinstance(body, _Unparsable) or not isinstance(body, dict | None):
+            message = body.text if isinstance(body, _Unparsable) else (
+                "json: cannot unmarshal into Go value of type map[string]interface {}")
+            return web.json_response({"success": False, "message": message, "causes": None,
+                                      "data": None}, status=500), route, None
+        with self._lock:
+            try:
+                return self._serve(route, body)
+            except _HandlerError as exc:
+                return _devlake_error(exc.status, exc.message), route, None
+
+    def _check_key(self, header: str | None, path: str) -> web.Response | None:
+        """DevLake's ``CheckAuthorizationHeader`` on the path without ``/rest``."""
+        with self._lock:
+            if self.token is None and not self._keys_added:
+                return None
+            if not header:
+                return _middleware_error(401, "token is missing")
+            value = header.removeprefix("Bearer ")
+            if value == header or not value:
+                return _middleware_error(401, "token is not present or malformed")
+            key = self.api_keys.get(value)
+            if key is None:
+                return _middleware_error(403, "api key is invalid")
+            if key.expired:
+                return _middleware_error(403, "api key has expired")
+            try:
+                matched = re.search(key.allowed_path, path) is not None
+            except re.error as exc:
+                return _middleware_error(500, str(exc))
+            if not matched:
+                return _middleware_error(403, "path doesn't match api key's scope")
             return None
-        kind, value = ref
-        if kind == "id":
-            if value.isdigit() and int(value) in self.connections:
-                return int(value)
-            return None
-        for connection_id, name in self.connections.items():
-            if name == value:
+
+    def _connection_named(self, name: str) -> int | None:
+        for connection_id, connection_name in self.connections.items():
+            if connection_name == name:
                 return connection_id
         return None
 
-    def _serve(self, route: _Route, body: Any) -> tuple[web.Response, int | None]:
+    def _connection(self, ref: tuple[str, str]) -> int:
+        kind, value = ref
+        if kind == "id":
+            if not value.isascii() or not value.isdigit() or int(value) < 1:
+                raise _HandlerError(400, "invalid connectionId")
+            if int(value) not in self.connections:
+                raise _HandlerError(404, "record not found")
+            return int(value)
+        if len(value) > NAME_LIMIT:
+            raise _HandlerError(400, "invalid connectionName")
+        found = self._connection_named(value)
+        if found is None:
+            raise _HandlerError(404, "record not found")
+        return found
+
+    def _project_connection(self, name: str) -> int:
+        """The project route's ``getOrCreateConnection``: runs before the body is read."""
+        if len(name) > NAME_LIMIT:
+            raise _HandlerError(400, "invalid projectName")
+        project = self.projects.get(name)
+        if project is None:
+            raise _HandlerError(404, f"could not find project [{name}] in DB")
+        if not project.blueprint:
+            raise _HandlerError(400, f"project has no blueprint: {name}")
+        wanted = f"{name}_deployments"
+        for connection_id in project.connection_ids:
+            if self.connections.get(connection_id) == wanted:
+                return connection_id
+        if self._connection_named(wanted) is not None:
+            raise _HandlerError(400, "the connection name already exists")
+        connection_id = max(self.connections, default=0) + 1
+        self.connections[connection_id] = wanted  # no key of its own
+        project.connection_ids.append(connection_id)
+        return connection_id
+
+    def _serve(self, route: _Route, body: dict[str, Any] | None
+               ) -> tuple[web.Response, _Route, int | None]:
         """Route handlers; called with the lock held."""
         if route.kind == "connections":
-            listing = [{"id": i, "name": n} for i, n in sorted(self.connections.items())]
-            return web.json_response(listing), None
-        if route.kind == "project":
-            if route.project not in self.projects:
-                return _error(404, f"project {route.project} not found"), None
-            return web.json_response({"name": route.project}), None
+            listing = [self._connection_json(i) for i in sorted(self.connections)]
+            return web.json_response(listing), route, None
+        if route.kind == "create_connection":
+            return self._create_connection(body), route, None
         if route.project is not None:
-            if route.project not in self.projects:
-                return _error(404, f"project {route.project} not found"), None
-            connection_id = self.projects[route.project]
-            if connection_id is None:
-                connection_id = max(self.connections, default=0) + 1
-                self.connections[connection_id] = route.project
-                self.projects[route.project] = connection_id
+            connection_id = self._project_connection(route.project)
         else:
-            found = self._connection(route.connection_ref)
-            if found is None:
-                return _error(404, "record not found: no such webhook connection"), None
-            connection_id = found
+            assert route.connection_ref is not None
+            connection_id = self._connection(route.connection_ref)
         if route.kind == "connection":
-            return web.json_response(
-                {"id": connection_id, "name": self.connections[connection_id]}
-            ), connection_id
+            return web.json_response(self._connection_json(connection_id)), route, connection_id
         try:
             if route.kind == "deployment":
                 check_deployment(body)
+                assert body is not None
                 self._store_deployment(connection_id, body)
             elif route.kind == "issue":
                 check_issue(body)
+                assert body is not None
                 self.issues[(connection_id, body["issueKey"])] = dict(body)
+            elif route.kind == "pull_request":
+                self.webhook_pull_requests.append((connection_id, dict(body or {})))
             else:
                 assert route.issue_key is not None
                 issue = self.issues.get((connection_id, route.issue_key))
                 if issue is None:
-                    return _error(404, f"issue {route.issue_key} not found"), connection_id
+                    raise _HandlerError(404, "issue not found")
                 issue["status"] = "DONE"
+                issue["originalStatus"] = ""
                 issue["closed"] = True
+        except DecodeError as exc:
+            return web.json_response(str(exc), status=400), route, connection_id
         except Invalid as exc:
-            return _error(400, str(exc)), connection_id
-        return web.json_response(None), connection_id
+            detail = str(exc)
+            if detail.startswith("input json error: "):
+                return web.json_response({
+                    "success": False, "message": f"input json error (400): {detail[18:]}",
+                    "causes": [detail[18:]], "data": None}, status=400), route, connection_id
+            return _devlake_error(400, detail), route, connection_id
+        except _HandlerError as exc:
+            return _devlake_error(exc.status, exc.message), route, connection_id
+        return web.json_response(_SUCCESS), route, connection_id
+
+    def _connection_json(self, connection_id: int) -> dict[str, Any]:
+        return {"id": connection_id, "name": self.connections[connection_id]}
+
+    def _create_connection(self, body: dict[str, Any] | None) -> web.Response:
+        name = (body or {}).get("name")
+        if not isinstance(name, str) or not name:
+            return _devlake_error(400, "name is required")
+        if self._connection_named(name) is not None:
+            return _devlake_error(400, "the connection name already exists")
+        connection_id = max(self.connections, default=0) + 1
+        key = connection_key_value(connection_id)
+        self.connections[connection_id] = name
+        self.api_keys[key] = ApiKey(key, f"/plugins/webhook/connections/{connection_id}/.*",
+                                    connection_id=connection_id)
+        return web.json_response({**self._connection_json(connection_id),
+                                  "apiKey": {"apiKey": key}})
 
     def _store_deployment(self, connection_id: int, body: dict[str, Any]) -> None:
-        self.deployments[(connection_id, body["id"])] = dict(body)
+        """Rows as DevLake writes them (called with the lock held, after the checks)."""
+        deployment_id: str = body["id"]
+        environment = body.get("environment") or "PRODUCTION"
+        started = parse_devlake_date(body["startedDate"])
+        finished = parse_devlake_date(body["finishedDate"])
+        created = parse_devlake_date(body.get("createdDate") or body["startedDate"])
+        scope = f"webhook:{connection_id}"
+        self.deployments[(connection_id, deployment_id)] = dict(body)
         for commit in body["deploymentCommits"]:
-            key = (connection_id, body["id"], commit["repoUrl"], commit["commitSha"])
-            self.deployment_commits[key] = dict(commit)
+            key = (connection_id, deployment_id, commit["repoUrl"], commit["commitSha"])
+            self.deployment_commits[key] = {
+                "id": deployment_commit_row_id(connection_id, deployment_id,
+                                               commit["repoUrl"], commit["commitSha"]),
+                "connection_id": connection_id,
+                "cicd_scope_id": scope,
+                "cicd_deployment_id": deployment_id,
+                "repo_url": commit["repoUrl"],
+                "commit_sha": commit["commitSha"],
+                "ref_name": commit.get("refName") or "",
+                "started_date": parse_devlake_date(commit["startedDate"]),
+                "finished_date": parse_devlake_date(commit["finishedDate"]),
+                "created_date": parse_devlake_date(commit.get("createdDate") or "") or created,
+                "environment": environment,
+                "result": commit.get("result") or "SUCCESS",
+                "status": commit.get("status") or "DONE",
+            }
+        first = body["deploymentCommits"][0]
+        self.cicd_deployments[deployment_id] = {
+            "id": deployment_id, "cicd_scope_id": scope, "environment": environment,
+            "result": body.get("result") or "SUCCESS",
+            "status": first.get("status") or "DONE",
+            "name": body.get("name") or "", "display_title": body.get("displayTitle") or "",
+            "started_date": started, "finished_date": finished, "created_date": created,
+        }
 
 
 @dataclass(frozen=True)
 class _Unparsable:
     text: str = field(repr=False)
+
+
+def _peek_route(method: str, raw: str) -> _Route | None:
+    """The route a request aims at, ignoring keys and escaping (to record injected faults)."""
+    try:
+        forwarded = through_config_ui(raw)
+        path = go_unescape(forwarded if forwarded is not None else raw)
+    except BadEscape:
+        return None
+    return match_route(method, path.removeprefix("/rest"))
+
+
+def _kind(route: _Route | None) -> str:
+    if route is None:
+        return "other"
+    if route.kind in ("connection", "connections", "create_connection"):
+        return "connection" if route.kind == "connection" else "connections"
+    return route.kind
 
 
 def _record_id(route: _Route | None, body: Any) -> str | None:

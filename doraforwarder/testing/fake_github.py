@@ -65,11 +65,29 @@ class FakeCommit:
 
 
 @dataclass
+class FakePullRequest:
+    """A merged (or open) pull request, as DevLake's GitHub plugin collects it."""
+
+    repo: str
+    number: int
+    title: str
+    commits: list[str]
+    merge_commit_sha: str | None
+    created_at: datetime
+    merged_at: datetime | None
+    first_commit_at: datetime | None
+    """Author date of the PR's earliest commit (coding time starts here)."""
+    first_review_at: datetime | None = None
+    """First review or comment by someone other than the author."""
+
+
+@dataclass
 class FakeRepo:
     full_name: str
     fork: bool = False
     commits: dict[str, FakeCommit] = field(default_factory=dict)
     head: str | None = None
+    pull_requests: dict[int, FakePullRequest] = field(default_factory=dict)
 
 
 @dataclass
@@ -224,20 +242,82 @@ class FakeGitHub(FakeServer):
         parent: str | None = None,
         author_date: datetime | None = DEFAULT_START,
         committer_date: datetime | None = None,
+        parents: Sequence[str] | None = None,
     ) -> str:
-        """One commit with full control (a chosen SHA, no author date, ...)."""
+        """One commit with full control (a chosen SHA, no author date, a merge's ``parents``)."""
         with self._lock:
             repo = self._repo(full_name)
             previous = parent if parent is not None else repo.head
+            links = list(parents) if parents is not None else ([previous] if previous else [])
             sha = (sha or self._commit_sha(full_name, len(repo.commits), message,
-                                           previous)).lower()
+                                           ",".join(links))).lower()
             repo.commits[sha] = FakeCommit(
                 sha=sha, message=message, author_date=author_date,
                 committer_date=committer_date or author_date or DEFAULT_START,
-                parents=[previous] if previous else [], index=len(repo.commits),
+                parents=links, index=len(repo.commits),
             )
             repo.head = sha
         return sha
+
+    def add_pull_request(
+        self,
+        full_name: str,
+        number: int,
+        title: str = "",
+        *,
+        commits: Sequence[str] | None = None,
+        head: str | None = None,
+        merge_commit_sha: str | None = None,
+        created_at: datetime,
+        merged_at: datetime | None = None,
+        first_commit_at: datetime | None = None,
+        first_review_at: datetime | None = None,
+    ) -> FakePullRequest:
+        """A pull request of ``full_name``: its ``commits`` (or ``head`` and what it
+        adds to the merge's first parent) and its merge commit.
+
+        ``first_commit_at`` defaults to the earliest author date of its commits.
+        """
+        with self._lock:
+            repo = self._repo(full_name)
+            listed = list(commits) if commits is not None else []
+            if commits is None and head is not None:
+                base: set[str] = set()
+                merge = repo.commits.get(merge_commit_sha or "")
+                if merge is not None and merge.parents:
+                    base = self._ancestry(repo, merge.parents[0])
+                listed = sorted(self._ancestry(repo, head) - base,
+                                key=lambda sha: repo.commits[sha].index)
+            if first_commit_at is None:
+                dates = [repo.commits[sha].author_date for sha in listed
+                         if sha in repo.commits and repo.commits[sha].author_date]
+                first_commit_at = min((d for d in dates if d is not None), default=None)
+            pull = FakePullRequest(
+                repo=repo.full_name, number=number, title=title or f"PR #{number}",
+                commits=listed, merge_commit_sha=merge_commit_sha, created_at=created_at,
+                merged_at=merged_at, first_commit_at=first_commit_at,
+                first_review_at=first_review_at,
+            )
+            repo.pull_requests[number] = pull
+            return pull
+
+    def pull_requests(self, full_names: Sequence[str] | None = None) -> list[FakePullRequest]:
+        """Pull requests of the given repositories (all when None), by repository and number."""
+        with self._lock:
+            wanted = None if full_names is None else {n.lower() for n in full_names}
+            return [pull for key, repo in sorted(self.repos.items())
+                    if wanted is None or key in wanted
+                    for _, pull in sorted(repo.pull_requests.items())]
+
+    def parents_of(self, full_names: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """The commit graph (sha -> parent shas) of the given repositories (all when None),
+        as DevLake's gitextractor stores it in ``commit_parents``.
+        """
+        with self._lock:
+            wanted = None if full_names is None else {n.lower() for n in full_names}
+            return {sha: list(commit.parents) for key, repo in self.repos.items()
+                    if wanted is None or key in wanted
+                    for sha, commit in repo.commits.items()}
 
     def commit(self, full_name: str, sha: str) -> FakeCommit:
         with self._lock:
