@@ -26,6 +26,9 @@ from doraforwarder.outbox import BODY_LIMIT, OutboxEntry
 
 FailureKind = Literal["timeout", "network"]
 
+PARSED_URLS = 256
+"""How many distinct URLs a client keeps parsed."""
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -83,13 +86,6 @@ def classify(answer: Answer) -> Verdict:
 
 class Sender(Protocol):
     """Something that delivers one validated body to one URL."""
-
-    def _url(self, url: str) -> httpx.URL:
-        """``url`` parsed once: every entry of a target posts to the same few URLs."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
                       ) -> Answer: ...
@@ -151,10 +147,16 @@ class DevLakeClient:
         )
 
     def _url(self, url: str) -> httpx.URL:
-        """``url`` parsed once: every entry of a target posts to the same few URLs."""
+        """``url`` parsed once: most entries post to a few URLs per target.
+
+        Close URLs carry the issue key, so the cache stops growing at
+        :data:`PARSED_URLS` and parses the rest every time.
+        """
         parsed = self._urls.get(url)
         if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
+            parsed = httpx.URL(url)
+            if len(self._urls) < PARSED_URLS:
+                self._urls[url] = parsed
         return parsed
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
@@ -203,13 +205,6 @@ class DryRunPrinter:
         self._stream = stream
         self._lock = threading.Lock()
         self.printed = 0
-
-    def _url(self, url: str) -> httpx.URL:
-        """``url`` parsed once: every entry of a target posts to the same few URLs."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
                       ) -> Answer:
