@@ -24,5 +24,7 @@ def add_parser(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"# configuration from {config.source} is valid; effective values:")
+    for note in config.deprecations:
+        print(f"# deprecated: {note}")
     print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
     return 0

@@ -43,6 +43,9 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
         secrets=config.secrets.values(),
         stream=sys.stderr if getattr(args, "dry_run", False) else sys.stdout,
     )
+    for note in config.deprecations:
+        get_logger("config").warning(f"deprecated configuration key: {note}",
+                                     config=config.source)
     if config.settings.webrca.token:
         get_logger("config").warning(
             "webrca.token in the configuration file is ignored: secrets come only from the "

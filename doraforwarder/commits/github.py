@@ -35,12 +35,12 @@ from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.plan import Candidate, compare_pages
 from doraforwarder.commits.ratelimit import (
     SECONDARY_DEFAULT_WAIT,
-    board_for,
+    RateLimitBoard,
     parse_rate_limit,
     resource_of,
     throttle_of,
 )
-from doraforwarder.context import Readiness
+from doraforwarder.context import AppContext, Readiness
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
@@ -196,6 +196,7 @@ class GitHubClient:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         secondary_default_wait: float = SECONDARY_DEFAULT_WAIT,
+        rate_limits: RateLimitBoard | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
@@ -208,9 +209,28 @@ class GitHubClient:
         self._backoff_base = backoff_base
         self._backoff_cap = max(backoff_cap, backoff_base)
         self._secondary_default_wait = secondary_default_wait
-        self._board = board_for(metrics)
+        self._board = rate_limits or RateLimitBoard.of(metrics)
         self._auth_failed = False
         self.log = get_logger("github")
+
+    @classmethod
+    def for_context(cls, context: AppContext, client: httpx.AsyncClient | None = None
+                    ) -> GitHubClient:
+        """The daemon's GitHub client as configured (the resolver and ``doctor`` use it)."""
+        github = context.settings.github
+        return cls(
+            api_url=github.api_url,
+            token=context.config.secrets.github_token,
+            redis=context.redis,
+            keys=context.keys,
+            metrics=context.metrics,
+            readiness=context.readiness,
+            client=client,
+            timeout=github.timeout_seconds,
+            backoff_base=github.initial_backoff.total_seconds(),
+            backoff_cap=github.max_backoff.total_seconds(),
+            rate_limits=context.github_rate_limits,
+        )
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -118,7 +118,8 @@ class FakeWorld:
                 "health_timeout": "30s",
                 "watch_timeout": "30s",
             },
-            "github": {"api_url": self.github.url},
+            "github": {"api_url": self.github.url, "initial_backoff": "100ms",
+                       "max_backoff": "2s"},
             "webrca": {
                 "enabled": True,
                 "api_url": self.webrca.api_url,
