@@ -289,6 +289,10 @@ class GitHubClient:
         return CompareResult(status=status, total=total, commits=commits,
                              truncated=total > keep)
 
+    async def rate_limit(self) -> httpx.Response:
+        """One ``GET /rate_limit`` with the daemon's headers: no retry, no cache (``doctor``)."""
+        return await self._http.get(self.api_url + "/rate_limit", headers=self._headers(None))
+
     # --- transport ----------------------------------------------------------------------
     async def get_json(
         self, kind: str, path: str, params: dict[str, str], call: Call

@@ -21,6 +21,7 @@ import httpx
 from pydantic import SecretStr
 
 from doraforwarder.backoff import parse_retry_after
+from doraforwarder.config import LoadedConfig
 from doraforwarder.webrca.pages import PageRead, read_page
 
 
@@ -54,6 +55,11 @@ class OfflineTokenMissing(ConfigurationError):
 class TokenRejected(ConfigurationError):
     """SSO refused the offline token (``invalid_grant``) or the client id."""
 
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
+        """SSO's error code (``invalid_grant``), or ``HTTP <status>`` without one."""
+
 
 class AccessDenied(ConfigurationError):
     """WebRCA refused a freshly exchanged access token, or the URL is wrong."""
@@ -67,6 +73,13 @@ def _sso_error(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
     error = document.get("error") if isinstance(document, dict) else None
     return str(error) if error else f"HTTP {response.status_code}"
+
+
+def webrca_http(config: LoadedConfig,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The HTTP client for SSO and WebRCA (proxies and TLS from the environment)."""
+    return httpx.AsyncClient(timeout=config.settings.webrca.timeout_seconds,
+                             transport=transport, headers={"User-Agent": "doraforwarder"})
 
 
 class TokenSource:
@@ -98,6 +111,12 @@ class TokenSource:
         self.exchanges = 0
         """Successful exchanges so far (for tests and the status board)."""
 
+    @classmethod
+    def for_config(cls, http: httpx.AsyncClient, config: LoadedConfig) -> TokenSource:
+        """The token source the configuration describes (the poller and ``doctor`` use it)."""
+        webrca = config.settings.webrca
+        return cls(http, webrca.token_url, webrca.client_id, config.secrets.offline_token)
+
     def invalidate(self) -> None:
         self._access_token = None
 
@@ -126,8 +145,8 @@ class TokenSource:
         if response.status_code != 200:
             error = _sso_error(response)
             if error == "invalid_grant":
-                raise TokenRejected("offline token rejected (invalid_grant)")
-            raise TokenRejected(f"SSO refused the token exchange ({error})")
+                raise TokenRejected("offline token rejected (invalid_grant)", error)
+            raise TokenRejected(f"SSO refused the token exchange ({error})", error)
         try:
             document = response.json()
             token = document["access_token"]

@@ -37,6 +37,7 @@ from doraforwarder.webrca.client import (
     IncidentsClient,
     TokenSource,
     TransientError,
+    webrca_http,
 )
 from doraforwarder.webrca.lease import RedisLease
 from doraforwarder.webrca.mapping import (
@@ -189,14 +190,8 @@ class WebRCAPoller:
     def _incidents_client(self) -> IncidentsClient:
         """The HTTP client of this run (and its token cache), created on first use."""
         if self._client is None:
-            self._http = httpx.AsyncClient(
-                timeout=self.settings.timeout_seconds, transport=self._transport,
-                headers={"User-Agent": "doraforwarder"},
-            )
-            self._tokens = TokenSource(
-                self._http, self.settings.token_url, self.settings.client_id,
-                self.context.config.secrets.offline_token,
-            )
+            self._http = webrca_http(self.context.config, self._transport)
+            self._tokens = TokenSource.for_config(self._http, self.context.config)
             self._client = IncidentsClient(self._http, self.settings.api_url, self._tokens)
         return self._client
 
