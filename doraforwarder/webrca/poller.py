@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -146,7 +146,8 @@ class WebRCAPoller:
         self.attempts = max(1, attempts)
         self.max_pages = max(1, max_pages)
         self.router = _router(context)
-        self.lease = RedisLease(context.redis, context.keys.webrca_lease, lease_ttl_ms)
+        self.lease = RedisLease(context.redis, context.keys.webrca_lease,
+                                timedelta(milliseconds=lease_ttl_ms))
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._client: IncidentsClient | None = None
@@ -237,7 +238,7 @@ class WebRCAPoller:
                 await self.lease.release()
 
     async def _renew(self, lost: asyncio.Event) -> None:
-        period = self.lease.ttl_ms / 3000
+        period = self.lease.ttl.total_seconds() / 3
         while True:
             await asyncio.sleep(period)
             try:
