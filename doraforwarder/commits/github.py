@@ -192,10 +192,10 @@ class GitHubClient:
         metrics: Metrics,
         readiness: Readiness | None = None,
         client: httpx.AsyncClient | None = None,
-        timeout: float = 30.0,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
-        secondary_default_wait: float = SECONDARY_DEFAULT_WAIT,
+        timeout_s: float = 30.0,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        secondary_default_wait_s: float = SECONDARY_DEFAULT_WAIT,
         rate_limits: RateLimitBoard | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
@@ -205,10 +205,10 @@ class GitHubClient:
         self._metrics = metrics
         self._readiness = readiness
         self._owns_http = client is None
-        self._http = client or httpx.AsyncClient(timeout=timeout)
-        self._backoff_base = backoff_base
-        self._backoff_cap = max(backoff_cap, backoff_base)
-        self._secondary_default_wait = secondary_default_wait
+        self._http = client or httpx.AsyncClient(timeout=timeout_s)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = max(backoff_cap_s, backoff_base_s)
+        self._secondary_default_wait_s = secondary_default_wait_s
         self._board = rate_limits or RateLimitBoard.of(metrics)
         self._auth_failed = False
         self.log = get_logger("github")
@@ -226,9 +226,9 @@ class GitHubClient:
             metrics=context.metrics,
             readiness=context.readiness,
             client=client,
-            timeout=github.timeout_seconds,
-            backoff_base=github.initial_backoff.total_seconds(),
-            backoff_cap=github.max_backoff.total_seconds(),
+            timeout_s=github.timeout_seconds,
+            backoff_base_s=github.initial_backoff.total_seconds(),
+            backoff_cap_s=github.max_backoff.total_seconds(),
             rate_limits=context.github_rate_limits,
         )
 
@@ -300,7 +300,7 @@ class GitHubClient:
         """GET ``path`` as JSON: ETag-aware, waiting out rate limits, retrying failures."""
         url = self.api_url + path + (f"?{urlencode(params)}" if params else "")
         resource = resource_of(path)
-        backoff = Backoff(self._backoff_base, self._backoff_cap)
+        backoff = Backoff(self._backoff_base_s, self._backoff_cap_s)
         attempted = False
         while True:
             blocked = self._board.wait_needed(resource, time.time())
@@ -340,7 +340,7 @@ class GitHubClient:
             if throttle is not None:
                 seconds = throttle.seconds
                 if seconds is None:
-                    seconds = max(self._secondary_default_wait, backoff.next_delay())
+                    seconds = max(self._secondary_default_wait_s, backoff.next_delay())
                 elif seconds <= 0:
                     seconds = backoff.next_delay()  # reset already past: clocks disagree
                 self._board.block(resource, now + seconds)

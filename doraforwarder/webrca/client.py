@@ -83,9 +83,9 @@ def webrca_http(config: LoadedConfig,
 
 
 class TokenSource:
-    """Access tokens from the offline token, cached until ``margin`` seconds before expiry.
+    """Access tokens from the offline token, cached until ``margin_s`` seconds before expiry.
 
-    ``margin`` shrinks to half the lifetime for very short-lived tokens, so a
+    ``margin_s`` shrinks to half the lifetime for very short-lived tokens, so a
     token is always used at least once.
     """
 
@@ -96,14 +96,14 @@ class TokenSource:
         client_id: str,
         offline_token: SecretStr | None,
         *,
-        margin: float = 60.0,
+        margin_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = http
         self._token_url = token_url
         self._client_id = client_id
         self._offline_token = offline_token
-        self._margin = margin
+        self._margin_s = margin_s
         self._clock = clock
         self._access_token: str | None = None
         self._valid_until = 0.0
@@ -155,7 +155,7 @@ class TokenSource:
             raise TransientError("SSO answer has no usable access_token") from None
         if not isinstance(token, str) or not token:
             raise TransientError("SSO answer has an empty access_token")
-        margin = min(self._margin, expires_in / 2)
+        margin = min(self._margin_s, expires_in / 2)
         self._access_token = token
         self._valid_until = self._clock() + expires_in - margin
         self.exchanges += 1
