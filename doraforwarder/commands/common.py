@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from doraforwarder.config import LoadedConfig, load_config
 from doraforwarder.logging import configure_logging, get_logger
+
+
+def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
+                help: str, description: str, config: bool = True,
+                logging: bool = False) -> argparse.ArgumentParser:
+    """One sub-command: its help, ``--config`` (and the logging options) and its handler."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help,
+                                                            description=description)
+    if config:
+        add_config_argument(parser)
+    if logging:
+        add_logging_arguments(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

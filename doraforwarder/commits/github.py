@@ -219,17 +219,12 @@ class GitHubClient:
         """The daemon's GitHub client as configured (the resolver and ``doctor`` use it)."""
         github = context.settings.github
         return cls(
-            api_url=github.api_url,
-            token=context.config.secrets.github_token,
-            redis=context.redis,
-            keys=context.keys,
-            metrics=context.metrics,
-            readiness=context.readiness,
-            client=client,
+            api_url=github.api_url, token=context.config.secrets.github_token,
+            redis=context.redis, keys=context.keys, metrics=context.metrics,
+            readiness=context.readiness, rate_limits=context.github_rate_limits, client=client,
             timeout_s=github.timeout_seconds,
             backoff_base_s=github.initial_backoff.total_seconds(),
             backoff_cap_s=github.max_backoff.total_seconds(),
-            rate_limits=context.github_rate_limits,
         )
 
     async def aclose(self) -> None:

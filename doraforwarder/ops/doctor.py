@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
@@ -77,14 +78,24 @@ async def _redis_persistence(client: aioredis.Redis) -> Check:
     return Check(name, "warn", "no persistence: a Redis restart forgets everything", hint)
 
 
+def _not_checkable(part: str, switch: str, enabled: bool, token: SecretStr | None,
+                   variable: str, hint: str) -> list[Check]:
+    """Why ``part`` cannot be checked (switched off, or its token missing); [] when it can."""
+    if not enabled:
+        return [Check(part, "skip", f"{switch} is false")]
+    if token is None:
+        return [Check(f"{part} token", "fail", f"{variable} is not set", hint)]
+    return []
+
+
 async def check_devlake(config: LoadedConfig) -> list[Check]:
     devlake = config.settings.integration.devlake
-    if not devlake.enabled:
-        return [Check("devlake", "skip", "integration.devlake.enabled is false")]
     token = config.secrets.devlake_webhook_token
-    if token is None:
-        return [Check("devlake token", "fail", "DEVLAKE_WEBHOOK_TOKEN is not set",
-                      "create a DevLake API key and set DEVLAKE_WEBHOOK_TOKEN (or _FILE)")]
+    blocked = _not_checkable(
+        "devlake", "integration.devlake.enabled", devlake.enabled, token, "DEVLAKE_WEBHOOK_TOKEN",
+        "create a DevLake API key and set DEVLAKE_WEBHOOK_TOKEN (or _FILE)")
+    if blocked:
+        return blocked
     targets: dict[str, Target] = {}
     for target in [global_target(devlake), *map(team_target, devlake.teams)]:
         targets.setdefault(target.key, target)
@@ -152,12 +163,11 @@ async def check_github(context: AppContext) -> list[Check]:
 
 async def check_webrca(config: LoadedConfig) -> list[Check]:
     webrca = config.settings.webrca
-    if not webrca.enabled:
-        return [Check("webrca", "skip", "webrca.enabled is false")]
-    token = config.secrets.offline_token
-    if token is None:
-        return [Check("webrca token", "fail", "OFFLINE_TOKEN is not set",
-                      "get an offline token for Red Hat SSO and set OFFLINE_TOKEN (or _FILE)")]
+    blocked = _not_checkable(
+        "webrca", "webrca.enabled", webrca.enabled, config.secrets.offline_token, "OFFLINE_TOKEN",
+        "get an offline token for Red Hat SSO and set OFFLINE_TOKEN (or _FILE)")
+    if blocked:
+        return blocked
     async with webrca_http(config) as http:
         try:
             await TokenSource.for_config(http, config).get()

@@ -100,11 +100,9 @@ class TokenSource:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = http
-        self._token_url = token_url
-        self._client_id = client_id
+        self._token_url, self._client_id = token_url, client_id
         self._offline_token = offline_token
-        self._margin_s = margin_s
-        self._clock = clock
+        self._margin_s, self._clock = margin_s, clock
         self._access_token: str | None = None
         self._valid_until = 0.0
         self._lock = asyncio.Lock()
