@@ -384,6 +384,10 @@ class GitHubConfig(Section):
     timeout_seconds: float = Field(default=30, gt=0)
     search_cache_ttl: Duration = timedelta(days=30)
     negative_cache_ttl: Duration = timedelta(hours=1)
+    initial_backoff: Duration = timedelta(seconds=1)
+    """First retry delay after a network error or a 5xx (exponential, full jitter)."""
+    max_backoff: Duration = timedelta(minutes=5)
+    """Longest retry delay; GitHub look-ups retry until ``resolve_timeout``."""
 
     @field_validator("tag_patterns")
     @classmethod
@@ -403,7 +407,9 @@ class GitHubConfig(Section):
 class DeliveryConfig(Section):
     workers: int = Field(default=4, ge=1, le=128)
     initial_backoff: Duration = timedelta(seconds=1)
+    """First retry delay of a DevLake delivery."""
     max_backoff: Duration = timedelta(minutes=5)
+    """Longest retry delay of a DevLake delivery; deliveries never give up."""
     claim_idle: Duration = timedelta(seconds=60)
     resolvers: int = Field(default=2, ge=1, le=64)
     """Workers turning detected deployments into payloads (GitHub look-ups)."""
@@ -472,6 +478,8 @@ class LoadedConfig(BaseModel):
     settings: Settings
     secrets: Secrets
     source: str
+    deprecations: tuple[str, ...] = ()
+    """Old keys that still load, each with what to write instead (logged once at start)."""
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret shown as ``***``."""
@@ -543,13 +551,45 @@ def _describe(error: ErrorDetails) -> str:
     return f"{location}: {message}"
 
 
-def validate_settings(data: Mapping[str, Any], source: str) -> Settings:
-    """Validate a parsed document; problems raise one :class:`ConfigError`."""
+GITHUB_RETRY_KEYS = ("initial_backoff", "max_backoff")
+"""GitHub retry settings once read from ``delivery``; they now live under ``github``."""
+
+
+def _migrate(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Carry old keys to their new place; say what changed, one sentence per key.
+
+    ``delivery.initial_backoff`` and ``delivery.max_backoff`` used to pace the
+    GitHub retries too. A file that sets them (and not the ``github`` ones)
+    keeps its GitHub timing, with a deprecation notice.
+    """
+    document = dict(data)
+    delivery, github = document.get("delivery"), document.get("github")
+    if not isinstance(delivery, Mapping) or not isinstance(github, Mapping | None):
+        return document, []
+    github = dict(github or {})
+    notes = []
+    for key in GITHUB_RETRY_KEYS:
+        if key in delivery and key not in github:
+            github[key] = delivery[key]
+            notes.append(f"GitHub retries still follow delivery.{key}: set github.{key} "
+                         f"instead (delivery.{key} is for DevLake deliveries)")
+    if notes:
+        document["github"] = github
+    return document, notes
+
+
+def _validate(data: Mapping[str, Any], source: str) -> tuple[Settings, list[str]]:
+    document, notes = _migrate(data)
     try:
-        return Settings.model_validate(dict(data))
+        return Settings.model_validate(document), notes
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
+
+
+def validate_settings(data: Mapping[str, Any], source: str) -> Settings:
+    """Validate a parsed document; problems raise one :class:`ConfigError`."""
+    return _validate(data, source)[0]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
@@ -572,7 +612,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         raise ConfigError(f"configuration file {source} must hold a mapping of sections")
     env = EnvironmentOverrides()
     data = _apply_overrides(data, env)
-    settings = validate_settings(data, source)
+    settings, deprecations = _validate(data, source)
     secrets = Secrets(
         github_token=_read_secret(env, "github_token"),
         devlake_webhook_token=_read_secret(env, "devlake_webhook_token"),
@@ -581,4 +621,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         if settings.storage.redis.password
         else None,
     )
-    return LoadedConfig(settings=settings, secrets=secrets, source=source)
+    return LoadedConfig(settings=settings, secrets=secrets, source=source,
+                        deprecations=tuple(deprecations))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from doraforwarder.commits.ratelimit import RateLimitBoard
 from doraforwarder.config import LoadedConfig, Settings
 from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
@@ -90,6 +91,11 @@ class AppContext:
     dry_run: bool = False
     """Print payloads as JSON lines instead of sending them to DevLake."""
     started_at: float = field(default_factory=time.time)
+    github_rate_limits: RateLimitBoard = field(init=False)
+    """GitHub's rate limits as this daemon learnt them, shared by all its GitHub clients."""
+
+    def __post_init__(self) -> None:
+        self.github_rate_limits = RateLimitBoard.of(self.metrics)
 
     @property
     def settings(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio as aioredis
 
 from doraforwarder.commits.images import TagMatcher
 from doraforwarder.commits.plan import (
@@ -16,7 +17,6 @@ from doraforwarder.commits.plan import (
 from doraforwarder.commits.ratelimit import (
     RateLimitInfo,
     Throttle,
-    board_for,
     parse_rate_limit,
     resource_of,
     throttle_of,
@@ -29,8 +29,9 @@ from doraforwarder.commits.repos import (
     prefix_matches,
     web_base_of,
 )
-from doraforwarder.config import ImageRepositoryRule
-from doraforwarder.metrics import Metrics
+from doraforwarder.config import ImageRepositoryRule, LoadedConfig, Secrets, validate_settings
+from doraforwarder.context import AppContext
+from doraforwarder.keys import Keys
 
 REPO = "https://github.com/org/repo"
 
@@ -284,13 +285,16 @@ def test_parse_rate_limit_and_resource() -> None:
 
 
 def test_board_blocks_until_reset_and_is_shared_per_daemon() -> None:
-    metrics = Metrics()
-    board = board_for(metrics)
-    assert board_for(metrics) is board and board_for(Metrics()) is not board
+    config = LoadedConfig(settings=validate_settings({}, "test"), secrets=Secrets(),
+                          source="test")
+    one = AppContext(config=config, redis=aioredis.Redis(), keys=Keys("one"))
+    other = AppContext(config=config, redis=aioredis.Redis(), keys=Keys("other"))
+    board = one.github_rate_limits
+    assert one.github_rate_limits is board and other.github_rate_limits is not board
     board.observe(RateLimitInfo("core", 0, NOW + 10), NOW)
     assert board.wait_needed("core", NOW) == 10
     assert board.wait_needed("search", NOW) == 0
     assert board.wait_needed("core", NOW + 10) == 0
     board.observe(RateLimitInfo("core", 4999, NOW + 3600), NOW)
     assert board.wait_needed("core", NOW) == 0
-    assert metrics.github_rate_limit_remaining.labels("core")._value.get() == 4999
+    assert one.metrics.github_rate_limit_remaining.labels("core")._value.get() == 4999

@@ -191,5 +191,14 @@ def test_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     client = DevLakeClient(None, timeout_seconds=1)
-    assert client._proxy(url) == proxy
-    assert client._proxy(url) == proxy  # cached per host
+    assert proxy_of(client, url) == proxy
+    assert proxy_of(client, url) == proxy  # read once, when the client was built
+
+
+def proxy_of(client: DevLakeClient, url: str) -> str | None:
+    """The proxy httpx routes ``url`` through (None: a direct connection)."""
+    transport = client.http._transport_for_url(httpx.URL(url))
+    proxy = getattr(getattr(transport, "_pool", None), "_proxy_url", None)
+    if proxy is None:
+        return None
+    return f"{proxy.scheme.decode()}://{proxy.host.decode()}:{proxy.port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -464,7 +465,8 @@ async def test_a_skipping_replica_shows_the_last_poll_of_the_other(
     seed(fake, 1)
     one, two = make_poller(), make_poller()
     await one.poll_once()
-    await RedisLease(one.context.redis, one.context.keys.webrca_lease, 10_000).acquire()
+    await RedisLease(one.context.redis, one.context.keys.webrca_lease,
+                     timedelta(seconds=10)).acquire()
     report = await two.poll_once()
     assert report.outcome == "skipped"
     assert two.context.readiness.is_ready("webrca")
@@ -493,8 +495,8 @@ async def test_a_poller_that_lost_its_lease_stages_nothing(
 
 
 async def test_lease_renewal_and_safe_release(redis_client: aioredis.Redis) -> None:
-    mine = RedisLease(redis_client, "lease", 10_000)
-    theirs = RedisLease(redis_client, "lease", 10_000)
+    mine = RedisLease(redis_client, "lease", timedelta(seconds=10))
+    theirs = RedisLease(redis_client, "lease", timedelta(seconds=10))
     assert await mine.acquire()
     assert not await theirs.acquire()
     assert not await theirs.renew()

@@ -10,7 +10,6 @@ from typing import Any
 
 from doraforwarder.commands.common import (
     add_command,
-    add_logging_arguments,
     load_and_configure,
 )
 from doraforwarder.config import ConfigError, LoadedConfig
@@ -32,12 +31,11 @@ def _date(text: str) -> datetime:
 
 def add_parser(subparsers: Any) -> None:
     parser = add_command(
-        subparsers, "backfill",
+        subparsers, "backfill", handle,
         help="send the syncs ArgoCD still remembers (status.history) as deployments",
         description="Deployments get the ids the live path uses, so running backfill twice "
-        "or next to the daemon creates no duplicates in DevLake.",
+        "or next to the daemon creates no duplicates in DevLake.", logging=True,
     )
-    add_logging_arguments(parser)
     parser.add_argument("--since", required=True, type=_date, metavar="DATE",
                         help="only syncs deployed at or after DATE (e.g. 2025-01-01)")
     parser.add_argument("--namespace", help="only Applications in this namespace")
@@ -47,7 +45,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
                         help="how long to wait for delivery before leaving the rest to the "
                         "daemon (default 600)")
-    parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from doraforwarder.config import LoadedConfig, load_config
 from doraforwarder.logging import configure_logging, get_logger
+
+
+def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
+                help: str, description: str, config: bool = True,
+                logging: bool = False) -> argparse.ArgumentParser:
+    """One sub-command: its help, ``--config`` (and the logging options) and its handler."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help,
+                                                            description=description)
+    if config:
+        add_config_argument(parser)
+    if logging:
+        add_logging_arguments(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -18,15 +33,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
     )
-
-
-def add_command(subparsers: Any, name: str, *, help: str, description: str
-                ) -> argparse.ArgumentParser:
-    """A sub-command that reads the configuration (``--config``)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, help=help, description=description)
-    add_config_argument(parser)
-    return parser
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +59,9 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
         secrets=config.secrets.values(),
         stream=sys.stderr if getattr(args, "dry_run", False) else sys.stdout,
     )
+    for note in config.deprecations:
+        get_logger("config").warning(f"deprecated configuration key: {note}",
+                                     config=config.source)
     if config.settings.webrca.token:
         get_logger("config").warning(
             "webrca.token in the configuration file is ignored: secrets come only from the "

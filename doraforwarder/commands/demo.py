@@ -7,12 +7,13 @@ import asyncio
 import sys
 from typing import Any
 
+from doraforwarder.commands.common import add_command
 from doraforwarder.logging import configure_logging
 
 
 def add_parser(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
+    parser = add_command(
+        subparsers, "demo", handle, config=False,
         help="run the real pipeline against built-in fakes (no cluster, no network)",
         description="Fake Kubernetes, GitHub, WebRCA and DevLake on loopback; Applications "
         "sync on a script for about 20 seconds; what DevLake accepts is printed.",
@@ -22,7 +23,6 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--pace", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="error",
                         help="daemon log level on stderr (default: error)")
-    parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:

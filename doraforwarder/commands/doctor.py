@@ -7,20 +7,16 @@ import asyncio
 import time
 from typing import Any
 
-from doraforwarder.commands.common import add_config_argument
+from doraforwarder.commands.common import add_command
 from doraforwarder.config import load_config
 from doraforwarder.ops.doctor import render, run_checks
 
 
 def add_parser(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "doctor",
-        help="check every dependency the configuration names",
-        description="One pass/fail line per check, with a hint. Exit 0 only if every "
-        "required check passes.",
-    )
-    add_config_argument(parser)
-    parser.set_defaults(handler=handle)
+    add_command(subparsers, "doctor", handle,
+                help="check every dependency the configuration names",
+                description="One pass/fail line per check, with a hint. Exit 0 only if "
+                "every required check passes.")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from doraforwarder.storage import connect
 
 def add_parser(subparsers: Any) -> None:
     parser = add_command(
-        subparsers, "outbox",
+        subparsers, "outbox", handle,
         help="inspect and repair DevLake delivery (outbox and dead letters)",
         description="Show what waits for DevLake, what it refused, and put entries back.",
     )
@@ -45,7 +45,6 @@ def add_parser(subparsers: Any) -> None:
         # ``outbox list --config FILE`` works as well as ``outbox --config FILE list``.
         action.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
                             help="configuration file")
-    parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:

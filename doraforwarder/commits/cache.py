@@ -40,11 +40,8 @@ class CommitCache:
         positive_ttl: timedelta,
         negative_ttl: timedelta,
     ) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._metrics = metrics
-        self.positive_ttl = positive_ttl
-        self.negative_ttl = negative_ttl
+        self._redis, self._keys, self._metrics = redis, keys, metrics
+        self.positive_ttl, self.negative_ttl = positive_ttl, negative_ttl
         self.log = get_logger("github")
 
     async def _get(self, key: str, what: str) -> str | None:

@@ -35,12 +35,12 @@ from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.plan import Candidate, compare_pages
 from doraforwarder.commits.ratelimit import (
     SECONDARY_DEFAULT_WAIT,
-    board_for,
+    RateLimitBoard,
     parse_rate_limit,
     resource_of,
     throttle_of,
 )
-from doraforwarder.context import Readiness
+from doraforwarder.context import AppContext, Readiness
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
@@ -192,10 +192,11 @@ class GitHubClient:
         metrics: Metrics,
         readiness: Readiness | None = None,
         client: httpx.AsyncClient | None = None,
-        timeout: float = 30.0,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
-        secondary_default_wait: float = SECONDARY_DEFAULT_WAIT,
+        timeout_s: float = 30.0,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        secondary_default_wait_s: float = SECONDARY_DEFAULT_WAIT,
+        rate_limits: RateLimitBoard | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
@@ -204,13 +205,27 @@ class GitHubClient:
         self._metrics = metrics
         self._readiness = readiness
         self._owns_http = client is None
-        self._http = client or httpx.AsyncClient(timeout=timeout)
-        self._backoff_base = backoff_base
-        self._backoff_cap = max(backoff_cap, backoff_base)
-        self._secondary_default_wait = secondary_default_wait
-        self._board = board_for(metrics)
+        self._http = client or httpx.AsyncClient(timeout=timeout_s)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = max(backoff_cap_s, backoff_base_s)
+        self._secondary_default_wait_s = secondary_default_wait_s
+        self._board = rate_limits or RateLimitBoard.of(metrics)
         self._auth_failed = False
         self.log = get_logger("github")
+
+    @classmethod
+    def for_context(cls, context: AppContext, client: httpx.AsyncClient | None = None
+                    ) -> GitHubClient:
+        """The daemon's GitHub client as configured (the resolver and ``doctor`` use it)."""
+        github = context.settings.github
+        return cls(
+            api_url=github.api_url, token=context.config.secrets.github_token,
+            redis=context.redis, keys=context.keys, metrics=context.metrics,
+            readiness=context.readiness, rate_limits=context.github_rate_limits, client=client,
+            timeout_s=github.timeout_seconds,
+            backoff_base_s=github.initial_backoff.total_seconds(),
+            backoff_cap_s=github.max_backoff.total_seconds(),
+        )
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -269,6 +284,10 @@ class GitHubClient:
         return CompareResult(status=status, total=total, commits=commits,
                              truncated=total > keep)
 
+    async def rate_limit(self) -> httpx.Response:
+        """One ``GET /rate_limit`` with the daemon's headers: no retry, no cache (``doctor``)."""
+        return await self._http.get(self.api_url + "/rate_limit", headers=self._headers(None))
+
     # --- transport ----------------------------------------------------------------------
     async def get_json(
         self, kind: str, path: str, params: dict[str, str], call: Call
@@ -276,7 +295,7 @@ class GitHubClient:
         """GET ``path`` as JSON: ETag-aware, waiting out rate limits, retrying failures."""
         url = self.api_url + path + (f"?{urlencode(params)}" if params else "")
         resource = resource_of(path)
-        backoff = Backoff(self._backoff_base, self._backoff_cap)
+        backoff = Backoff(self._backoff_base_s, self._backoff_cap_s)
         attempted = False
         while True:
             blocked = self._board.wait_needed(resource, time.time())
@@ -316,7 +335,7 @@ class GitHubClient:
             if throttle is not None:
                 seconds = throttle.seconds
                 if seconds is None:
-                    seconds = max(self._secondary_default_wait, backoff.next_delay())
+                    seconds = max(self._secondary_default_wait_s, backoff.next_delay())
                 elif seconds <= 0:
                     seconds = backoff.next_delay()  # reset already past: clocks disagree
                 self._board.block(resource, now + seconds)

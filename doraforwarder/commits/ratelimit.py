@@ -7,16 +7,16 @@ exhausted primary limit answers 403 or 429 with ``Remaining: 0``; a secondary
 (abuse) limit answers 403 or 429 with ``Retry-After`` seconds. Both mean
 "wait", never "this deployment failed".
 
-:class:`RateLimitBoard` is shared by every client of one daemon (keyed by its
-:class:`~doraforwarder.metrics.Metrics`), so a limit learnt by one resolver
-worker holds the others back too, and the wait gauge shows the longest wait.
+:class:`RateLimitBoard` is shared by every client of one daemon (its
+:class:`~doraforwarder.context.AppContext` owns it), so a limit learnt by one
+resolver worker holds the others back too, and the wait gauge shows the
+longest wait.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -106,6 +106,11 @@ class RateLimitBoard:
     def __post_init__(self) -> None:
         self.waiting_gauge.set_function(self.seconds_left)
 
+    @classmethod
+    def of(cls, metrics: Metrics) -> RateLimitBoard:
+        """A new board reporting to ``metrics``' GitHub gauges."""
+        return cls(metrics.github_rate_limit_remaining, metrics.github_rate_limit_waiting)
+
     def observe(self, info: RateLimitInfo, now: float) -> None:
         """Record the rate-limit headers of an answer (every answer has them)."""
         if info.remaining is None:
@@ -145,17 +150,3 @@ class RateLimitBoard:
         if not self._waits:
             return 0.0
         return max(0.0, max(until for _, until in self._waits.values()) - time.time())
-
-
-_boards: weakref.WeakKeyDictionary[Metrics, RateLimitBoard] = weakref.WeakKeyDictionary()
-
-
-def board_for(metrics: Metrics) -> RateLimitBoard:
-    """The board of the daemon owning ``metrics`` (created on first use)."""
-    board = _boards.get(metrics)
-    if board is None:
-        # The board must not hold ``metrics`` itself, or the weak key never dies.
-        board = RateLimitBoard(metrics.github_rate_limit_remaining,
-                               metrics.github_rate_limit_waiting)
-        _boards[metrics] = board
-    return board

@@ -52,7 +52,6 @@ from doraforwarder.commits.plan import (
     plan_image_changes,
     same_commit,
 )
-from doraforwarder.commits.ratelimit import board_for
 from doraforwarder.commits.repos import (
     Blacklist,
     ImageRepositories,
@@ -83,18 +82,7 @@ class CommitResolver:
         self.blacklist = Blacklist(settings.argocd.repository_blacklist, self.web_base)
         self.max_commits = github.max_commits
         self.resolve_timeout = github.resolve_timeout.total_seconds()
-        self.github = GitHubClient(
-            api_url=github.api_url,
-            token=context.config.secrets.github_token,
-            redis=context.redis,
-            keys=context.keys,
-            metrics=context.metrics,
-            readiness=context.readiness,
-            client=client,
-            timeout=github.timeout_seconds,
-            backoff_base=settings.delivery.initial_backoff.total_seconds(),
-            backoff_cap=settings.delivery.max_backoff.total_seconds(),
-        )
+        self.github = GitHubClient.for_context(context, client)
         self.cache = CommitCache(
             context.redis, context.keys, context.metrics,
             positive_ttl=github.search_cache_ttl, negative_ttl=github.negative_cache_ttl,
@@ -103,7 +91,7 @@ class CommitResolver:
         for repo in self.rules.invalid:
             self.log.error("github.image_repositories: not a repository URL, rule ignored",
                            repo=repo)
-        board = board_for(context.metrics)
+        board = context.github_rate_limits
         if context.config.secrets.github_token is None and not board.announced_unauthenticated:
             board.announced_unauthenticated = True
             self.log.warning(

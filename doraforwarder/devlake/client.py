@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TextIO
-from urllib.parse import urlsplit
 
-import aiohttp
+import httpx
 from pydantic import SecretStr
 
 from doraforwarder import __version__
@@ -27,6 +25,9 @@ from doraforwarder.backoff import parse_retry_after
 from doraforwarder.outbox import BODY_LIMIT, OutboxEntry
 
 FailureKind = Literal["timeout", "network"]
+
+PARSED_URLS = 256
+"""How many distinct URLs a client keeps parsed."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,6 @@ def classify(answer: Answer) -> Verdict:
     return Verdict("retry", "unexpected_status")
 
 
-
-
 class Sender(Protocol):
     """Something that delivers one validated body to one URL."""
 
@@ -95,19 +94,15 @@ class Sender(Protocol):
 
 
 class DevLakeClient:
-    """HTTP client for the DevLake webhook routes: one keep-alive pool for every worker.
+    """HTTP client for the DevLake API: one keep-alive pool shared by every worker.
 
-    Built on aiohttp rather than httpx: draining a backlog is one small POST
-    after another, and httpx/httpcore spend about 0.85 ms of CPU per request
-    here (a failed ``import sniffio`` on every request among it) against
-    about 0.12 ms for aiohttp, which made the daemon CPU-bound at ~400
-    records/s on two cores. ``pool_size`` caps the connections (keep-alive,
-    reused): one per delivery worker is all that is ever used.
-
-    Proxies come from ``HTTP(S)_PROXY``/``NO_PROXY`` as with any client
-    here, looked up once per host: aiohttp's own ``trust_env`` re-reads the
-    environment and ``~/.netrc`` in a thread for every request, which cost a
-    third of the delivery CPU.
+    Draining a backlog is one small POST after another, so everything that
+    does not change per request is set once on the ``httpx.AsyncClient``:
+    headers, the timeout, the pool limits (``pool_size`` connections, one per
+    delivery worker, kept alive and reused) and HTTP/1.1 only. Proxies and
+    TLS settings come from the environment through httpx's own ``trust_env``
+    (``HTTP(S)_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``), read once when the
+    client is built. Doctor uses this client too, so it tests the same path.
     """
 
     def __init__(self, token: SecretStr | None, timeout_seconds: float, *,
@@ -116,64 +111,64 @@ class DevLakeClient:
         if token is not None and token.get_secret_value():
             headers["Authorization"] = f"Bearer {token.get_secret_value()}"
         self.has_token = "Authorization" in headers
+        self.timeout_seconds = timeout_seconds
         self._headers = headers
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._pool_size = max(1, pool_size)
-        self._session: aiohttp.ClientSession | None = None
-        self._env_proxies = urllib.request.getproxies()
-        self._proxies: dict[tuple[str, str], str | None] = {}
-
-    def _http(self) -> aiohttp.ClientSession:
-        """The session, created on first use: aiohttp wants a running event loop."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30),
-                json_serialize=_compact_json,
-            )
-        return self._session
-
-    def _proxy(self, url: str) -> str | None:
-        """The proxy for ``url`` from the environment (None: connect directly)."""
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        if key not in self._proxies:
-            host = parts.hostname or ""
-            bypass = bool(self._env_proxies) and bool(urllib.request.proxy_bypass(host))
-            self._proxies[key] = None if bypass else self._env_proxies.get(parts.scheme)
-        return self._proxies[key]
+        self._post_headers = {**headers, "Content-Type": "application/json"}
+        self._urls: dict[str, httpx.URL] = {}
+        size = max(1, pool_size)
+        self.http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout_seconds),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size,
+                                keepalive_expiry=30),
+            trust_env=True,
+        )
 
     async def request(self, method: str, url: str, body: dict[str, Any] | None = None
                       ) -> Answer:
         """Send one request; every failure is an :class:`Answer`, never an exception."""
+        content = None if body is None else _compact_json(body).encode()
         try:
-            async with self._http().request(method, url, json=body, proxy=self._proxy(url),
-                                            allow_redirects=False) as response:
-                raw = await response.read()
-                return Answer(
-                    status=response.status,
-                    body=_text(raw[:BODY_LIMIT * 4], response.charset)[:BODY_LIMIT],
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                )
-        except TimeoutError as exc:
+            request = httpx.Request(method, self._url(url), content=content,
+                                    headers=self._post_headers if content is not None
+                                    else self._headers)
+            response = await self.http.send(request)
+        except httpx.TimeoutException as exc:
             return Answer(None, failure="timeout",
-                          error=f"{type(exc).__name__}: no answer within {self._timeout.total}s")
-        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, protocol errors
+                          error=f"{type(exc).__name__}: no answer within "
+                                f"{self.timeout_seconds}s")
+        except (httpx.HTTPError, OSError) as exc:  # refused, reset, protocol errors
             return Answer(None, failure="network", error=f"{type(exc).__name__}: {exc}")
+        raw = response.content
+        return Answer(
+            status=response.status_code,
+            body=_text(raw[:BODY_LIMIT * 4], response.charset_encoding)[:BODY_LIMIT],
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def _url(self, url: str) -> httpx.URL:
+        """``url`` parsed once: most entries post to a few URLs per target.
+
+        Close URLs carry the issue key, so the cache stops growing at
+        :data:`PARSED_URLS` and parses the rest every time.
+        """
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._urls) < PARSED_URLS:
+                self._urls[url] = parsed
+        return parsed
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
                       ) -> Answer:
         return await self.request("POST", url, body)
 
     async def get(self, url: str) -> Answer:
-        """GET (connection look-ups for ``doctor``)."""
+        """GET (look-ups of connections and projects, as ``doctor`` does)."""
         return await self.request("GET", url)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.http.aclose()
 
 
 def _text(raw: bytes, charset: str | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -20,11 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
-from unittest import mock
 
 import redis.asyncio as aioredis
 
-from doraforwarder.config import load_config
 from doraforwarder.daemon import Daemon
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.fake_devlake import Posted
@@ -264,13 +261,11 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
                       f"on loopback; store: {store}", file=out, flush=True)
             scenario = Scenario(world)
             scenario.prepare()
-            config_path = world.write_config({
+            config = world.config({
                 "argocd": {"known_clusters": CLUSTERS, "components_to_ignore": ["monitoring"]},
                 "webrca": {"interval": "3s", "products": ["konflux"]},
                 "integration": {"devlake": {"teams": TEAMS}},
             })
-            with mock.patch.dict(os.environ, world.environment()):
-                config = load_config(config_path)
             daemon = Daemon(config, redis=redis_client)
             task = asyncio.create_task(daemon.run())
             try:

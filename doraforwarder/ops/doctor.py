@@ -13,38 +13,27 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
+from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
+from doraforwarder.context import AppContext
+from doraforwarder.devlake.client import DevLakeClient
 from doraforwarder.devlake.routing import global_target, target_url, team_target
 from doraforwarder.keys import Keys
+from doraforwarder.ops.checks import Check, Outcome
+from doraforwarder.ops.checks import error_text as _error_text
+from doraforwarder.ops.probes import probe_kubernetes
 from doraforwarder.outbox import Target
 from doraforwarder.storage import connect
+from doraforwarder.webrca.client import TokenRejected, TokenSource, TransientError, webrca_http
 
-Outcome = Literal["pass", "fail", "warn", "skip"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    outcome: Outcome
-    detail: str
-    hint: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome == "fail"
-
+__all__ = ["Check", "Outcome", "render", "run_checks"]
 
 KubeProbe = Callable[[LoadedConfig], Awaitable[list[Check]]]
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def check_redis(config: LoadedConfig) -> list[Check]:
@@ -89,46 +78,57 @@ async def _redis_persistence(client: aioredis.Redis) -> Check:
     return Check(name, "warn", "no persistence: a Redis restart forgets everything", hint)
 
 
-async def check_devlake(config: LoadedConfig, client: httpx.AsyncClient) -> list[Check]:
-    devlake = config.settings.integration.devlake
-    if not devlake.enabled:
-        return [Check("devlake", "skip", "integration.devlake.enabled is false")]
-    token = config.secrets.devlake_webhook_token
+def _not_checkable(part: str, switch: str, enabled: bool, token: SecretStr | None,
+                   variable: str, hint: str) -> list[Check]:
+    """Why ``part`` cannot be checked (switched off, or its token missing); [] when it can."""
+    if not enabled:
+        return [Check(part, "skip", f"{switch} is false")]
     if token is None:
-        return [Check("devlake token", "fail", "DEVLAKE_WEBHOOK_TOKEN is not set",
-                      "create a DevLake API key and set DEVLAKE_WEBHOOK_TOKEN (or _FILE)")]
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+        return [Check(f"{part} token", "fail", f"{variable} is not set", hint)]
+    return []
+
+
+async def check_devlake(config: LoadedConfig) -> list[Check]:
+    devlake = config.settings.integration.devlake
+    token = config.secrets.devlake_webhook_token
+    blocked = _not_checkable(
+        "devlake", "integration.devlake.enabled", devlake.enabled, token, "DEVLAKE_WEBHOOK_TOKEN",
+        "create a DevLake API key and set DEVLAKE_WEBHOOK_TOKEN (or _FILE)")
+    if blocked:
+        return blocked
     targets: dict[str, Target] = {}
     for target in [global_target(devlake), *map(team_target, devlake.teams)]:
         targets.setdefault(target.key, target)
     checks: list[Check] = []
-    for target in targets.values():
-        checks.append(await _check_target(devlake.base_url, devlake.api_prefix, target,
-                                          client, headers))
-        if checks[-1].outcome == "fail" and "token" in checks[-1].name:
-            break
+    client = DevLakeClient(token, devlake.timeout_seconds)
+    try:
+        for target in targets.values():
+            checks.append(await _check_target(devlake.base_url, devlake.api_prefix, target,
+                                              client))
+            if checks[-1].outcome == "fail" and "token" in checks[-1].name:
+                break
+    finally:
+        await client.aclose()
     return checks
 
 
 async def _check_target(base_url: str, api_prefix: str, target: Target,
-                        client: httpx.AsyncClient, headers: dict[str, str]) -> Check:
+                        client: DevLakeClient) -> Check:
     label = f"devlake {target.team} target ({target.kind.replace('_', ' ')} {target.value})"
-    url = target_url(base_url, api_prefix, target)
-    try:
-        answer = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        return Check("devlake reachable", "fail", f"{base_url}: {_error_text(exc)}",
+    answer = await client.get(target_url(base_url, api_prefix, target))
+    if answer.status is None:
+        return Check("devlake reachable", "fail", f"{base_url}: {answer.error}",
                      "check integration.devlake.base_url and the network policy")
-    if answer.status_code in (401, 403):
-        return Check("devlake token", "fail", f"DevLake answered {answer.status_code}",
+    if answer.status in (401, 403):
+        return Check("devlake token", "fail", f"DevLake answered {answer.status}",
                      "DEVLAKE_WEBHOOK_TOKEN is wrong or expired: create a new API key")
-    if answer.status_code == 404:
+    if answer.status == 404:
         what = "project" if target.kind == "project_name" else "webhook connection"
         return Check(label, "fail", f"no such {what}",
                      f"create the {what} in DevLake, or fix the configured "
                      f"{'project_name' if target.kind == 'project_name' else target.kind}")
-    if answer.status_code >= 400:
-        return Check(label, "fail", f"DevLake answered {answer.status_code}",
+    if answer.status >= 400:
+        return Check(label, "fail", f"DevLake answered {answer.status}",
                      "check api_prefix: /api/rest through config-ui, /api on the server")
     hint = "" if target.kind == "project_name" else (
         "make sure the connection is attached to a project, or its data stays off the dashboards"
@@ -136,18 +136,17 @@ async def _check_target(base_url: str, api_prefix: str, target: Target,
     return Check(label, "pass", "exists", hint)
 
 
-async def check_github(config: LoadedConfig, client: httpx.AsyncClient) -> list[Check]:
-    github = config.settings.github
-    token = config.secrets.github_token
-    headers = {"Accept": "application/vnd.github+json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-    url = github.api_url.rstrip("/") + "/rate_limit"
+async def check_github(context: AppContext) -> list[Check]:
+    github = context.settings.github
+    token = context.config.secrets.github_token
+    client = GitHubClient.for_context(context)
     try:
-        answer = await client.get(url, headers=headers)
+        answer = await client.rate_limit()
     except httpx.HTTPError as exc:
         return [Check("github reachable", "fail", f"{github.api_url}: {_error_text(exc)}",
                       "check github.api_url and the network policy")]
+    finally:
+        await client.aclose()
     if answer.status_code == 401:
         return [Check("github token", "fail", "GitHub rejected GITHUB_TOKEN (401)",
                       "create a new token (read-only: contents, metadata)")]
@@ -162,27 +161,26 @@ async def check_github(config: LoadedConfig, client: httpx.AsyncClient) -> list[
     return [Check("github token", "pass", f"accepted; {remaining}/{limit} requests left")]
 
 
-async def check_webrca(config: LoadedConfig, client: httpx.AsyncClient) -> list[Check]:
+async def check_webrca(config: LoadedConfig) -> list[Check]:
     webrca = config.settings.webrca
-    if not webrca.enabled:
-        return [Check("webrca", "skip", "webrca.enabled is false")]
-    token = config.secrets.offline_token
-    if token is None:
-        return [Check("webrca token", "fail", "OFFLINE_TOKEN is not set",
-                      "get an offline token for Red Hat SSO and set OFFLINE_TOKEN (or _FILE)")]
-    form = {"grant_type": "refresh_token", "client_id": webrca.client_id,
-            "refresh_token": token.get_secret_value()}
-    try:
-        answer = await client.post(webrca.token_url, data=form)
-    except httpx.HTTPError as exc:
-        return [Check("webrca token exchange", "fail", f"{webrca.token_url}: {_error_text(exc)}",
-                      "check webrca.token_url and the network policy")]
-    if answer.status_code == 400 and "invalid_grant" in answer.text:
-        return [Check("webrca token exchange", "fail", "SSO rejected OFFLINE_TOKEN (invalid_grant)",
-                      "the offline token expired or was revoked: get a new one")]
-    if answer.status_code >= 400:
-        return [Check("webrca token exchange", "fail", f"SSO answered {answer.status_code}",
-                      "check webrca.token_url and webrca.client_id")]
+    blocked = _not_checkable(
+        "webrca", "webrca.enabled", webrca.enabled, config.secrets.offline_token, "OFFLINE_TOKEN",
+        "get an offline token for Red Hat SSO and set OFFLINE_TOKEN (or _FILE)")
+    if blocked:
+        return blocked
+    async with webrca_http(config) as http:
+        try:
+            await TokenSource.for_config(http, config).get()
+        except TransientError as exc:
+            return [Check("webrca token exchange", "fail", f"{webrca.token_url}: {exc}",
+                          "check webrca.token_url and the network policy")]
+        except TokenRejected as exc:
+            if exc.error == "invalid_grant":
+                return [Check("webrca token exchange", "fail",
+                              "SSO rejected OFFLINE_TOKEN (invalid_grant)",
+                              "the offline token expired or was revoked: get a new one")]
+            return [Check("webrca token exchange", "fail", f"SSO answered {exc.error}",
+                          "check webrca.token_url and webrca.client_id")]
     return [Check("webrca token exchange", "pass", "access token issued")]
 
 
@@ -190,20 +188,19 @@ async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) 
     """Every check the configuration calls for, in the order an operator fixes them."""
     checks = [Check("configuration", "pass", f"{config.source} is valid")]
     if config.settings.argocd.enabled:
-        if kube_probe is None:
-            from doraforwarder.ops.probes import probe_kubernetes
-
-            kube_probe = probe_kubernetes
-        checks += await kube_probe(config)
+        checks += await (kube_probe or probe_kubernetes)(config)
     else:
         checks.append(Check("kubernetes", "skip", "argocd.enabled is false"))
     checks += await check_redis(config)
-    timeout = httpx.Timeout(10.0)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    redis_config = config.settings.storage.redis
+    context = AppContext(config=config, redis=connect(redis_config),
+                         keys=Keys(redis_config.key_prefix))
+    try:
         results = await asyncio.gather(
-            check_devlake(config, client), check_github(config, client),
-            check_webrca(config, client),
+            check_devlake(config), check_github(context), check_webrca(config),
         )
+    finally:
+        await context.redis.aclose()
     for group in results:
         checks += group
     return checks

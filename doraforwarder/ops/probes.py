@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import list_applications
 from doraforwarder.config import LoadedConfig
-from doraforwarder.ops.doctor import Check
+from doraforwarder.ops.checks import Check
 
 RBAC_HINT = "grant get, list and watch on applications.argoproj.io to the service account"
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 
+from doraforwarder.config import LoadedConfig, Secrets, validate_settings
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from doraforwarder.testing.fake_github import FakeGitHub
 from doraforwarder.testing.fake_kube import FakeKube
@@ -118,7 +120,8 @@ class FakeWorld:
                 "health_timeout": "30s",
                 "watch_timeout": "30s",
             },
-            "github": {"api_url": self.github.url},
+            "github": {"api_url": self.github.url, "initial_backoff": "100ms",
+                       "max_backoff": "2s"},
             "webrca": {
                 "enabled": True,
                 "api_url": self.webrca.api_url,
@@ -138,6 +141,18 @@ class FakeWorld:
             "delivery": {"initial_backoff": "100ms", "max_backoff": "2s", "claim_idle": "5s"},
         }
         return deep_merge(base, overrides or {})
+
+    def config(self, overrides: Mapping[str, Any] | None = None) -> LoadedConfig:
+        """What the daemon runs with in this world, built from values.
+
+        No file and no environment: the tokens are handed over as secrets, so
+        the process environment neither leaks in nor has to be patched.
+        """
+        settings = validate_settings(self.settings(overrides), "the fake world")
+        secrets = Secrets(github_token=SecretStr(GITHUB_TOKEN),
+                          devlake_webhook_token=SecretStr(DEVLAKE_TOKEN),
+                          offline_token=SecretStr(OFFLINE_TOKEN))
+        return LoadedConfig(settings=settings, secrets=secrets, source="the fake world")
 
     def write_config(self, overrides: Mapping[str, Any] | None = None,
                      name: str = "config.yaml") -> Path:

@@ -21,6 +21,7 @@ import httpx
 from pydantic import SecretStr
 
 from doraforwarder.backoff import parse_retry_after
+from doraforwarder.config import LoadedConfig
 from doraforwarder.webrca.pages import PageRead, read_page
 
 
@@ -54,6 +55,11 @@ class OfflineTokenMissing(ConfigurationError):
 class TokenRejected(ConfigurationError):
     """SSO refused the offline token (``invalid_grant``) or the client id."""
 
+    def __init__(self, message: str, error: str) -> None:
+        super().__init__(message)
+        self.error = error
+        """SSO's error code (``invalid_grant``), or ``HTTP <status>`` without one."""
+
 
 class AccessDenied(ConfigurationError):
     """WebRCA refused a freshly exchanged access token, or the URL is wrong."""
@@ -69,10 +75,17 @@ def _sso_error(response: httpx.Response) -> str:
     return str(error) if error else f"HTTP {response.status_code}"
 
 
-class TokenSource:
-    """Access tokens from the offline token, cached until ``margin`` seconds before expiry.
+def webrca_http(config: LoadedConfig,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The HTTP client for SSO and WebRCA (proxies and TLS from the environment)."""
+    return httpx.AsyncClient(timeout=config.settings.webrca.timeout_seconds,
+                             transport=transport, headers={"User-Agent": "doraforwarder"})
 
-    ``margin`` shrinks to half the lifetime for very short-lived tokens, so a
+
+class TokenSource:
+    """Access tokens from the offline token, cached until ``margin_s`` seconds before expiry.
+
+    ``margin_s`` shrinks to half the lifetime for very short-lived tokens, so a
     token is always used at least once.
     """
 
@@ -83,20 +96,24 @@ class TokenSource:
         client_id: str,
         offline_token: SecretStr | None,
         *,
-        margin: float = 60.0,
+        margin_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = http
-        self._token_url = token_url
-        self._client_id = client_id
+        self._token_url, self._client_id = token_url, client_id
         self._offline_token = offline_token
-        self._margin = margin
-        self._clock = clock
+        self._margin_s, self._clock = margin_s, clock
         self._access_token: str | None = None
         self._valid_until = 0.0
         self._lock = asyncio.Lock()
         self.exchanges = 0
         """Successful exchanges so far (for tests and the status board)."""
+
+    @classmethod
+    def for_config(cls, http: httpx.AsyncClient, config: LoadedConfig) -> TokenSource:
+        """The token source the configuration describes (the poller and ``doctor`` use it)."""
+        webrca = config.settings.webrca
+        return cls(http, webrca.token_url, webrca.client_id, config.secrets.offline_token)
 
     def invalidate(self) -> None:
         self._access_token = None
@@ -126,8 +143,8 @@ class TokenSource:
         if response.status_code != 200:
             error = _sso_error(response)
             if error == "invalid_grant":
-                raise TokenRejected("offline token rejected (invalid_grant)")
-            raise TokenRejected(f"SSO refused the token exchange ({error})")
+                raise TokenRejected("offline token rejected (invalid_grant)", error)
+            raise TokenRejected(f"SSO refused the token exchange ({error})", error)
         try:
             document = response.json()
             token = document["access_token"]
@@ -136,7 +153,7 @@ class TokenSource:
             raise TransientError("SSO answer has no usable access_token") from None
         if not isinstance(token, str) or not token:
             raise TransientError("SSO answer has an empty access_token")
-        margin = min(self._margin, expires_in / 2)
+        margin = min(self._margin_s, expires_in / 2)
         self._access_token = token
         self._valid_until = self._clock() + expires_in - margin
         self.exchanges += 1

@@ -1,55 +1,56 @@
 """A Redis lease so that only one replica polls WebRCA at a time.
 
-``SET key owner NX PX ttl`` takes it; the holder renews it while it works
-and gives it back with a compare-and-delete script, so a holder whose lease
-already expired can never delete (or extend) the lease of the next one.
+It is redis-py's :class:`~redis.asyncio.lock.Lock` (``SET NX PX`` to take it,
+registered Lua scripts to extend and release it by token), so a holder whose
+lease already expired can never delete or extend the lease of the next one.
+This class only adds the vocabulary the poller speaks: a non-blocking
+``acquire``, ``renew`` and ``release`` that answer False instead of raising
+when the lease is not (or no longer) ours, and the owner token, which the
+poller's staging transaction compares with the key.
 """
 
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 import redis.asyncio as aioredis
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 
 
 class RedisLease:
     """One lease key; ``owner`` is random per instance, so restarts never inherit it."""
 
-    def __init__(self, redis: aioredis.Redis, key: str, ttl_ms: int) -> None:
-        if ttl_ms <= 0:
+    def __init__(self, redis: aioredis.Redis, key: str, ttl: timedelta) -> None:
+        if ttl <= timedelta(0):
             raise ValueError("lease ttl must be positive")
         self.redis = redis
         self.key = key
-        self.ttl_ms = ttl_ms
+        self.ttl = ttl
         self.owner = secrets.token_hex(16)
+        # thread_local=False: the renewal task and the poll share the token.
+        self._lock = Lock(redis, key, timeout=ttl.total_seconds(), thread_local=False)
 
     async def acquire(self) -> bool:
-        """Take the lease if nobody holds it."""
-        return bool(await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
+        """Take the lease if nobody holds it (never waits)."""
+        return bool(await self._lock.acquire(blocking=False, token=self.owner))
 
     async def renew(self) -> bool:
-        """Extend the lease; False when it is no longer ours."""
-        result = await self.redis.eval(_RENEW, 1, self.key, self.owner, str(self.ttl_ms))
-        return bool(result)
+        """Reset the lease to its full TTL; False when it is no longer ours."""
+        try:
+            await self._lock.reacquire()
+        except LockError:  # expired and gone, taken by another replica, or never ours
+            return False
+        return True
 
     async def release(self) -> bool:
         """Give the lease back if it is still ours."""
-        result = await self.redis.eval(_RELEASE, 1, self.key, self.owner)
-        return bool(result)
+        try:
+            await self._lock.release()
+        except LockError:
+            return False
+        return True
 
     async def holder(self) -> str | None:
         value = await self.redis.get(self.key)

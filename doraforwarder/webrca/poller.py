@@ -20,7 +20,7 @@ import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -38,6 +38,7 @@ from doraforwarder.webrca.client import (
     IncidentsClient,
     TokenSource,
     TransientError,
+    webrca_http,
 )
 from doraforwarder.webrca.lease import RedisLease
 from doraforwarder.webrca.pages import HARD_PAGE_LIMIT, PageRead, is_last_page, page_limit
@@ -149,7 +150,8 @@ class WebRCAPoller:
         self.attempts = max(1, attempts)
         self.max_pages = max(1, max_pages)
         self.planner: IncidentPlanning[Any] | None = planner if planner.active else None
-        self.lease = RedisLease(context.redis, context.keys.webrca_lease, lease_ttl_ms)
+        self.lease = RedisLease(context.redis, context.keys.webrca_lease,
+                                timedelta(milliseconds=lease_ttl_ms))
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._client: IncidentsClient | None = None
@@ -193,14 +195,8 @@ class WebRCAPoller:
     def _incidents_client(self) -> IncidentsClient:
         """The HTTP client of this run (and its token cache), created on first use."""
         if self._client is None:
-            self._http = httpx.AsyncClient(
-                timeout=self.settings.timeout_seconds, transport=self._transport,
-                headers={"User-Agent": "doraforwarder"},
-            )
-            self._tokens = TokenSource(
-                self._http, self.settings.token_url, self.settings.client_id,
-                self.context.config.secrets.offline_token,
-            )
+            self._http = webrca_http(self.context.config, self._transport)
+            self._tokens = TokenSource.for_config(self._http, self.context.config)
             self._client = IncidentsClient(self._http, self.settings.api_url, self._tokens)
         return self._client
 
@@ -247,7 +243,7 @@ class WebRCAPoller:
                 await self.lease.release()
 
     async def _renew(self, lost: asyncio.Event) -> None:
-        period = self.lease.ttl_ms / 3000
+        period = self.lease.ttl.total_seconds() / 3
         while True:
             await asyncio.sleep(period)
             try:
