@@ -134,6 +134,8 @@ class ServerConfig(Section):
     host: str = "0.0.0.0"  # noqa: S104 - a pod serves its probes on every interface
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout: Duration = timedelta(seconds=20)
+    ready_grace: Duration = timedelta(seconds=30)
+    """How long Redis may be unreachable before ``/readyz`` answers 503."""
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -17,40 +19,158 @@ import redis.asyncio as aioredis
 from doraforwarder.commits.ratelimit import RateLimitBoard
 from doraforwarder.config import LoadedConfig, Settings
 from doraforwarder.keys import Keys
+from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
+
+log = get_logger("daemon")
+
+
+STARTUP_CONDITIONS = frozenset({"argocd"})
+"""Conditions that hold the daemon out of its Service only until they are first met
+(the first complete list of Applications): later trouble shows in status, not here."""
+GRACE_CONDITIONS = frozenset({"redis"})
+"""Conditions that block readiness once unmet for longer than ``server.ready_grace``."""
+ESSENTIAL_CONDITIONS = frozenset({"config"})
+"""Conditions that block readiness whenever unmet: the process cannot work at all."""
 
 
 class Readiness:
-    """Named conditions that must all hold for ``/readyz`` to answer 200.
+    """Named conditions, and which of them ``/readyz`` answers 503 for.
 
-    A part of the daemon registers its condition as not ready when it starts
-    and flips it as it learns (Redis answers, the watch runs, DevLake accepts
-    the token). Each reason is a short sentence an operator can act on.
+    The daemon serves nothing but its probes and metrics, so readiness only
+    says whether this process can work: it is not ready while starting (a
+    :data:`STARTUP_CONDITIONS` never met yet), when Redis has been unreachable
+    for longer than the grace period, or when an :data:`ESSENTIAL_CONDITIONS`
+    fails. Every other condition (WebRCA's token, DevLake refusing a key) is
+    advisory: listed by :meth:`reasons` and in ``/api/v1/status``, never a 503,
+    so an outside outage neither hides the metrics that show it nor blocks
+    node drains. Each reason is a short sentence an operator can act on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, grace_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_seconds = grace_seconds
+        self._clock = clock
         self._reasons: dict[str, str | None] = {}
+        self._unmet_since: dict[str, float] = {}
+        self._met_once: set[str] = set()
 
     def require(self, name: str, reason: str) -> None:
         """Declare a condition that is not met yet."""
-        self._reasons.setdefault(name, reason)
+        if name not in self._reasons:
+            self.not_ready(name, reason)
 
     def ready(self, name: str) -> None:
         self._reasons[name] = None
+        self._unmet_since.pop(name, None)
+        self._met_once.add(name)
 
     def not_ready(self, name: str, reason: str) -> None:
         self._reasons[name] = reason
+        self._unmet_since.setdefault(name, self._clock())
 
     def forget(self, name: str) -> None:
         self._reasons.pop(name, None)
+        self._unmet_since.pop(name, None)
 
     def is_ready(self, name: str | None = None) -> bool:
+        """With a name: whether that condition holds. Without: whether ``/readyz`` is 200."""
         if name is not None:
             return self._reasons.get(name) is None
-        return all(reason is None for reason in self._reasons.values())
+        return not self.blocking_reasons()
 
     def reasons(self) -> list[str]:
+        """Every unmet condition, blocking or advisory."""
         return [f"{name}: {reason}" for name, reason in sorted(self._reasons.items()) if reason]
+
+    def _blocks(self, name: str) -> bool:
+        if name in ESSENTIAL_CONDITIONS:
+            return True
+        if name in STARTUP_CONDITIONS:
+            return name not in self._met_once
+        if name in GRACE_CONDITIONS:
+            if name not in self._met_once:
+                return True
+            since = self._unmet_since.get(name, self._clock())
+            return self._clock() - since >= self.grace_seconds
+        return False
+
+    def blocking_reasons(self) -> list[str]:
+        """The unmet conditions that make ``/readyz`` answer 503."""
+        return [f"{name}: {reason}" for name, reason in sorted(self._reasons.items())
+                if reason and self._blocks(name)]
+
+    def advisory_reasons(self) -> list[str]:
+        """Unmet conditions that do not take the daemon out of its Service."""
+        return [f"{name}: {reason}" for name, reason in sorted(self._reasons.items())
+                if reason and not self._blocks(name)]
+
+
+@dataclass
+class DependencyState:
+    """What the daemon last learnt of one dependency."""
+
+    up: bool | None = None
+    """None until the first exchange."""
+    since: float | None = None
+    """Unix time of the last change between up and down."""
+    last_error: str | None = None
+    last_success: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": "unknown" if self.up is None else ("up" if self.up else "down"),
+            "since": _iso(self.since),
+            "last_error": self.last_error,
+            "last_success": _iso(self.last_success),
+        }
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
+class Dependencies:
+    """Up/down of Redis, Kubernetes, DevLake, GitHub and WebRCA, for status and logs.
+
+    Fed by :meth:`Metrics.mark_success` / :meth:`Metrics.mark_failure` (which
+    also set the ``doraforwarder_dependency_*`` gauges), so every client that
+    reports to the metrics reports here too. A change is logged once, with its
+    cause; a repeated failure with the same cause is not logged again.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, DependencyState] = {}
+
+    def expect(self, name: str) -> None:
+        """List a dependency the configuration uses, before any exchange with it."""
+        self._states.setdefault(name, DependencyState())
+
+    def record(self, name: str, ok: bool, error: str = "") -> None:
+        state = self._states.setdefault(name, DependencyState())
+        now = time.time()
+        if ok:
+            state.last_success = now
+            if state.up is not True:
+                if state.up is False:
+                    log.info("dependency up again", dependency=name,
+                                down_for_s=round(now - (state.since or now), 1))
+                state.up, state.since = True, now
+            return
+        cause = error or "failed"
+        if state.up is not False or cause != state.last_error:
+            log.warning("dependency down", dependency=name, cause=cause)
+        if state.up is not False:
+            state.since = now
+        state.up, state.last_error = False, cause
+
+    def state(self, name: str) -> DependencyState:
+        return self._states.get(name, DependencyState())
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: state.as_dict() for name, state in sorted(self._states.items())}
 
 
 @dataclass
@@ -65,6 +185,7 @@ class StatusBoard:
     last_webrca_poll: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
     """Source name -> running | starting | stopped | error text."""
+    outbox_oldest_age_seconds: float = 0.0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -72,6 +193,7 @@ class StatusBoard:
             "apps_tracked": self.apps_tracked,
             "last_deployments": list(self.recent_deployments),
             "outbox_depth": self.outbox_depth,
+            "outbox_oldest_age_seconds": round(self.outbox_oldest_age_seconds, 3),
             "dead_letters": self.dead_letters,
             "last_webrca_poll": self.last_webrca_poll,
             "sources": dict(self.sources),
@@ -88,6 +210,7 @@ class AppContext:
     metrics: Metrics = field(default_factory=Metrics)
     readiness: Readiness = field(default_factory=Readiness)
     status: StatusBoard = field(default_factory=StatusBoard)
+    dependencies: Dependencies = field(default_factory=Dependencies)
     dry_run: bool = False
     """Print payloads as JSON lines instead of sending them to DevLake."""
     started_at: float = field(default_factory=time.time)
@@ -96,10 +219,26 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.github_rate_limits = RateLimitBoard.of(self.metrics)
+        self.readiness.grace_seconds = self.settings.server.ready_grace.total_seconds()
+        self.metrics.on_dependency = self.dependencies.record
+        for name in expected_dependencies(self.settings, self.dry_run):
+            self.dependencies.expect(name)
 
     @property
     def settings(self) -> Settings:
         return self.config.settings
+
+
+def expected_dependencies(settings: Settings, dry_run: bool = False) -> list[str]:
+    """The dependencies this configuration talks to (listed in status from the start)."""
+    names = ["redis"]
+    if settings.argocd.enabled:
+        names += ["kubernetes", "github"]
+    if settings.webrca.enabled:
+        names.append("webrca")
+    if settings.integration.devlake.enabled and not dry_run:
+        names.append("devlake")
+    return names
 
 
 class Service(Protocol):

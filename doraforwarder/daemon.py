@@ -70,16 +70,13 @@ async def wait_for_redis(context: AppContext, stop: asyncio.Event) -> bool:
         except Exception as exc:  # connection refused, auth, timeouts: all retried
             delay = backoff.next_delay()
             context.metrics.redis_errors.labels("ping").inc()
-            log.warning(
-                "redis not reachable, retrying",
-                redis=url,
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in=round(delay, 2),
-            )
+            # Logged once per cause (by the dependency board), retried quietly.
+            context.metrics.mark_failure("redis", f"{url}: {type(exc).__name__}: {exc}")
             if await wait_or_stop(stop, delay):
                 return False
             continue
         context.readiness.ready("redis")
+        context.metrics.mark_success("redis")
         log.info("redis reachable", redis=url)
         return True
     return False

@@ -7,6 +7,7 @@ outages, watch restarts) has a gauge or counter here, so operators see it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +36,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.on_dependency: Callable[[str, bool, str], None] | None = None
+        """Told of every success and failure (the status board's dependency map)."""
         r = self.registry
         # The process itself
         self.build_info = Info("doraforwarder_build", "Version of the running forwarder.",
@@ -220,10 +223,14 @@ class Metrics:
         dependency = "kubernetes" if source == "argocd" else source
         self.dependency_up.labels(dependency).set(1)
         self.dependency_last_success.labels(dependency).set(now)
+        if self.on_dependency is not None:
+            self.on_dependency(dependency, True, "")
 
-    def mark_failure(self, dependency: str) -> None:
-        """Record that the last exchange with ``dependency`` failed."""
+    def mark_failure(self, dependency: str, error: str = "") -> None:
+        """Record that the last exchange with ``dependency`` failed (``error``: the cause)."""
         self.dependency_up.labels(dependency).set(0)
+        if self.on_dependency is not None:
+            self.on_dependency(dependency, False, error)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,10 +2,13 @@
 
 - ``GET /`` and ``GET /api/v1/health``: the reference JSON shapes, unchanged.
   Liveness only: answering proves the process and its event loop are alive.
-- ``GET /readyz``: 200 when Redis answers, every enabled source runs and no
-  delivery is blocked by DevLake refusing the token; else 503 with reasons.
-- ``GET /metrics``: Prometheus text.
-- ``GET /api/v1/status``: what the daemon is doing, as JSON.
+- ``GET /readyz``: 503 only while starting (before the first complete list of
+  Applications) or when the process cannot work at all (Redis unreachable for
+  longer than ``server.ready_grace``); outages of DevLake, WebRCA or GitHub keep
+  it 200 and show in the status, the metrics and the logs instead.
+- ``GET /metrics``: Prometheus text (``doraforwarder_ready`` mirrors ``/readyz``).
+- ``GET /api/v1/status``: what the daemon is doing, as JSON, with a
+  ``dependencies`` map (up/down, since, last error, last success).
 
 Nothing served here ever contains a secret: the status board holds no tokens
 and the metrics carry none.
@@ -57,14 +60,24 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-async def readyz(request: web.Request) -> web.Response:
-    context = request.app[CONTEXT_KEY]
+async def check_readiness(context: AppContext) -> list[str]:
+    """Ping Redis; the reasons ``/readyz`` is 503 (none: ready); sets ``doraforwarder_ready``."""
     try:
         await context.redis.ping()
-        context.readiness.ready("redis")
     except Exception as exc:  # any failure to answer is "not ready", never a 500
-        context.readiness.not_ready("redis", f"Redis does not answer ({type(exc).__name__})")
-    reasons = context.readiness.reasons()
+        cause = f"Redis does not answer ({type(exc).__name__})"
+        context.readiness.not_ready("redis", cause)
+        context.metrics.mark_failure("redis", cause)
+    else:
+        context.readiness.ready("redis")
+        context.metrics.mark_success("redis")
+    reasons = context.readiness.blocking_reasons()
+    context.metrics.ready.set(0 if reasons else 1)
+    return reasons
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reasons = await check_readiness(request.app[CONTEXT_KEY])
     if reasons:
         return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
     return web.json_response({"status": "ready", "reasons": []})
@@ -72,15 +85,20 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     context = request.app[CONTEXT_KEY]
+    await check_readiness(context)
     return web.Response(body=context.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def status(request: web.Request) -> web.Response:
     context = request.app[CONTEXT_KEY]
+    blocking = await check_readiness(context)
     body = context.status.snapshot()
     body["version"] = __version__
-    body["ready"] = context.readiness.is_ready()
-    body["not_ready_reasons"] = context.readiness.reasons()
+    body["ready"] = not blocking
+    body["not_ready_reasons"] = blocking
+    body["degraded"] = context.readiness.advisory_reasons()
+    body["dependencies"] = context.dependencies.snapshot()
+    body["dry_run"] = context.dry_run
     return web.json_response(body)
 
 

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from kubernetes.client import CustomObjectsApi
+from kubernetes.client import ApiClient, CustomObjectsApi
 from redis.exceptions import RedisError
 
 from doraforwarder.argocd.detect import Decision, decide, mark_deleted
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
-from doraforwarder.argocd.kube import build_api_client
+from doraforwarder.argocd.kube import KubeAccessError, build_api_client
 from doraforwarder.argocd.lanes import Lanes
 from doraforwarder.argocd.model import AppView
 from doraforwarder.argocd.persist import Committed, Decide, commit_decision
@@ -88,17 +88,13 @@ class ArgoCDSource:
         self._stop = stop
         readiness = self.context.readiness
         readiness.require(READINESS, "initial list not done")
-        try:
-            api_client = await asyncio.to_thread(build_api_client, self.config)
-        except Exception as exc:
-            readiness.not_ready(READINESS, f"no Kubernetes API access: {type(exc).__name__}: {exc}")
-            log.error(
-                "no Kubernetes API access",
-                error=f"{type(exc).__name__}: {exc}",
-                kubeconfig=self.config.kubeconfig,
-                context=self.config.context,
-            )
-            raise
+        api_client = await self._api_client(stop)
+        if api_client is None:
+            return
+        if not readiness.is_ready("config"):
+            log.info("kubernetes configuration usable again")
+        readiness.forget("config")
+        self.context.status.sources[self.name] = "running"
         loop = asyncio.get_running_loop()
         metrics = self.context.metrics
         lanes: Lanes[Job] = Lanes(
@@ -150,6 +146,32 @@ class ArgoCDSource:
             await asyncio.to_thread(_join, threads, 5.0)
             await asyncio.to_thread(api_client.close)
 
+    async def _api_client(self, stop: asyncio.Event) -> ApiClient | None:
+        """The Kubernetes client, retried quietly while the kubeconfig is unusable.
+
+        One error line per distinct cause (never a traceback, never a crash
+        loop); the cause stays visible in ``/readyz`` and ``/api/v1/status``
+        until a retry works. None when asked to stop first.
+        """
+        backoff = Backoff(1.0, 300.0)
+        last_cause: str | None = None
+        while not stop.is_set():
+            try:
+                return await asyncio.to_thread(build_api_client, self.config)
+            except KubeAccessError as exc:
+                cause = str(exc)
+            self.context.readiness.not_ready(READINESS, cause)
+            self.context.readiness.not_ready("config", cause)
+            self.context.status.sources[self.name] = "error: no Kubernetes access"
+            self.context.metrics.mark_failure("kubernetes", cause)
+            delay = backoff.next_delay()
+            if cause != last_cause:
+                log.error(cause + "; retrying quietly with backoff until it is fixed")
+                last_cause = cause
+            if await wait_or_stop(stop, delay):
+                return None
+        return None
+
     def _on_listed(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
         first = scope.label not in self._listed
         self._listed.add(scope.label)
@@ -162,6 +184,9 @@ class ArgoCDSource:
         now = time.monotonic()
         for watcher in self.watchers:
             since = watcher.failing_since
+            if since is not None:
+                self.context.metrics.mark_failure(
+                    "kubernetes", f"namespace {watcher.scope.label}: {watcher.last_error}")
             if since is not None and now - since > self.unwatched_grace:
                 self.context.readiness.not_ready(
                     READINESS,
@@ -176,6 +201,8 @@ class ArgoCDSource:
             )
         else:
             self.context.readiness.ready(READINESS)
+            if all(watcher.failing_since is None for watcher in self.watchers):
+                self.context.metrics.mark_success("argocd")  # every watch runs
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         """Deadlines of pending syncs, and readiness of the watches."""

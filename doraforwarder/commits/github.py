@@ -311,6 +311,7 @@ class GitHubClient:
                 response = await self._send(url, headers, call)
             except httpx.TransportError as exc:
                 self._metrics.github_requests.labels(kind, "error").inc()
+                self._metrics.mark_failure("github", f"unreachable: {type(exc).__name__}")
                 delay = backoff.next_delay()
                 await self._retry_wait(delay, call, "GitHub unreachable, retrying",
                                        kind=kind, error=type(exc).__name__)
@@ -343,6 +344,7 @@ class GitHubClient:
                                             limit=throttle.kind, status=response.status_code)
                 continue
             if response.status_code >= 500:
+                self._metrics.mark_failure("github", f"HTTP {response.status_code}")
                 delay = backoff.next_delay()
                 await self._retry_wait(delay, call, "GitHub answered a server error, retrying",
                                        kind=kind, status=response.status_code)

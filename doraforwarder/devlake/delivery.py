@@ -440,7 +440,11 @@ class DeliveryPool:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(self.keys.outbox_stream)
             pipe.xlen(self.keys.dead_stream)
-            depth, dead = await pipe.execute()
+            pipe.xrange(self.keys.outbox_stream, "-", "+", count=1)
+            depth, dead, oldest = await pipe.execute()
+        age = StreamItem(oldest[0][0], {}).age_seconds if oldest else 0.0
+        self.context.metrics.outbox_oldest_age.set(age)
+        self.context.status.outbox_oldest_age_seconds = age
         self.context.metrics.outbox_depth.set(depth)
         self.context.metrics.dead_letters.set(dead)
         self.context.status.outbox_depth = int(depth)
@@ -627,6 +631,8 @@ class DeliveryPool:
         else:
             delay = held.backoff.next_delay()
         self.context.metrics.delivery_retries.labels(verdict.reason).inc()
+        if verdict.reason in ("network", "timeout", "server_error", "unexpected_status"):
+            self.context.metrics.mark_failure("devlake", _cause(verdict.reason, answer))
         held.last_reason = verdict.reason
         log.warning(
             "delivery failed, will retry",
@@ -642,6 +648,10 @@ class DeliveryPool:
             url=url,
         )
         self.schedule.put(held, delay)
+
+
+def _cause(reason: str, answer: Answer) -> str:
+    return f"{reason}: HTTP {answer.status}" if answer.status else f"{reason}: {answer.error}"
 
 
 def _describe(answer: Answer, url: str) -> str:

@@ -416,6 +416,7 @@ class WebRCAPoller:
             readiness.not_ready(READINESS, report.detail or "configuration problem")
         elif report.outcome in ("unavailable", "error"):
             readiness.not_ready(READINESS, f"last poll failed: {report.detail}")
+            context.metrics.mark_failure("webrca", report.detail or report.outcome)
         elif report.outcome == "skipped" and not self._polled_here:
             readiness.ready(READINESS)
         if report.outcome in ("ok", "partial"):
