@@ -27,6 +27,7 @@ from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext, Service
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.devlake.plan import Planner
+from doraforwarder.dryrun import DryRunSpace, dry_run_keys
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.server import bound_port, start_http
@@ -95,12 +96,15 @@ class Daemon:
     ) -> None:
         """``redis`` replaces the configured connection (the demo's embedded store)."""
         settings = config.settings
+        prefix = settings.storage.redis.key_prefix
         self.context = AppContext(
             config=config,
             redis=redis if redis is not None else connect(settings.storage.redis),
-            keys=Keys(settings.storage.redis.key_prefix),
+            keys=dry_run_keys(prefix) if dry_run else Keys(prefix),
             dry_run=dry_run,
         )
+        self._dry_run = DryRunSpace(self.context.redis, prefix, self.context.keys) \
+            if dry_run else None
         self.stop = asyncio.Event()
         self.port: int | None = None
         self._services_factory = services_factory
@@ -132,6 +136,8 @@ class Daemon:
         tasks: list[asyncio.Task[None]] = []
         try:
             if await wait_for_redis(self.context, self.stop):
+                if self._dry_run is not None:
+                    await self._dry_run.start(self.stop)
                 services = list(self._services_factory(self.context))
                 for service in services:
                     self.context.status.sources[service.name] = "starting"
@@ -143,6 +149,9 @@ class Daemon:
             await self.stop.wait()
         finally:
             await self._shutdown(tasks)
+            if self._dry_run is not None:
+                with contextlib.suppress(Exception):  # Redis gone: a later dry run cleans up
+                    await self._dry_run.close()
             await runner.cleanup()
             await self.context.redis.aclose()
         log.info("stopped")
