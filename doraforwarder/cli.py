@@ -1,28 +1,32 @@
-"""Command line: ``doraforwarder run | check-config | version | outbox | demo | doctor | backfill``.
+"""Command line: ``doraforwarder run | check-config | status | doctor | backfill | outbox | ...``.
 
 Each command lives in ``doraforwarder/commands/<name>.py`` and exposes
-``add_parser(subparsers)``; this module only assembles them and maps the two
-kinds of expected failure to exit codes: configuration problems exit 2 with
-one clear line on stderr, never a traceback.
+``add_parser(subparsers)``; this module only assembles them and maps every
+operator mistake to one line on stderr, never a traceback: configuration
+problems (and a bad command line) exit 2, anything else that stops a
+command exits 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from doraforwarder import __version__
+from doraforwarder.argocd.kube import KubeAccessError
 from doraforwarder.commands import COMMANDS
+from doraforwarder.commands.common import GLOBAL, Parser, fill_global_defaults
 from doraforwarder.config import ConfigError
+from doraforwarder.logging import redactor
 
 EXIT_CONFIG = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="doraforwarder",
         description="Forward ArgoCD deployments and WebRCA incidents to Apache DevLake.",
+        parents=[GLOBAL],
     )
     parser.add_argument("--version", action="version", version=f"doraforwarder {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,16 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return redactor.redact_text(" ".join(text.split()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    fill_global_defaults(args)
     try:
         code: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"doraforwarder: {exc}", file=sys.stderr)
+    except (ConfigError, KubeAccessError) as exc:
+        print(f"doraforwarder: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last guard: one line, never a traceback
+        if args.log_level == "debug":
+            raise
+        print(f"doraforwarder {args.command}: {_one_line(f'{type(exc).__name__}: {exc}')} "
+              "(--log-level debug shows the traceback)", file=sys.stderr)
+        return 1
     return code
 
 

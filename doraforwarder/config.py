@@ -529,6 +529,8 @@ def _section(data: dict[str, Any], *path: str) -> dict[str, Any] | None:
 
 def _apply_overrides(data: dict[str, Any], env: EnvironmentOverrides) -> dict[str, Any]:
     """Environment variables win over the file, as in the reference."""
+    _check_number("PORT", env.port)
+    _check_number("REDIS_PORT", env.redis_port)
     server = _section(data, "server")
     if server is not None:
         for key in ("port", "log_level", "environment"):
@@ -542,6 +544,25 @@ def _apply_overrides(data: dict[str, Any], env: EnvironmentOverrides) -> dict[st
         if env.redis_password:
             redis["password"] = env.redis_password
     return data
+
+
+def file_secret_warnings(config: LoadedConfig) -> list[str]:
+    """Secrets written in the configuration file, one sentence each (never the value)."""
+    notes = []
+    if config.settings.webrca.token:
+        notes.append("webrca.token in the configuration file is ignored: secrets come only "
+                     "from the environment; set OFFLINE_TOKEN (or OFFLINE_TOKEN_FILE)")
+    redis = config.settings.storage.redis
+    if redis.password and not os.environ.get("REDIS_PASSWORD"):
+        notes.append("storage.redis.password is written in the configuration file: move it "
+                     "to the REDIS_PASSWORD environment variable (from a Secret)")
+    return notes
+
+
+def _check_number(name: str, value: str | None) -> None:
+    if value is not None and value != "" and (not value.isdigit() or int(value) > 65535):
+        raise ConfigError(f"environment variable {name}={value!r} is not a port number "
+                          "(0 to 65535)")
 
 
 def _describe(error: ErrorDetails) -> str:
@@ -607,7 +628,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {source} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -2,6 +2,15 @@
 
 from types import ModuleType
 
-from doraforwarder.commands import backfill, check_config, demo, doctor, outbox, run, version
+from doraforwarder.commands import (
+    backfill,
+    check_config,
+    demo,
+    doctor,
+    outbox,
+    run,
+    status,
+    version,
+)
 
-COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, backfill, outbox, version]
+COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, status, backfill, outbox, version]

@@ -8,6 +8,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from doraforwarder.argocd.kube import KubeAccessError
 from doraforwarder.commands.common import (
     add_command,
     load_and_configure,
@@ -16,6 +19,7 @@ from doraforwarder.config import ConfigError, LoadedConfig
 from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
 from doraforwarder.ops.backfill import Backfill, Selection, list_applications, render, summary
+from doraforwarder.ops.checks import error_text
 from doraforwarder.storage import connect
 
 
@@ -62,14 +66,33 @@ async def _backfill(config: LoadedConfig, args: argparse.Namespace) -> int:
     backfill = Backfill(context, selection)
     stop = asyncio.Event()
     try:
-        objects = await asyncio.to_thread(
-            lambda: list(list_applications(settings.argocd, args.namespace)))
-        kept, duplicates = await backfill.plan(objects)
+        try:
+            objects = await asyncio.to_thread(
+                lambda: list(list_applications(settings.argocd, args.namespace)))
+        except KubeAccessError:
+            raise
+        except Exception as exc:  # unreachable API server, refused token, TLS
+            print(f"doraforwarder backfill: cannot list Applications: {error_text(exc)}",
+                  file=sys.stderr)
+            return 1
+        try:
+            kept, duplicates = await backfill.plan(objects)
+        except RedisError as exc:
+            print(f"doraforwarder backfill: cannot reach Redis at "
+                  f"{settings.storage.redis.display_url()}: {type(exc).__name__}",
+                  file=sys.stderr)
+            return 1
+        print(f"backfill: {len(objects)} applications, {len(kept)} deployments selected, "
+              f"{len(duplicates)} duplicates", file=sys.stderr, flush=True)
         if args.dry_run:
             outcomes = await backfill.print_payloads(kept, stop)
             print(summary(config, outcomes, duplicates), file=sys.stderr)
             return 0
         outcomes = await backfill.stage(kept)
+        staged = sum(1 for o in outcomes if o.action == "staged")
+        apps = len({o.deployment.app for o in outcomes})
+        print(f"backfill: {apps}/{len(objects)} applications done, {staged} records staged",
+              file=sys.stderr, flush=True)
         print(render(outcomes, duplicates))
         drained = True
         if any(o.action == "staged" for o in outcomes):

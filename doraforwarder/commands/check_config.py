@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from doraforwarder.commands.common import add_command
+from doraforwarder.commands.common import add_command, warn_file_secrets
 from doraforwarder.config import load_config
 
 DESCRIPTION = "Exit 0 and print the effective configuration, or exit 2 naming the problem."
@@ -20,6 +20,7 @@ def add_parser(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    warn_file_secrets(config)
     print(f"# configuration from {config.source} is valid; effective values:")
     for note in config.deprecations:
         print(f"# deprecated: {note}")

@@ -1,48 +1,81 @@
-"""Options and set-up shared by the commands that read the configuration."""
+"""Options and set-up shared by the commands that read the configuration.
+
+``--config``, ``--log-level`` and ``--log-format`` are global: accepted before
+the command (``doraforwarder --config F doctor``) as well as after it
+(``doraforwarder doctor --config F``); after the command wins.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from doraforwarder.config import LoadedConfig, load_config
+from doraforwarder.config import LoadedConfig, file_secret_warnings, load_config
 from doraforwarder.logging import configure_logging, get_logger
+
+GLOBAL_DEFAULTS: dict[str, Any] = {"config": None, "log_level": None, "log_format": None}
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2), never the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def global_options() -> argparse.ArgumentParser:
+    """The options every command accepts, before or after its name (defaults suppressed,
+    so a value given before the command is not reset by the sub-command's parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
+        help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
+    )
+    parent.add_argument(
+        "--log-format", choices=["auto", "json", "console"], default=argparse.SUPPRESS,
+        help="log rendering (default: server.log_format; auto = console on a terminal)",
+    )
+    parent.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=["debug", "info", "warning", "warn", "error"],
+                        help="override server.log_level")
+    return parent
+
+
+GLOBAL = global_options()
+
+
+def fill_global_defaults(args: argparse.Namespace) -> None:
+    for name, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
 
 
 def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
                 help: str, description: str, config: bool = True,
                 logging: bool = False) -> argparse.ArgumentParser:
-    """One sub-command: its help, ``--config`` (and the logging options) and its handler."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help,
-                                                            description=description)
-    if config:
-        add_config_argument(parser)
-    if logging:
-        add_logging_arguments(parser)
+    """One sub-command: its help, the global options and its handler."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=description, parents=[GLOBAL])
     parser.set_defaults(handler=handler)
     return parser
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        "-c",
-        metavar="FILE",
-        default=None,
-        help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
-    )
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                        help="text for people (default) or json for scripts")
 
 
-def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        default=None,
-        help="log rendering (default: server.log_format; auto = console on a terminal)",
-    )
-    parser.add_argument("--log-level", default=None, help="override server.log_level")
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def warn_file_secrets(config: LoadedConfig) -> None:
+    """The same warnings ``run`` logs, for commands that print instead of logging."""
+    for note in file_secret_warnings(config):
+        print(f"doraforwarder: warning: {note}", file=sys.stderr)
 
 
 def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
@@ -62,10 +95,6 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
     for note in config.deprecations:
         get_logger("config").warning(f"deprecated configuration key: {note}",
                                      config=config.source)
-    if config.settings.webrca.token:
-        get_logger("config").warning(
-            "webrca.token in the configuration file is ignored: secrets come only from the "
-            "environment; set OFFLINE_TOKEN (or OFFLINE_TOKEN_FILE)",
-            config=config.source,
-        )
+    for note in file_secret_warnings(config):
+        get_logger("config").warning(note, config=config.source)
     return config

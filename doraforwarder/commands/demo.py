@@ -21,12 +21,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print each accepted payload as a JSON line instead of a table")
     parser.add_argument("--pace", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument("--log-level", default="error",
-                        help="daemon log level on stderr (default: error)")
 
 
 def handle(args: argparse.Namespace) -> int:
     from doraforwarder.ops.demo import run_demo
 
-    configure_logging(level=args.log_level, log_format="console", stream=sys.stderr)
+    # The daemon's logs would drown the table: errors only unless --log-level says otherwise.
+    configure_logging(level=args.log_level or "error", log_format="console", stream=sys.stderr)
     return asyncio.run(run_demo(sys.stdout, as_json=args.json, pace=args.pace))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -16,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commands.common import add_command
+from doraforwarder.commands.common import GLOBAL, add_command, add_output_argument, print_json
 from doraforwarder.config import format_duration, load_config
 from doraforwarder.keys import Keys
 from doraforwarder.storage import connect
@@ -28,23 +30,28 @@ def add_parser(subparsers: Any) -> None:
         help="inspect and repair DevLake delivery (outbox and dead letters)",
         description="Show what waits for DevLake, what it refused, and put entries back.",
     )
+    add_output_argument(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    actions.add_parser("stats", help="counts: waiting, in delivery, dead letters")
-    listing = actions.add_parser("list", help="entries waiting for delivery, oldest first")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        # ``outbox list --config FILE`` works as well as ``outbox --config FILE list``.
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=help, parents=[GLOBAL])
+        sub.add_argument("-o", "--output", choices=["text", "json"], default=argparse.SUPPRESS,
+                         help="text (default) or json")
+        return sub
+
+    action("stats", "counts: waiting, in delivery, dead letters")
+    listing = action("list", "entries waiting for delivery, oldest first")
     listing.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    dead = actions.add_parser("dead", help="dead letters with the reason DevLake refused them")
+    dead = action("dead", "dead letters with the reason DevLake refused them")
     dead.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    requeue = actions.add_parser("requeue", help="move dead letters back to the outbox")
+    requeue = action("requeue", "move dead letters back to the outbox")
     which = requeue.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="dead-letter id (see 'outbox dead')")
     which.add_argument("--all", action="store_true", help="requeue every dead letter")
-    drop = actions.add_parser("drop", help="delete an outbox entry or a dead letter for good")
+    drop = action("drop", "delete an outbox entry or a dead letter for good")
     drop.add_argument("id", help="entry id (see 'outbox list' or 'outbox dead')")
-    for action in actions.choices.values():
-        # ``outbox list --config FILE`` works as well as ``outbox --config FILE list``.
-        action.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
-                            help="configuration file")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -57,16 +64,20 @@ def handle(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys, where: str) -> int:
     try:
         action = args.action
+        as_json = args.output == "json"
         if action == "stats":
-            print(format_stats(await outbox.outbox_stats(redis, keys), where))
-        elif action == "list":
-            items = await outbox.read_stream(redis, keys.outbox_stream, args.limit)
-            total = await redis.xlen(keys.outbox_stream)
-            print(format_outbox(items, total))
-        elif action == "dead":
-            items = await outbox.read_stream(redis, keys.dead_stream, args.limit)
-            total = await redis.xlen(keys.dead_stream)
-            print(format_dead(items, total))
+            stats = await outbox.outbox_stats(redis, keys)
+            print_json(dataclasses.asdict(stats)) if as_json else print(format_stats(stats, where))
+        elif action in ("list", "dead"):
+            stream = keys.outbox_stream if action == "list" else keys.dead_stream
+            items = await outbox.read_stream(redis, stream, args.limit)
+            total = await redis.xlen(stream)
+            if as_json:
+                print_json({"total": total, "entries": [_as_dict(item) for item in items]})
+            elif action == "list":
+                print(format_outbox(items, total, ever_used=await _ever_used(redis, keys)))
+            else:
+                print(format_dead(items, total))
         elif action == "requeue":
             return await _requeue(args, redis, keys)
         elif action == "drop":
@@ -75,13 +86,35 @@ async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys, wher
             print(f"dropped {args.id} from {where_from}")
         return 0
     except outbox.RepairError as exc:
-        print(f"doraforwarder outbox: {exc}")
+        print(f"doraforwarder outbox: {exc}", file=sys.stderr)
         return 1
     except aioredis.ConnectionError as exc:
-        print(f"doraforwarder outbox: cannot reach Redis at {where}: {exc}")
+        print(f"doraforwarder outbox: cannot reach Redis at {where}: {exc}", file=sys.stderr)
         return 1
     finally:
         await redis.aclose()
+
+
+async def _ever_used(redis: aioredis.Redis, keys: Keys) -> bool:
+    """Whether anything was ever staged: the outbox stream exists once it was (even empty)."""
+    return bool(await redis.exists(keys.outbox_stream, keys.dead_stream))
+
+
+def _as_dict(item: outbox.StreamItem) -> dict[str, Any]:
+    entry = item.entry
+    return {
+        "id": item.id,
+        "age_seconds": round(item.age_seconds, 3),
+        "kind": entry.kind if entry else None,
+        "target": entry.target.key if entry else None,
+        "team": entry.target.team if entry else None,
+        "record_id": entry.record_id if entry else None,
+        "order": f"{entry.order_key}#{item.seq}" if entry and entry.order_key else None,
+        "error": item.error,
+        "reason": item.fields.get("reason"),
+        "status": item.fields.get("status"),
+        "failed_at": item.fields.get("failed_at"),
+    }
 
 
 async def _requeue(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys) -> int:
@@ -172,7 +205,9 @@ def _dead_row(item: outbox.StreamItem) -> list[str]:
     return [item.id, kind, target, record, item.fields.get("status") or "-", when, reason[:160]]
 
 
-def format_outbox(items: Sequence[outbox.StreamItem], total: int) -> str:
+def format_outbox(items: Sequence[outbox.StreamItem], total: int, ever_used: bool = True) -> str:
+    if not items and not ever_used:
+        return "no outbox yet: nothing was ever staged in this Redis (check storage.redis)"
     if not items:
         return "the outbox is empty: everything was delivered"
     return _listing(items, total, ["ID", "KIND", "TARGET", "AGE", "ORDER", "RECORD"],

@@ -1,0 +1,89 @@
+"""``doraforwarder status``: what ``/api/v1/status`` shows, read from Redis.
+
+Works without the daemon: outbox depth and oldest age, dead letters, the last
+WebRCA poll and the applications with stored state. What only a running
+daemon knows (readiness, dependencies, recent deliveries) is named as not
+available here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from doraforwarder import outbox
+from doraforwarder.commands.common import add_command, add_output_argument, print_json
+from doraforwarder.config import load_config
+from doraforwarder.keys import Keys
+from doraforwarder.storage import connect
+
+OFFLINE = ["ready", "dependencies", "last_deployments", "sources"]
+"""Fields of ``/api/v1/status`` only the running daemon knows."""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = add_command(subparsers, "status", handle,
+                         help="what /api/v1/status shows, read from Redis (no daemon needed)",
+                         description="Outbox depth and age, dead letters, last WebRCA poll, "
+                         "applications with stored state.")
+    add_output_argument(parser)
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    redis_config = config.settings.storage.redis
+    where = redis_config.display_url()
+    try:
+        status = asyncio.run(read_status(connect(redis_config), Keys(redis_config.key_prefix)))
+    except aioredis.RedisError as exc:
+        print(f"doraforwarder status: cannot reach Redis at {where}: {type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    status["redis"] = where
+    if args.output == "json":
+        print_json(status)
+    else:
+        print(render(status))
+    return 0
+
+
+async def read_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    try:
+        stats = await outbox.outbox_stats(redis, keys)
+        last_poll = await redis.get(keys.webrca_last_poll)
+        apps = 0
+        async for _ in redis.scan_iter(match=keys.app_state_pattern(), count=1000):
+            apps += 1
+    finally:
+        await redis.aclose()
+    return {
+        "outbox_depth": stats.outbox,
+        "outbox_in_delivery": stats.pending,
+        "outbox_oldest_age_seconds": round(stats.oldest_age_seconds or 0.0, 3),
+        "dead_letters": stats.dead,
+        "last_webrca_poll": json.loads(last_poll) if last_poll else None,
+        "apps_with_state": apps,
+        "not_available_offline": OFFLINE,
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    poll = status["last_webrca_poll"]
+    poll_text = "never (or WebRCA is off)" if poll is None else \
+        f"{poll.get('at', '?')}: {poll.get('outcome', '?')}, {poll.get('incidents', '?')} incidents"
+    return "\n".join([
+        f"redis:            {status['redis']}",
+        f"outbox:           {status['outbox_depth']} waiting "
+        f"({status['outbox_in_delivery']} being delivered), oldest "
+        f"{status['outbox_oldest_age_seconds']:.0f}s",
+        f"dead letters:     {status['dead_letters']}",
+        f"last WebRCA poll: {poll_text}",
+        f"applications:     {status['apps_with_state']} with stored state",
+        f"not available offline: {', '.join(status['not_available_offline'])} "
+        "(ask the running daemon: GET /api/v1/status)",
+    ])
