@@ -180,3 +180,37 @@ async def test_starting_is_503_and_ready_gauge_follows(redis_client: aioredis.Re
             assert status["degraded"] == ["argocd: namespace argocd not watched for 300s"]
     finally:
         await runner.cleanup()
+
+
+async def test_unusable_kubeconfig_is_one_error_line_retried_quietly_and_in_status(
+    redis_client: aioredis.Redis, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from doraforwarder.argocd.source import ArgoCDSource
+    from doraforwarder.streams import stage_detected
+
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("clusters: [\n")
+    monkeypatch.setenv("KUBECONFIG", str(broken))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    context = make_context(redis_client)
+    runner = await start_http(context, "127.0.0.1", 0)
+    source = ArgoCDSource(context, stage=stage_detected)
+    try:
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{bound_port(runner)}") as http, \
+                    RunningService(source):
+                await eventually(lambda: not context.readiness.is_ready("config"),
+                                 what="kubeconfig problem noticed")
+                answer = await http.get("/readyz")
+                assert answer.status_code == 503
+                reason = answer.json()["reasons"][0]
+                assert reason.startswith("argocd: no Kubernetes access: ")
+                assert f"KUBECONFIG {broken}" in reason
+                status = (await http.get("/api/v1/status")).json()
+                assert status["dependencies"]["kubernetes"]["state"] == "down"
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert len(errors) == 1 and "retrying quietly" in errors[0]["event"]
+        assert not any("exc_info" in e for e in logs)
+    finally:
+        await runner.cleanup()
