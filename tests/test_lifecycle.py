@@ -75,8 +75,9 @@ storage: {{redis: {{address: "{server.address}"}}}}
 """)
     process = start_daemon(config, clean_env)
     try:
-        lines = read_until(process, "redis not reachable, retrying")
-        assert lines[-1]["component"] == "daemon"
+        lines = read_until(process, "dependency down")  # once per cause, then quiet retries
+        assert lines[-1]["component"] == "daemon" and lines[-1]["dependency"] == "redis"
+        assert server.address in lines[-1]["cause"]
         assert process.poll() is None
         server.start()
         read_until(process, "started")

@@ -29,7 +29,7 @@ async def run(*argv: str) -> int:
 
 async def test_stats_list_dead_requeue_drop(redis_client, config: Path, capsys) -> None:
     assert await run("outbox", "--config", str(config), "list") == 0
-    assert "the outbox is empty" in capsys.readouterr().out
+    assert "no outbox yet: nothing was ever staged" in capsys.readouterr().out
     await stage(redis_client, KEYS, [deployment_entry("svc:1"), deployment_entry("svc:2"),
                                      *issue_entries("INC-7", "DONE", close=True)])
     await outbox.ensure_group(redis_client, KEYS.outbox_stream, "delivery")
@@ -57,7 +57,7 @@ async def test_stats_list_dead_requeue_drop(redis_client, config: Path, capsys) 
     assert await redis_client.xlen(KEYS.outbox_stream) == 4
 
     assert await run("outbox", "--config", str(config), "requeue", dead_id) == 1
-    assert "no dead letter" in capsys.readouterr().out
+    assert "no dead letter" in capsys.readouterr().err
     assert await run("outbox", "--config", str(config), "drop", items[1].id) == 0
     assert "dropped" in capsys.readouterr().out
     assert await redis_client.xlen(KEYS.outbox_stream) == 3
