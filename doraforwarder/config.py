@@ -426,6 +426,12 @@ class Settings(Section):
     github: GitHubConfig = Field(default_factory=GitHubConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _github_retries_from_delivery(cls, data: Any) -> Any:
+        """Old files keep their GitHub retry timing (see :func:`_migrate`)."""
+        return _migrate(data)[0] if isinstance(data, Mapping) else data
+
 
 class Secrets(BaseModel):
     """Tokens from the environment. ``SecretStr`` keeps them out of every repr."""
@@ -579,9 +585,8 @@ def _migrate(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _validate(data: Mapping[str, Any], source: str) -> tuple[Settings, list[str]]:
-    document, notes = _migrate(data)
     try:
-        return Settings.model_validate(document), notes
+        return Settings.model_validate(dict(data)), _migrate(data)[1]
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
