@@ -26,7 +26,7 @@ from doraforwarder.context import AppContext, Service
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.server import bound_port, start_http
-from doraforwarder.storage import connect
+from doraforwarder.storage import RedisWatch, connect
 
 log = get_logger("daemon")
 
@@ -36,7 +36,7 @@ ServicesFactory = Callable[[AppContext], Sequence[Service]]
 def build_services(context: AppContext) -> list[Service]:
     """The sources and worker pools the configuration enables."""
     settings = context.settings
-    services: list[Service] = []
+    services: list[Service] = [RedisWatch(context)]
     if settings.argocd.enabled:
         from doraforwarder.argocd.source import ArgoCDSource
         from doraforwarder.commits.stage import ResolverPool
@@ -96,7 +96,7 @@ class Daemon:
         self.context = AppContext(
             config=config,
             redis=redis if redis is not None else connect(settings.storage.redis),
-            keys=Keys(settings.storage.redis.key_prefix),
+            keys=Keys(settings.storage.redis.keyspace),
             dry_run=dry_run,
         )
         self.stop = asyncio.Event()
