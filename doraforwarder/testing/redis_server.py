@@ -118,8 +118,10 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client for fixtures' own checks (not for the daemon)."""
+        tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(self.tls.ca_cert)} if self.tls is not None else {})
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                           decode_responses=True, socket_timeout=5)
+                           decode_responses=True, socket_timeout=5, **tls)
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
