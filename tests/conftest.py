@@ -42,7 +42,7 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-SENTINEL_PASSWORD = "sentinel-test-secret"  # noqa: S105 - a throw-away test server's password
+SENTINEL_PASSWORD = "sentinel-test-secret"
 
 
 @pytest.fixture(scope="session")
