@@ -231,15 +231,16 @@ class RedisHealth:
         }
 
 
-async def current_address(context: AppContext) -> str:
+async def current_address(context: AppContext, sentinel: Sentinel | None = None) -> str:
     """The server the daemon's writes go to now."""
     config = context.settings.storage.redis
     if config.mode == "sentinel":
-        host, port = await sentinel_of(config).discover_master(config.sentinel.master)
+        asked = sentinel if sentinel is not None else sentinel_of(config)
+        host, port = await asked.discover_master(config.sentinel.master)
         return f"{host}:{port}"
     if config.mode == "cluster":
         cluster = cast(RedisCluster, context.redis)
-        node = cluster.get_node_from_key(context.keys.prefix)
+        node = cluster.get_node_from_key(context.keys.outbox_stream)
         if node is None:
             return ""
         return f"{node.host}:{node.port}"
@@ -247,10 +248,12 @@ async def current_address(context: AppContext) -> str:
 
 
 class RedisWatch:
-    """Checks Redis every few seconds and keeps :class:`RedisHealth` up to date.
+    """Checks Redis every second and keeps :class:`RedisHealth` up to date.
 
-    It logs each change an operator cares about once: Redis unreachable, Redis
-    back, a new master after a failover (or the keys' slot on a new node).
+    The check reads one of the daemon's own keys, so in cluster mode it goes
+    to the node serving the keys' slot and in sentinel mode to the master.
+    It logs each change an operator cares about once: Redis unreachable,
+    Redis back, a new master after a failover (or the slot on a new node).
     """
 
     name = "redis-watch"
@@ -258,14 +261,16 @@ class RedisWatch:
     def __init__(self, context: AppContext, interval: float = 1.0) -> None:
         self.context = context
         self.interval = interval
-        self.health = RedisHealth(mode=context.settings.storage.redis.mode)
+        config = context.settings.storage.redis
+        self.health = RedisHealth(mode=config.mode)
+        self._sentinel = sentinel_of(config) if config.mode == "sentinel" else None
         context.status.redis = self.health.snapshot()
 
     async def check(self) -> None:
         health = self.health
         try:
-            await self.context.redis.ping()
-            address = await current_address(self.context)
+            await self.context.redis.exists(self.context.keys.outbox_stream)
+            address = await current_address(self.context, self._sentinel)
         except (TimeoutError, RedisError, OSError) as exc:
             health.last_error = f"{type(exc).__name__}: {exc}"
             health.last_error_at = time.time()
@@ -287,7 +292,12 @@ class RedisWatch:
         self.context.status.redis = health.snapshot()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.check()
-            if await wait_or_stop(stop, self.interval):
-                return
+        try:
+            while not stop.is_set():
+                await self.check()
+                if await wait_or_stop(stop, self.interval):
+                    return
+        finally:
+            if self._sentinel is not None:
+                for client in self._sentinel.sentinels:
+                    await client.aclose()
