@@ -10,9 +10,17 @@ configuration into a client:
   the callers already retry with backoff. A master demoted to replica answers
   writes with READONLY; redis-py's Sentinel connection turns that into a
   ``ConnectionError`` and reconnects to whichever server is master now.
-- ``cluster``: redis-py's cluster client. Every key carries one hash tag
-  (:attr:`RedisConfig.keyspace`), so every key is in one slot and
-  transactions and Lua scripts work unchanged.
+- ``cluster``: every key carries one hash tag (:attr:`RedisConfig.keyspace`),
+  so every key the daemon uses is in one slot, served by one primary. The
+  client talks to that primary directly (:class:`SlotOwnerConnectionPool`
+  asks the startup nodes which node owns the slot, like a Sentinel pool asks
+  for the master), so WATCH/MULTI, Lua, pipelined MGET and SCAN work exactly
+  as on one server. A MOVED answer (the slot moved after a failover or a
+  resharding) drops the connection and the next one asks again. redis-py's
+  own cluster client is not used for the daemon's traffic: its asyncio
+  transactions run immediate-mode commands (GET after WATCH) on a second
+  event loop in a thread, which breaks with non-Redis errors while a node
+  restarts.
 
 After a transaction that creates stream entries (deployments detected,
 outbox entries staged) the client can issue ``WAIT`` on the same connection,
@@ -25,13 +33,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisError
 
 from doraforwarder.backoff import wait_or_stop
 from doraforwarder.config import RedisConfig
@@ -50,14 +60,41 @@ _STAGING_COMMANDS = frozenset({"XADD", "EVAL", "EVALSHA"})
 """Commands after which a transaction may have created a stream entry."""
 
 
+class _ReplicaAcknowledgements:
+    """Logs when writes stop (and start again) reaching enough replicas, once per change."""
+
+    def __init__(self) -> None:
+        self.short = False
+        self.short_writes = 0
+
+    def record(self, acked: int, wanted: int, timeout_ms: int) -> None:
+        if acked < wanted:
+            self.short_writes += 1
+            if not self.short:
+                log.warning(
+                    "writes not confirmed by enough replicas; a failover now could lose them",
+                    replicas_acked=acked, replicas_wanted=wanted, timeout_ms=timeout_ms,
+                )
+            self.short = True
+        elif self.short:
+            log.info("writes confirmed by replicas again", replicas_acked=acked,
+                     unconfirmed_writes=self.short_writes)
+            self.short = False
+            self.short_writes = 0
+
+
+_REPLICAS = _ReplicaAcknowledgements()
+
+
 class ReplicatedPipeline(Pipeline):
     """A pipeline that, after a transaction creating stream entries, waits for replicas.
 
     ``WAIT n timeout`` counts the replicas that acknowledged every write made
     *on this connection*, so it runs on the transaction's own connection,
     before the pipeline returns it to the pool. Fewer acknowledgements than
-    asked for are logged, not raised: the transaction did commit on the
-    master, and retrying it would stage the entries twice.
+    asked for (within ``wait_timeout``) are logged, not raised: the
+    transaction did commit on the master, and retrying it would stage the
+    entries twice.
     """
 
     wait_replicas = 0
@@ -76,13 +113,7 @@ class ReplicatedPipeline(Pipeline):
             await connection.send_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             acked = int(await connection.read_response())
             self.replicas_acked = acked
-            if acked < self.wait_replicas:
-                log.warning(
-                    "write not yet on enough replicas; a failover now could lose it",
-                    replicas_acked=acked,
-                    replicas_wanted=self.wait_replicas,
-                    timeout_ms=self.wait_timeout_ms,
-                )
+            _REPLICAS.record(acked, self.wait_replicas, self.wait_timeout_ms)
         return result
 
 
@@ -179,28 +210,103 @@ def _connect_sentinel(config: RedisConfig) -> aioredis.Redis:
     return client
 
 
+class SlotOwnerConnection(Connection):
+    """A connection to whichever primary owns the daemon's slot right now."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.owner_pool: SlotOwnerConnectionPool = kwargs.pop("owner_pool")
+        super().__init__(**kwargs)
+
+    async def connect(self) -> None:
+        if self.is_connected:
+            return
+        self.host, self.port = await self.owner_pool.owner()
+        try:
+            await super().connect()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError):
+            # The owner may be gone for good (its replica took the slot over):
+            # ask the cluster again on the next attempt.
+            self.owner_pool.forget_owner()
+            raise
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except MovedError as exc:
+            # The slot has a new owner (failover, resharding): forget the old
+            # one; the caller's retry connects to the new owner.
+            self.owner_pool.forget_owner()
+            await self.disconnect()
+            raise RedisConnectionError(f"the keys' slot moved: {exc}") from exc
+
+
+class SlotOwnerSSLConnection(SlotOwnerConnection, SSLConnection):
+    pass
+
+
+class SlotOwnerConnectionPool(ConnectionPool):
+    """Connections to the primary serving ``slot``, found through the startup nodes."""
+
+    def __init__(self, startup_nodes: list[tuple[str, int]], slot: int, *,
+                 ssl: bool = False, **kwargs: Any) -> None:
+        kwargs["connection_class"] = SlotOwnerSSLConnection if ssl else SlotOwnerConnection
+        super().__init__(**kwargs)
+        self.connection_kwargs["owner_pool"] = self
+        self.startup_nodes = list(startup_nodes)
+        self.slot = slot
+        self.last_owner: tuple[str, int] | None = None
+        self._owner: tuple[str, int] | None = None
+        self._probe_kwargs = {k: v for k, v in kwargs.items()
+                              if k not in ("connection_class", "max_connections", "db")}
+        self._probe_class = SSLConnection if ssl else Connection
+
+    def forget_owner(self) -> None:
+        self._owner = None
+
+    async def owner(self) -> tuple[str, int]:
+        if self._owner is None:
+            self._owner = await self._discover()
+            self.last_owner = self._owner
+        return self._owner
+
+    async def _discover(self) -> tuple[str, int]:
+        """Ask each known node in turn which primary serves the slot."""
+        candidates = list(dict.fromkeys(
+            [*([self.last_owner] if self.last_owner else []), *self.startup_nodes]))
+        errors: list[str] = []
+        for host, port in candidates:
+            probe = aioredis.Redis(
+                connection_pool=ConnectionPool(
+                    connection_class=self._probe_class, host=host, port=port,
+                    **self._probe_kwargs))
+            try:
+                slots = await probe.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                for start, end, primary, *_ in slots:
+                    if int(start) <= self.slot <= int(end):
+                        owner_host = primary[0] or host
+                        if isinstance(owner_host, bytes):
+                            owner_host = owner_host.decode()
+                        return str(owner_host), int(primary[1])
+                errors.append(f"{host}:{port}: no node serves slot {self.slot}")
+            except (RedisError, OSError) as exc:
+                errors.append(f"{host}:{port}: {type(exc).__name__}: {exc}")
+            finally:
+                await probe.aclose()
+        raise RedisConnectionError("no cluster node named the owner of the daemon's slot ("
+                                   + "; ".join(errors) + ")")
+
+
 def _connect_cluster(config: RedisConfig) -> aioredis.Redis:
-    options = {key: value for key, value in _COMMON.items() if key != "health_check_interval"}
-    cluster = RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in config.server_addresses()],
-        **options,
+    pool = SlotOwnerConnectionPool(
+        config.server_addresses(),
+        key_slot(f"{config.keyspace}:slot".encode()),
+        ssl=config.tls.enabled,
+        **_COMMON,
         **_auth(config),
-        **_ssl_flag(config),
+        **_tls_options(config),
     )
-    return cast(aioredis.Redis, cluster)
-
-
-async def get_watched(pipe: Pipeline, keys: list[str]) -> list[bytes | str | None]:
-    """The values of watched ``keys``, read in the pipeline's immediate mode.
-
-    One MGET normally; the cluster pipeline refuses MGET even for keys in
-    one slot, so there it is one GET per key (the keys are few: the dedupe
-    claims of one decision).
-    """
-    if isinstance(pipe, ClusterPipeline):
-        return [await pipe.get(key) for key in keys]
-    values: list[bytes | str | None] = await pipe.mget(keys)
-    return values
+    client: aioredis.Redis = _replicated_client_class(config)(connection_pool=pool)
+    return client
 
 
 @dataclass
@@ -239,11 +345,11 @@ async def current_address(context: AppContext, sentinel: Sentinel | None = None)
         host, port = await asked.discover_master(config.sentinel.master)
         return f"{host}:{port}"
     if config.mode == "cluster":
-        cluster = cast(RedisCluster, context.redis)
-        node = cluster.get_node_from_key(context.keys.outbox_stream)
-        if node is None:
-            return ""
-        return f"{node.host}:{node.port}"
+        pool = context.redis.connection_pool
+        if isinstance(pool, SlotOwnerConnectionPool):
+            host, port = await pool.owner()
+            return f"{host}:{port}"
+        return ""
     return config.address if not config.url else config.display_url()
 
 

@@ -32,7 +32,7 @@ from doraforwarder.config import (
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import Keys
-from doraforwarder.storage import RedisWatch, connect, get_watched
+from doraforwarder.storage import RedisWatch, connect
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import (
@@ -206,7 +206,7 @@ async def test_transactions_watch_and_detect_conflicts(topology: RedisConfig,
     async with store.pipeline(transaction=True) as pipe:
         await pipe.watch(state, claim)
         assert await pipe.get(state) == "v1"
-        assert await get_watched(pipe, [claim, keys.dedupe("other")]) == [None, None]
+        assert await pipe.mget([claim, keys.dedupe("other")]) == [None, None]
         await store.set(claim, "someone else")  # a competing writer, outside the pipeline
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(state, "v2")

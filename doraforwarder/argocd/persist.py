@@ -24,7 +24,6 @@ from doraforwarder.config import ArgoCDConfig
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.records import DetectedDeployment
-from doraforwarder.storage import get_watched
 
 log = get_logger("argocd")
 
@@ -80,7 +79,7 @@ async def commit_decision(
                     )
                     redis_keys = [keys.dedupe(k) for k in scope_keys]
                     await pipe.watch(*redis_keys)
-                    values = await get_watched(pipe, redis_keys)
+                    values = await pipe.mget(redis_keys)
                     outcome = apply_dedupe(
                         decision.deployments, _holders(scope_keys, values), config
                     )

@@ -309,8 +309,12 @@ class SentinelGroup:
         peers = _ask(client, "SENTINEL", "sentinels", self.MASTER_NAME)
         return bool(master) and len(replicas) >= 1 and len(peers) >= 2
 
-    def kill_master(self) -> str:
-        """SIGKILL the master; return the promoted replica's address once all agree."""
+    def kill_master(self, *, rejoin: bool = True) -> str:
+        """SIGKILL the master; return the promoted replica's address once all agree.
+
+        With ``rejoin`` the killed server starts again (as Kubernetes restarts a
+        pod) and the call returns once it has become the new master's replica.
+        """
         old = self.master_address()
         current = self.master if old == self.master.address else self.replica
         promoted = self.replica if current is self.master else self.master
@@ -325,6 +329,11 @@ class SentinelGroup:
             return _info(promoted.client(), "replication").get("role") == "master"
 
         wait_for(promoted_everywhere, f"the Sentinels to promote {promoted.address}", 60)
+        if rejoin:
+            current.start()
+            wait_for(lambda: _info(current.client(), "replication").get(
+                "master_link_status") == "up" and _info(promoted.client(), "replication").get(
+                "connected_slaves") == 1, f"{current.address} to rejoin as a replica", 60)
         return promoted.address
 
     def close(self) -> None:
