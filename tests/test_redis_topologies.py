@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from doraforwarder import outbox
@@ -32,7 +33,7 @@ from doraforwarder.config import (
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import Keys
-from doraforwarder.storage import RedisWatch, connect
+from doraforwarder.storage import RedisWatch, SlotOwnerConnectionPool, connect
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import (
@@ -366,3 +367,26 @@ test_argocd_restart_catches_up = watch_scenarios.test_restart_catches_up_syncs_m
 test_argocd_replica_pair = watch_scenarios.test_replica_pair_produces_each_deployment_once
 test_argocd_same_revision_two_clusters = watch_scenarios.test_same_revision_on_two_clusters
 
+
+
+async def test_cluster_client_follows_the_slot_when_it_answers_moved(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cluster: ClusterGroup = request.getfixturevalue("redis_cluster")
+    config = redis_config(redis_section("cluster", request, monkeypatch), tmp_path)
+    client = connect(config)
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, SlotOwnerConnectionPool)
+        keys = Keys(config.keyspace)
+        owner = cluster.node_of_slot_for(keys.outbox_stream)
+        other = next(node for node in cluster.nodes if node is not owner)
+        await client.set(keys.app_state("ns", "a"), "1")
+        assert await pool.owner() == ("127.0.0.1", owner.port)
+        await pool.disconnect()
+        pool._owner = ("127.0.0.1", other.port)  # as if the slot had moved away from here
+        with pytest.raises(RedisConnectionError, match="slot moved"):
+            await client.get(keys.app_state("ns", "a"))
+        assert await client.get(keys.app_state("ns", "a")) == "1"  # the retry asks again
+        assert await pool.owner() == ("127.0.0.1", owner.port)
+    finally:
+        await client.aclose()
