@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -282,6 +283,36 @@ class ArgoCDConfig(Section):
         return self.namespaces == ["*"]
 
 
+def _parse_address(address: str, key: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets) as a pair, or a ValueError naming ``key``."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{key}: {address!r} is not host:port")
+    return host, int(port)
+
+
+class RedisSentinelConfig(Section):
+    master: str = ""
+    """The name the Sentinels monitor the master under (``sentinel monitor NAME ...``)."""
+    addresses: list[str] = Field(default_factory=list)
+    """Sentinels as ``host:port``; any one that answers is enough."""
+
+
+class RedisClusterConfig(Section):
+    addresses: list[str] = Field(default_factory=list)
+    """Startup nodes as ``host:port``; the client discovers the rest."""
+
+
+class RedisTlsConfig(Section):
+    enabled: bool = False
+    ca_file: str | None = None
+    """CA bundle that signed the server certificate; the system store when unset."""
+    cert_file: str | None = None
+    """Client certificate, for servers that require one (``tls-auth-clients yes``)."""
+    key_file: str | None = None
+
+
 class RedisConfig(Section):
     enabled: bool = True
     address: str = "localhost:6379"
@@ -290,16 +321,101 @@ class RedisConfig(Section):
     key_prefix: str = "dora-metrics"
     url: str | None = None
     """``redis://`` or ``rediss://`` URL; wins over address/password/database."""
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    username: str = ""
+    """ACL user, in every mode; empty means the ``default`` user."""
+    sentinel: RedisSentinelConfig = Field(default_factory=RedisSentinelConfig)
+    cluster: RedisClusterConfig = Field(default_factory=RedisClusterConfig)
+    tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
+    wait_replicas: int | None = Field(default=None, ge=0)
+    """Replicas that must acknowledge an outbox write before it counts as staged.
+
+    Unset means 1 in sentinel mode (a failover must not lose what was staged)
+    and 0 otherwise.
+    """
+    wait_timeout: Duration = timedelta(seconds=2)
+    sentinel_password: SecretStr | None = Field(default=None, repr=False, exclude=True)
+    """From ``REDIS_SENTINEL_PASSWORD`` or ``REDIS_SENTINEL_PASSWORD_FILE``, never the file."""
+
+    @model_validator(mode="after")
+    def _complete_for_mode(self) -> RedisConfig:
+        if self.mode == "sentinel":
+            if not self.sentinel.master:
+                raise ValueError("sentinel.master is required when mode is sentinel")
+            if not self.sentinel.addresses:
+                raise ValueError("sentinel.addresses needs at least one host:port "
+                                 "when mode is sentinel")
+            for address in self.sentinel.addresses:
+                _parse_address(address, "sentinel.addresses")
+        if self.mode == "cluster":
+            if not self.cluster.addresses:
+                raise ValueError("cluster.addresses needs at least one host:port "
+                                 "when mode is cluster")
+            for address in self.cluster.addresses:
+                _parse_address(address, "cluster.addresses")
+            if self.database:
+                raise ValueError("database must be 0 when mode is cluster "
+                                 "(Redis Cluster has only database 0)")
+        if self.url:
+            if self.mode != "standalone":
+                raise ValueError(f"url is for mode standalone; with mode {self.mode} "
+                                 f"list the servers under {self.mode}.addresses")
+            if not re.match(r"(rediss?|unix)://", self.url):
+                raise ValueError("url must start with redis://, rediss:// or unix://")
+            if self.tls.enabled and not self.url.startswith("rediss://"):
+                raise ValueError("tls.enabled needs a rediss:// url (or no url)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self.tls, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"tls.{name}: {path!r} is not a readable file")
+        if bool(self.tls.cert_file) != bool(self.tls.key_file):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        return self
+
+    @property
+    def keyspace(self) -> str:
+        """The prefix every key starts with.
+
+        In cluster mode the prefix is a hash tag (``{dora-metrics}``), so every
+        key lands in one slot and the transactions and Lua scripts spanning app
+        state, dedupe claims and streams stay legal. Standalone and sentinel
+        keep the untagged prefix, so existing installations keep their data.
+        """
+        prefix = self.key_prefix.rstrip(":")
+        if self.mode == "cluster" and not (prefix.startswith("{") and prefix.endswith("}")):
+            return "{" + prefix + "}"
+        return prefix
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.mode == "sentinel" else 0
+
+    def server_addresses(self) -> list[tuple[str, int]]:
+        """Sentinels (sentinel mode) or startup nodes (cluster mode) as pairs."""
+        if self.mode == "sentinel":
+            return [_parse_address(a, "sentinel.addresses") for a in self.sentinel.addresses]
+        if self.mode == "cluster":
+            return [_parse_address(a, "cluster.addresses") for a in self.cluster.addresses]
+        return [_parse_address(self.address, "address")]
 
     def connection_url(self) -> str:
         """The URL redis-py connects with (password embedded; never log it)."""
         if self.url:
             return self.url
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.address}/{self.database}"
+        user = quote(self.username, safe="") if self.username else ""
+        auth = f"{user}:{self.password}@" if self.password or user else ""
+        scheme = "rediss" if self.tls.enabled else "redis"
+        return f"{scheme}://{auth}{self.address}/{self.database}"
 
     def display_url(self) -> str:
-        """The connection URL with any password shown as ``***``."""
+        """Where the daemon connects, with any password shown as ``***``."""
+        if self.mode == "sentinel":
+            return f"sentinel://{','.join(self.sentinel.addresses)}/{self.sentinel.master}"
+        if self.mode == "cluster":
+            scheme = "rediss" if self.tls.enabled else "redis"
+            return f"{scheme}+cluster://{','.join(self.cluster.addresses)}"
         return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.connection_url())
 
 
@@ -442,6 +558,7 @@ class Secrets(BaseModel):
     devlake_webhook_token: SecretStr | None = None
     offline_token: SecretStr | None = None
     redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
 
     def values(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
@@ -451,6 +568,7 @@ class Secrets(BaseModel):
             self.devlake_webhook_token,
             self.offline_token,
             self.redis_password,
+            self.redis_sentinel_password,
         ):
             if secret is not None and secret.get_secret_value():
                 found.append(secret.get_secret_value())
@@ -468,6 +586,8 @@ class EnvironmentOverrides(BaseSettings):
     redis_host: str | None = None
     redis_port: str | None = None
     redis_password: str | None = None
+    redis_sentinel_password: str | None = None
+    redis_sentinel_password_file: str | None = None
     github_token: str | None = None
     github_token_file: str | None = None
     devlake_webhook_token: str | None = None
@@ -618,6 +738,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     env = EnvironmentOverrides()
     data = _apply_overrides(data, env)
     settings, deprecations = _validate(data, source)
+    sentinel_password = _read_secret(env, "redis_sentinel_password")
+    if sentinel_password is not None:
+        redis = settings.storage.redis.model_copy(update={"sentinel_password": sentinel_password})
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"redis": redis})})
     secrets = Secrets(
         github_token=_read_secret(env, "github_token"),
         devlake_webhook_token=_read_secret(env, "devlake_webhook_token"),
@@ -625,6 +750,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         redis_password=SecretStr(settings.storage.redis.password)
         if settings.storage.redis.password
         else None,
+        redis_sentinel_password=sentinel_password,
     )
     return LoadedConfig(settings=settings, secrets=secrets, source=source,
                         deprecations=tuple(deprecations))

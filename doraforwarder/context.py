@@ -65,6 +65,8 @@ class StatusBoard:
     last_webrca_poll: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
     """Source name -> running | starting | stopped | error text."""
+    redis: dict[str, Any] | None = None
+    """Topology, current master or node, last error and reconnects (see storage.RedisWatch)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class StatusBoard:
             "dead_letters": self.dead_letters,
             "last_webrca_poll": self.last_webrca_poll,
             "sources": dict(self.sources),
+            **({"redis": dict(self.redis)} if self.redis is not None else {}),
         }
 
 

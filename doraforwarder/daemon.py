@@ -30,7 +30,7 @@ from doraforwarder.devlake.plan import Planner
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.server import bound_port, start_http
-from doraforwarder.storage import connect
+from doraforwarder.storage import RedisWatch, connect
 from doraforwarder.streams import stage_detected
 from doraforwarder.webrca.poller import WebRCAPoller
 
@@ -48,7 +48,7 @@ def build_services(context: AppContext) -> list[Service]:
     """
     settings = context.settings
     planner = Planner.from_settings(settings, context.dry_run)
-    services: list[Service] = []
+    services: list[Service] = [RedisWatch(context)]
     if settings.argocd.enabled:
         services.append(ArgoCDSource(context, stage=stage_detected))
         services.append(ResolverPool(context, planner=planner))
@@ -101,7 +101,7 @@ class Daemon:
         self.context = AppContext(
             config=config,
             redis=redis if redis is not None else connect(settings.storage.redis),
-            keys=Keys(settings.storage.redis.key_prefix),
+            keys=Keys(settings.storage.redis.keyspace),
             dry_run=dry_run,
         )
         self.stop = asyncio.Event()

@@ -47,7 +47,7 @@ async def check_redis(config: LoadedConfig) -> list[Check]:
             return [Check("redis reachable", "fail", f"{shown}: {_error_text(exc)}",
                           "start Redis or fix storage.redis.address / REDIS_HOST / REDIS_PASSWORD")]
         checks = [Check("redis reachable", "pass", shown)]
-        probe = Keys(redis_config.key_prefix).lock(f"doctor:{uuid.uuid4().hex}")
+        probe = Keys(redis_config.keyspace).lock(f"doctor:{uuid.uuid4().hex}")
         try:
             await client.set(probe, "1", px=10_000)
             await client.delete(probe)
