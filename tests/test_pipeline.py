@@ -145,8 +145,14 @@ async def test_resolver_failure_leaves_the_entry_for_a_later_retry(redis_client)
 
 
 async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) -> None:
+    """Heartbeats keep a long resolution its own, however long it takes.
+
+    The resolver is held until the entry was refreshed six times (two whole
+    ``claim_idle`` periods) instead of for a fixed sleep; ``claim_idle`` of
+    1.5 s leaves each heartbeat a second of slack on a busy machine.
+    """
     context = make_context(redis_client, devlake_section("http://devlake"),
-                           delivery={"claim_idle": "300ms", "resolvers": 3})
+                           delivery={"claim_idle": "1500ms", "resolvers": 3})
     deployment = detected()
     await detect(redis_client, context, deployment)
     release = asyncio.Event()
@@ -158,9 +164,19 @@ async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) 
             return [commit()]
 
     resolver = Slow({})
-    async with RunningService(ResolverPool(context, resolver)):
+    pool = ResolverPool(context, resolver)
+    refresh = pool.stream.refresh
+    refreshes = 0
+
+    async def counting_refresh(entry_ids):
+        nonlocal refreshes
+        await refresh(entry_ids)
+        refreshes += 1
+
+    pool.stream.refresh = counting_refresh  # type: ignore[method-assign]
+    async with RunningService(pool):
         await eventually(lambda: len(resolver.calls) == 1)
-        await asyncio.sleep(1.0)  # several claim_idle periods: nobody may steal it
+        await eventually(lambda: refreshes >= 6, timeout=60, what="six heartbeats")
         release.set()
         await eventually(lambda: stream_done(redis_client, context))
     assert resolver.calls == [deployment.id]
