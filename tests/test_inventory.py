@@ -228,7 +228,7 @@ async def test_open_access_serves_json_and_toon_without_api_calls(
 
 
 async def test_static_tokens(watched: tuple[Harness, AppContext]) -> None:
-    h, context = watched
+    _, context = watched
     runner, url = await serve(context, StaticTokens([SECRET, "other"]))
     try:
         async with httpx.AsyncClient(base_url=url) as client:
