@@ -135,6 +135,19 @@ class ServerConfig(Section):
     host: str = "0.0.0.0"  # noqa: S104 - a pod serves its probes on every interface
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout: Duration = timedelta(seconds=20)
+    api_auth: Literal["none", "token", "kubernetes"] | None = None
+    """Who may read the application inventory; unset means ``none`` on a loopback
+    host and ``token`` anywhere else (see :attr:`effective_api_auth`)."""
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def effective_api_auth(self) -> Literal["none", "token", "kubernetes"]:
+        if self.api_auth is not None:
+            return self.api_auth
+        return "none" if self.listens_on_loopback else "token"
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder.commits.ratelimit import RateLimitBoard
 from doraforwarder.config import LoadedConfig, Settings
+from doraforwarder.inventory import Inventory
 from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
 
@@ -94,6 +95,8 @@ class AppContext:
     dry_run: bool = False
     """Print payloads as JSON lines instead of sending them to DevLake."""
     started_at: float = field(default_factory=time.time)
+    inventory: Inventory = field(default_factory=Inventory)
+    """What the ArgoCD watch last saw of each Application (served by the inventory API)."""
     github_rate_limits: RateLimitBoard = field(init=False)
     """GitHub's rate limits as this daemon learnt them, shared by all its GitHub clients."""
 

@@ -21,10 +21,11 @@ from kubernetes.client import CustomObjectsApi
 from redis.exceptions import RedisError
 
 from doraforwarder.argocd.detect import Decision, decide, mark_deleted
+from doraforwarder.argocd.identity import Skip, destination_cluster, resolve_identity
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.lanes import Lanes
-from doraforwarder.argocd.model import AppView
+from doraforwarder.argocd.model import ANNOTATION_CLUSTER, ANNOTATION_COMPONENT, AppView
 from doraforwarder.argocd.persist import Committed, Decide, commit_decision
 from doraforwarder.argocd.state import AppState
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
@@ -236,6 +237,10 @@ class ArgoCDSource:
             view = self._views.get(job.key) if isinstance(job, Recheck) else None
             if isinstance(job, Recheck) and view is None:
                 return
+        if isinstance(job, Observed):
+            self._remember(job.view)
+        elif isinstance(job, Deleted):
+            self.context.inventory.remove(namespace, name)
         decide_fn: Decide
         if view is None:
             uid = job.uid if isinstance(job, Deleted) else ""
@@ -251,6 +256,25 @@ class ArgoCDSource:
         committed = await self._commit(namespace, name, decide_fn)
         if committed is not None:
             self._after(job.key, view, committed)
+
+    def _remember(self, view: AppView) -> None:
+        """Record the app in the inventory (served from memory, never from the API)."""
+        identity = resolve_identity(view, self.config)
+        if isinstance(identity, Skip):
+            component = view.annotations.get(ANNOTATION_COMPONENT, "") or view.name
+            cluster = view.annotations.get(ANNOTATION_CLUSTER, "") or destination_cluster(view)
+        else:
+            component, cluster = identity.component, identity.cluster
+        self.context.inventory.put(
+            namespace=view.namespace,
+            name=view.name,
+            component=component,
+            cluster=cluster,
+            health=view.health_status,
+            sync=view.sync_status,
+            images=view.images,
+            forwarded=not isinstance(identity, Skip),
+        )
 
     async def _commit(self, namespace: str, name: str, decide_fn: Decide) -> Committed | None:
         backoff = Backoff(*self.redis_retry)
