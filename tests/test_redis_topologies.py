@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +243,7 @@ async def test_lua_staging_groups_and_scan(topology: RedisConfig, store: aioredi
         await store.set(keys.app_state("argocd", name), "{}")
     found = {key async for key in store.scan_iter(match=keys.app_state_pattern(), count=500)}
     assert found == {keys.app_state("argocd", n) for n in ("a", "b", "c")}
-    lease = RedisLease(store, keys.webrca_lease, 5000)
+    lease = RedisLease(store, keys.webrca_lease, timedelta(seconds=5))
     assert await lease.acquire()
     assert await lease.renew()
     assert await lease.release()
