@@ -21,7 +21,7 @@ def test_demo_table(clean_env: dict[str, str]) -> None:
     summary = out.split("Summary", 1)[1]
     assert summary.count("build-service     prod-east-1  SUCCESS") == 3
     assert "release           prod-east-1  FAILURE" in summary
-    assert "image-controller  prod-east-1  SUCCESS        4  global, team-build" in summary
+    assert "image-controller  prod-east-1  SUCCESS        2  global, team-build" in summary
     assert "prod-west-1" not in summary  # the same revision on a second cluster is one deployment
     assert "incident ITN-2025-00102            DONE" in summary
     assert "Traceback" not in result.stderr

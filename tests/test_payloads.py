@@ -12,9 +12,9 @@ from doraforwarder.devlake.payloads import (
     DeploymentPayload,
     IssuePayload,
     build_deployment_payload,
-    row_started,
     contract_body,
     format_devlake_date,
+    row_started,
     unchecked_deployment_body,
 )
 from doraforwarder.testing.fake_devlake import check_deployment, check_issue
