@@ -466,6 +466,11 @@ class DevLakeConfig(Section):
     api_prefix: str = "/api/rest"
     """``/api/rest`` through config-ui (default), ``/api`` directly on the server."""
     teams: list[TeamConfig] = Field(default_factory=list)
+    deployment_commits: Literal["head", "range"] = "head"
+    """``head``: one row per (deployment, repository) holding the deployed commit, dated
+    with the deployment's own start and finish (what DevLake's lead time expects).
+    ``range``: every commit between the previous image tag and the new one, with author
+    dates (the reference's rows; distorts DevLake's own lead time)."""
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> DevLakeConfig:

@@ -60,6 +60,8 @@ class StatusBoard:
 
     watched_namespaces: list[str] = field(default_factory=list)
     apps_tracked: int = 0
+    apps_by_environment: dict[str, int] = field(default_factory=dict)
+    """Watched Applications per DORA environment they are classified in."""
     recent_deployments: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
     outbox_depth: int = 0
     dead_letters: int = 0
@@ -73,6 +75,7 @@ class StatusBoard:
         return {
             "watched_namespaces": list(self.watched_namespaces),
             "apps_tracked": self.apps_tracked,
+            "apps_by_environment": dict(self.apps_by_environment),
             "last_deployments": list(self.recent_deployments),
             "outbox_depth": self.outbox_depth,
             "dead_letters": self.dead_letters,

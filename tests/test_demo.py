@@ -22,7 +22,7 @@ def test_demo_table(clean_env: dict[str, str]) -> None:
     summary = out.split("Summary", 1)[1]
     assert summary.count("build-service     prod-east-1  SUCCESS") == 3
     assert "release           prod-east-1  FAILURE" in summary
-    assert re.search(r"image-controller  prod-east-1  SUCCESS  [0-9a-f]{7,8} +4  "
+    assert re.search(r"image-controller  prod-east-1  SUCCESS  [0-9a-f]{7,8} +2  "
                      r"global, team-build", summary)
     deployed, not_sent = summary.split("Not sent, on purpose", 1)
     assert "prod-west-1" not in deployed  # the same revision on a second cluster is one deployment

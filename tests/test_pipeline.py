@@ -81,14 +81,20 @@ async def test_stages_one_entry_per_target_and_acknowledges(redis_client) -> Non
     assert sorted(resolver.calls) == sorted([first.id, second.id])
 
 
-async def test_no_commits_stages_nothing_and_acknowledges(redis_client) -> None:
-    context = make_context(redis_client, devlake_section("http://devlake"))
-    deployment = detected()
+async def test_no_commits_becomes_a_dead_letter_with_its_reason_never_silence(
+        redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS))
+    deployment = detected("build-service")
     await detect(redis_client, context, deployment)
     async with RunningService(ResolverPool(context, StubResolver({deployment.id: []}))):
         await eventually(lambda: stream_done(redis_client, context))
     assert await redis_client.xlen(context.keys.outbox_stream) == 0
-    assert await redis_client.xlen(context.keys.dead_stream) == 0
+    dead = await outbox.read_stream(redis_client, context.keys.dead_stream)
+    assert sorted(d.entry.target.key for d in dead) == ["connection_id:1", "connection_id:6"]
+    assert {d.fields["reason"] for d in dead} == {"no_commits: no_source"}
+    assert dead[0].entry.payload["id"] == deployment.id
+    counted = context.metrics.deployments_without_commits.labels("no_source")._value.get()
+    assert counted == 1
 
 
 async def test_invalid_payload_goes_to_dead_letters_per_target(redis_client) -> None:

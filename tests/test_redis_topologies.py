@@ -35,6 +35,7 @@ from doraforwarder.context import AppContext
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import Keys
 from doraforwarder.storage import RedisWatch, SlotOwnerConnectionPool, connect
+from doraforwarder.streams import StreamStaging
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import (
@@ -325,7 +326,8 @@ class TopologyHarness(watch_scenarios.Harness):
         config = self.config(argocd)
         context = AppContext(config=config, redis=connect(config.settings.storage.redis),
                              keys=self.keys)
-        options: dict[str, Any] = {"timing": watch_scenarios.FAST, "sweep_interval": 0.02}
+        options: dict[str, Any] = {"timing": watch_scenarios.FAST, "sweep_interval": 0.02,
+                                   "stage": StreamStaging(self.keys)}
         if clock is not None:
             options["clock"] = clock
         options.update(kwargs)

@@ -94,7 +94,9 @@ def base_overrides(**sections: dict[str, Any]) -> dict[str, Any]:
             "timeout_seconds": 5,
         },
         "webrca": {"interval": "1s", "timeout_seconds": 5},
-        "integration": {"devlake": {"teams": TEAMS, "timeout_seconds": 5}},
+        # These scenarios check every commit of each image range: the range rows.
+        "integration": {"devlake": {"teams": TEAMS, "timeout_seconds": 5,
+                                    "deployment_commits": "range"}},
         "delivery": {"initial_backoff": "100ms", "max_backoff": "1s", "claim_idle": "2s",
                      "workers": 4},
     }
