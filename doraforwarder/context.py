@@ -65,6 +65,8 @@ class StatusBoard:
     last_webrca_poll: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
     """Source name -> running | starting | stopped | error text."""
+    devlake_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class StatusBoard:
             "dead_letters": self.dead_letters,
             "last_webrca_poll": self.last_webrca_poll,
             "sources": dict(self.sources),
+            "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
         }
 
 
