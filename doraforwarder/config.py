@@ -309,7 +309,7 @@ class StorageConfig(Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
 
 
-DEFAULT_TOKEN_ENV = "DEVLAKE_WEBHOOK_TOKEN"
+DEFAULT_TOKEN_ENV = "DEVLAKE_WEBHOOK_TOKEN"  # noqa: S105 - a variable's name, not a secret
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -58,7 +58,7 @@ def escape_segment(value: str) -> str:
 
 
 def unroutable_reason(value: str, prefix: Prefix) -> str | None:
-    """Why DevLake can never route ``value`` as one path segment under ``prefix``; None if it can."""
+    """Why DevLake can never route ``value`` as a path segment under ``prefix``; None if it can."""
     if not value:
         return "it is empty"
     if "/" in value:

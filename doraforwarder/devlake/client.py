@@ -2,9 +2,9 @@
 
 :class:`DevLakeClient` posts with ``Authorization: Bearer <key>``, the key of
 the entry's target (``token_env`` of the global target or of the team; by
-default ``DEVLAKE_WEBHOOK_TOKEN``), and never raises for a failed delivery: every outcome (an HTTP status, a
-timeout, a refused connection) comes back as an :class:`Answer`, which the
-pure :func:`classify` turns into what to do with the entry. The
+default ``DEVLAKE_WEBHOOK_TOKEN``), and never raises for a failed delivery:
+every outcome (an HTTP status, a timeout, a refused connection) comes back
+as an :class:`Answer`, which the pure :func:`classify` turns into what to do with the entry. The
 :class:`DryRunPrinter` has the same ``deliver`` method and prints instead, so
 ``run --dry-run`` and ``backfill --dry-run`` share one code path with real
 delivery.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TextIO
 
 import httpx

@@ -62,11 +62,10 @@ from doraforwarder.devlake.routing import (
     project_connection_name,
     scope_path,
 )
-from doraforwarder.outbox.entries import OutboxEntry
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
-from doraforwarder.outbox.entries import StreamItem
+from doraforwarder.outbox.entries import OutboxEntry, StreamItem
 from doraforwarder.outbox.ordering import order_gate
 from doraforwarder.streams import GroupConsumer, consumer_name
 
