@@ -357,9 +357,9 @@ class DevLakeConfig(Section):
     """``/api/rest`` when base_url is config-ui (default), ``/rest`` on the DevLake backend."""
     token_env: TokenEnvName = DEFAULT_TOKEN_ENV
     """Environment variable holding the global target's API key (``<NAME>_FILE``: a file)."""
-    refused_recheck: Duration = timedelta(minutes=5)
-    """How often one entry of a target DevLake refuses (401/403) is tried again; the
-    others wait in the outbox meanwhile."""
+    refused_recheck: Duration | None = None
+    """How often one entry of a target DevLake refuses (401/403) is tried again (unset:
+    ``delivery.max_backoff``); the others wait in the outbox meanwhile."""
     teams: list[TeamConfig] = Field(default_factory=list)
 
     @property

@@ -332,7 +332,8 @@ class DeliveryPool:
         self._acks = self._new_ack_batcher()
         self._room = asyncio.Event()
         devlake = self.settings.integration.devlake
-        self.refused_recheck = max(devlake.refused_recheck.total_seconds(), 0.001)
+        recheck = devlake.refused_recheck or delivery.max_backoff
+        self.refused_recheck = max(recheck.total_seconds(), 0.001)
         self.refused: dict[str, RefusedTarget] = {}
         """Targets DevLake refuses now, by target key."""
         self.awaiting: set[str] = set()
