@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -37,6 +38,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from doraforwarder.records import Environment as EnvironmentName
+from doraforwarder.webhook_paths import Prefix, check_name, normalize_prefix
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
@@ -436,6 +438,20 @@ class StorageConfig(Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
 
 
+DEFAULT_TOKEN_ENV = "DEVLAKE_WEBHOOK_TOKEN"  # noqa: S105 - a variable's name, not a secret
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+TokenEnvName = Annotated[str, AfterValidator(_env_name)]
+"""The name of an environment variable that holds a DevLake API key."""
+
+
 class TeamConfig(Section):
     name: str
     project_id: StrOrInt | None = None
@@ -443,6 +459,9 @@ class TeamConfig(Section):
     project_name: str | None = None
     argocd_components: list[str] = Field(default_factory=list)
     webrca_products: list[str] = Field(default_factory=list)
+    token_env: TokenEnvName | None = None
+    """Environment variable holding this team's DevLake API key (``<NAME>_FILE``: a file);
+    unset: the key of ``integration.devlake.token_env``."""
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> TeamConfig:
@@ -464,13 +483,26 @@ class DevLakeConfig(Section):
     project_name: str | None = None
     timeout_seconds: float = Field(default=30, gt=0)
     api_prefix: str = "/api/rest"
-    """``/api/rest`` through config-ui (default), ``/api`` directly on the server."""
+    """``/api/rest`` when base_url is config-ui (default), ``/rest`` on the DevLake backend."""
+    token_env: TokenEnvName = DEFAULT_TOKEN_ENV
+    """Environment variable holding the global target's API key (``<NAME>_FILE``: a file)."""
+    refused_recheck: Duration | None = None
+    """How often one entry of a target DevLake refuses (401/403) is tried again (unset:
+    ``delivery.max_backoff``); the others wait in the outbox meanwhile."""
     teams: list[TeamConfig] = Field(default_factory=list)
     deployment_commits: Literal["head", "range"] = "head"
     """``head``: one row per (deployment, repository) holding the deployed commit, dated
     with the deployment's own start and finish (what DevLake's lead time expects).
     ``range``: every commit between the previous image tag and the new one, with author
     dates (the reference's rows; distorts DevLake's own lead time)."""
+
+    @property
+    def prefix(self) -> Prefix:
+        """``api_prefix`` as DevLake routes it (validated when the section is enabled)."""
+        return normalize_prefix(self.api_prefix)
+
+    def team_token_env(self, team: TeamConfig) -> str:
+        return team.token_env or self.token_env
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> DevLakeConfig:
@@ -480,15 +512,35 @@ class DevLakeConfig(Section):
             raise ValueError("base_url is required when integration.devlake is enabled")
         if not re.match(r"https?://", self.base_url):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        try:
+            prefix = normalize_prefix(self.api_prefix)
+        except ValueError as exc:
+            raise ValueError(f"integration.devlake.api_prefix: {exc}") from None
         given = [v for v in (self.project_id, self.connection_name, self.project_name) if v]
         if len(given) != 1:
             raise ValueError(
                 "the global target needs exactly one of project_id, connection_name "
                 "or project_name"
             )
+        _check_target_names("integration.devlake", self.project_id, self.connection_name,
+                            self.project_name, prefix)
         seen: dict[tuple[str, str], str] = {}
-        for team in self.teams:
+        token_envs: dict[str, tuple[str, str]] = {}
+        global_key = _target_key(self.project_id, self.connection_name, self.project_name)
+        token_envs[global_key] = ("integration.devlake", self.token_env)
+        for index, team in enumerate(self.teams):
+            where = f"integration.devlake.teams[{index}]"
+            _check_target_names(where, team.project_id, team.connection_name,
+                                team.project_name, prefix)
             target = team.project_id or team.connection_name or team.project_name or ""
+            key = _target_key(team.project_id, team.connection_name, team.project_name)
+            env = self.team_token_env(team)
+            other = token_envs.setdefault(key, (where, env))
+            if other[1] != env:
+                raise ValueError(
+                    f"{where} ({team.name!r}) and {other[0]} send to the same DevLake target "
+                    f"{target!r} but name different keys ({env} and {other[1]}): one "
+                    "target has one key, set the same token_env on both")
             for component in team.argocd_components:
                 previous = seen.get((component, target))
                 if previous is not None:
@@ -498,6 +550,41 @@ class DevLakeConfig(Section):
                     )
                 seen[(component, target)] = team.name
         return self
+
+    def token_envs(self) -> list[str]:
+        """Every environment variable a target's key is read from (default first)."""
+        names = [self.token_env, *(self.team_token_env(team) for team in self.teams)]
+        return list(dict.fromkeys(names))
+
+
+def _target_key(project_id: str | None, connection_name: str | None,
+                project_name: str | None) -> str:
+    if project_id:
+        return f"connection_id:{project_id}"
+    if connection_name:
+        return f"connection_name:{connection_name}"
+    return f"project_name:{project_name}"
+
+
+def _check_target_names(where: str, project_id: str | None, connection_name: str | None,
+                        project_name: str | None, prefix: Prefix) -> None:
+    """Refuse a target DevLake can never route, naming the key that holds it."""
+    if project_id and not (project_id.isascii() and project_id.isdigit()
+                           and int(project_id) >= 1):
+        raise ValueError(
+            f"{where}.project_id: {project_id!r} is not a webhook connection id (a number "
+            "from 1); use connection_name for a connection's name")
+    for key, value, what in (("connection_name", connection_name, "connection name"),
+                             ("project_name", project_name, "project name")):
+        if not value:
+            continue
+        reason = check_name(value, prefix, what)
+        if key == "project_name" and reason is None:
+            reason = check_name(f"{value}_deployments", prefix, "connection name")
+            if reason is not None:
+                reason = f"its incident connection {value}_deployments: {reason}"
+        if reason is not None:
+            raise ValueError(f"{where}.{key}: DevLake cannot route {value!r}: {reason}")
 
 
 class IntegrationConfig(Section):
@@ -577,6 +664,14 @@ class Secrets(BaseModel):
     offline_token: SecretStr | None = None
     redis_password: SecretStr | None = None
     redis_sentinel_password: SecretStr | None = None
+    devlake_keys: dict[str, SecretStr | None] = Field(default_factory=dict)
+    """DevLake API keys by the ``token_env`` naming them (``integration.devlake`` and teams)."""
+
+    def devlake_key(self, token_env: str = DEFAULT_TOKEN_ENV) -> SecretStr | None:
+        """The key ``token_env`` names; the default one is ``devlake_webhook_token``."""
+        if token_env in self.devlake_keys:
+            return self.devlake_keys[token_env]
+        return self.devlake_webhook_token if token_env == DEFAULT_TOKEN_ENV else None
 
     def values(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
@@ -587,6 +682,7 @@ class Secrets(BaseModel):
             self.offline_token,
             self.redis_password,
             self.redis_sentinel_password,
+            *self.devlake_keys.values(),
         ):
             if secret is not None and secret.get_secret_value():
                 found.append(secret.get_secret_value())
@@ -639,14 +735,22 @@ class LoadedConfig(BaseModel):
                 ("GITHUB_TOKEN", self.secrets.github_token),
                 ("DEVLAKE_WEBHOOK_TOKEN", self.secrets.devlake_webhook_token),
                 ("OFFLINE_TOKEN", self.secrets.offline_token),
+                *self.secrets.devlake_keys.items(),
             )
         }
         return data
 
 
 def _read_secret(env: EnvironmentOverrides, name: str) -> SecretStr | None:
-    value: str | None = getattr(env, name)
-    file_name: str | None = getattr(env, f"{name}_file")
+    return _secret(name, getattr(env, name), getattr(env, f"{name}_file"))
+
+
+def _read_named_secret(name: str) -> SecretStr | None:
+    """The secret in environment variable ``name``, or in the file ``<name>_FILE`` names."""
+    return _secret(name, os.environ.get(name), os.environ.get(f"{name}_FILE"))
+
+
+def _secret(name: str, value: str | None, file_name: str | None) -> SecretStr | None:
     if file_name:
         try:
             value = Path(file_name).read_text(encoding="utf-8").strip()
@@ -692,6 +796,8 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "extra_forbidden":
         return f"{location}: unknown key (check its spelling)"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith(f"{location}."):
+        return message  # already names the exact key
     return f"{location}: {message}"
 
 
@@ -761,9 +867,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         redis = settings.storage.redis.model_copy(update={"sentinel_password": sentinel_password})
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"redis": redis})})
+    default_key = _read_secret(env, "devlake_webhook_token")
+    devlake_keys = {
+        name: default_key if name == DEFAULT_TOKEN_ENV else _read_named_secret(name)
+        for name in settings.integration.devlake.token_envs()
+    } if settings.integration.devlake.enabled else {}
     secrets = Secrets(
         github_token=_read_secret(env, "github_token"),
-        devlake_webhook_token=_read_secret(env, "devlake_webhook_token"),
+        devlake_webhook_token=default_key,
+        devlake_keys=devlake_keys,
         offline_token=_read_secret(env, "offline_token"),
         redis_password=SecretStr(settings.storage.redis.password)
         if settings.storage.redis.password

@@ -70,6 +70,8 @@ class StatusBoard:
     """Source name -> running | starting | stopped | error text."""
     redis: dict[str, Any] | None = None
     """Topology, current master or node, last error and reconnects (see storage.RedisWatch)."""
+    devlake_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -82,6 +84,7 @@ class StatusBoard:
             "last_webrca_poll": self.last_webrca_poll,
             "sources": dict(self.sources),
             **({"redis": dict(self.redis)} if self.redis is not None else {}),
+            "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
         }
 
 
