@@ -58,7 +58,7 @@ from doraforwarder.keys import Keys  # noqa: E402
 from doraforwarder.logging import configure_logging  # noqa: E402
 from doraforwarder.metrics import Metrics  # noqa: E402
 from doraforwarder.outbox import OutboxEntry, Target, stage_entries  # noqa: E402
-from doraforwarder.streams import stage_detected  # noqa: E402
+from doraforwarder.streams import StreamStaging  # noqa: E402
 from doraforwarder.testing.argocd_objects import source  # noqa: E402
 from doraforwarder.testing.fake_kube import FakeKube  # noqa: E402
 from doraforwarder.testing.redis_server import RedisServer  # noqa: E402
@@ -188,7 +188,7 @@ async def _run_source(kube: FakeKube, redis_server: RedisServer, directory: Path
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     context = AppContext(config=load_config(config_path), redis=client,
                          keys=Keys("bench"))
-    source_ = ArgoCDSource(context, stage=stage_detected,
+    source_ = ArgoCDSource(context, stage=StreamStaging(context.keys),
                            timing=WatchTiming(watch_timeout=300))
     stop = asyncio.Event()
     task = asyncio.create_task(source_.run(stop))

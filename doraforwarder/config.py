@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -36,6 +38,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from doraforwarder.records import Environment as EnvironmentName
+from doraforwarder.webhook_paths import Prefix, check_name, normalize_prefix
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
@@ -136,6 +139,19 @@ class ServerConfig(Section):
     shutdown_timeout: Duration = timedelta(seconds=20)
     ready_grace: Duration = timedelta(seconds=30)
     """How long Redis may be unreachable before ``/readyz`` answers 503."""
+    api_auth: Literal["none", "token", "kubernetes"] | None = None
+    """Who may read the application inventory; unset means ``none`` on a loopback
+    host and ``token`` anywhere else (see :attr:`effective_api_auth`)."""
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def effective_api_auth(self) -> Literal["none", "token", "kubernetes"]:
+        if self.api_auth is not None:
+            return self.api_auth
+        return "none" if self.listens_on_loopback else "token"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -284,6 +300,36 @@ class ArgoCDConfig(Section):
         return self.namespaces == ["*"]
 
 
+def _parse_address(address: str, key: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets) as a pair, or a ValueError naming ``key``."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{key}: {address!r} is not host:port")
+    return host, int(port)
+
+
+class RedisSentinelConfig(Section):
+    master: str = ""
+    """The name the Sentinels monitor the master under (``sentinel monitor NAME ...``)."""
+    addresses: list[str] = Field(default_factory=list)
+    """Sentinels as ``host:port``; any one that answers is enough."""
+
+
+class RedisClusterConfig(Section):
+    addresses: list[str] = Field(default_factory=list)
+    """Startup nodes as ``host:port``; the client discovers the rest."""
+
+
+class RedisTlsConfig(Section):
+    enabled: bool = False
+    ca_file: str | None = None
+    """CA bundle that signed the server certificate; the system store when unset."""
+    cert_file: str | None = None
+    """Client certificate, for servers that require one (``tls-auth-clients yes``)."""
+    key_file: str | None = None
+
+
 class RedisConfig(Section):
     enabled: bool = True
     address: str = "localhost:6379"
@@ -292,21 +338,120 @@ class RedisConfig(Section):
     key_prefix: str = "dora-metrics"
     url: str | None = None
     """``redis://`` or ``rediss://`` URL; wins over address/password/database."""
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    username: str = ""
+    """ACL user, in every mode; empty means the ``default`` user."""
+    sentinel: RedisSentinelConfig = Field(default_factory=RedisSentinelConfig)
+    cluster: RedisClusterConfig = Field(default_factory=RedisClusterConfig)
+    tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
+    wait_replicas: int | None = Field(default=None, ge=0)
+    """Replicas that must acknowledge an outbox write before it counts as staged.
+
+    Unset means 1 in sentinel mode (a failover must not lose what was staged)
+    and 0 otherwise.
+    """
+    wait_timeout: Duration = timedelta(seconds=2)
+    sentinel_password: SecretStr | None = Field(default=None, repr=False, exclude=True)
+    """From ``REDIS_SENTINEL_PASSWORD`` or ``REDIS_SENTINEL_PASSWORD_FILE``, never the file."""
+
+    @model_validator(mode="after")
+    def _complete_for_mode(self) -> RedisConfig:
+        if self.mode == "sentinel":
+            if not self.sentinel.master:
+                raise ValueError("sentinel.master is required when mode is sentinel")
+            if not self.sentinel.addresses:
+                raise ValueError("sentinel.addresses needs at least one host:port "
+                                 "when mode is sentinel")
+            for address in self.sentinel.addresses:
+                _parse_address(address, "sentinel.addresses")
+        if self.mode == "cluster":
+            if not self.cluster.addresses:
+                raise ValueError("cluster.addresses needs at least one host:port "
+                                 "when mode is cluster")
+            for address in self.cluster.addresses:
+                _parse_address(address, "cluster.addresses")
+            if self.database:
+                raise ValueError("database must be 0 when mode is cluster "
+                                 "(Redis Cluster has only database 0)")
+        if self.url:
+            if self.mode != "standalone":
+                raise ValueError(f"url is for mode standalone; with mode {self.mode} "
+                                 f"list the servers under {self.mode}.addresses")
+            if not re.match(r"(rediss?|unix)://", self.url):
+                raise ValueError("url must start with redis://, rediss:// or unix://")
+            if self.tls.enabled and not self.url.startswith("rediss://"):
+                raise ValueError("tls.enabled needs a rediss:// url (or no url)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self.tls, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"tls.{name}: {path!r} is not a readable file")
+        if bool(self.tls.cert_file) != bool(self.tls.key_file):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        return self
+
+    @property
+    def keyspace(self) -> str:
+        """The prefix every key starts with.
+
+        In cluster mode the prefix is a hash tag (``{dora-metrics}``), so every
+        key lands in one slot and the transactions and Lua scripts spanning app
+        state, dedupe claims and streams stay legal. Standalone and sentinel
+        keep the untagged prefix, so existing installations keep their data.
+        """
+        prefix = self.key_prefix.rstrip(":")
+        if self.mode == "cluster" and not (prefix.startswith("{") and prefix.endswith("}")):
+            return "{" + prefix + "}"
+        return prefix
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.mode == "sentinel" else 0
+
+    def server_addresses(self) -> list[tuple[str, int]]:
+        """Sentinels (sentinel mode) or startup nodes (cluster mode) as pairs."""
+        if self.mode == "sentinel":
+            return [_parse_address(a, "sentinel.addresses") for a in self.sentinel.addresses]
+        if self.mode == "cluster":
+            return [_parse_address(a, "cluster.addresses") for a in self.cluster.addresses]
+        return [_parse_address(self.address, "address")]
 
     def connection_url(self) -> str:
         """The URL redis-py connects with (password embedded; never log it)."""
         if self.url:
             return self.url
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.address}/{self.database}"
+        user = quote(self.username, safe="") if self.username else ""
+        auth = f"{user}:{self.password}@" if self.password or user else ""
+        scheme = "rediss" if self.tls.enabled else "redis"
+        return f"{scheme}://{auth}{self.address}/{self.database}"
 
     def display_url(self) -> str:
-        """The connection URL with any password shown as ``***``."""
+        """Where the daemon connects, with any password shown as ``***``."""
+        if self.mode == "sentinel":
+            return f"sentinel://{','.join(self.sentinel.addresses)}/{self.sentinel.master}"
+        if self.mode == "cluster":
+            scheme = "rediss" if self.tls.enabled else "redis"
+            return f"{scheme}+cluster://{','.join(self.cluster.addresses)}"
         return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.connection_url())
 
 
 class StorageConfig(Section):
     redis: RedisConfig = Field(default_factory=RedisConfig)
+
+
+DEFAULT_TOKEN_ENV = "DEVLAKE_WEBHOOK_TOKEN"  # noqa: S105 - a variable's name, not a secret
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+TokenEnvName = Annotated[str, AfterValidator(_env_name)]
+"""The name of an environment variable that holds a DevLake API key."""
 
 
 class TeamConfig(Section):
@@ -316,6 +461,9 @@ class TeamConfig(Section):
     project_name: str | None = None
     argocd_components: list[str] = Field(default_factory=list)
     webrca_products: list[str] = Field(default_factory=list)
+    token_env: TokenEnvName | None = None
+    """Environment variable holding this team's DevLake API key (``<NAME>_FILE``: a file);
+    unset: the key of ``integration.devlake.token_env``."""
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> TeamConfig:
@@ -337,8 +485,26 @@ class DevLakeConfig(Section):
     project_name: str | None = None
     timeout_seconds: float = Field(default=30, gt=0)
     api_prefix: str = "/api/rest"
-    """``/api/rest`` through config-ui (default), ``/api`` directly on the server."""
+    """``/api/rest`` when base_url is config-ui (default), ``/rest`` on the DevLake backend."""
+    token_env: TokenEnvName = DEFAULT_TOKEN_ENV
+    """Environment variable holding the global target's API key (``<NAME>_FILE``: a file)."""
+    refused_recheck: Duration | None = None
+    """How often one entry of a target DevLake refuses (401/403) is tried again (unset:
+    ``delivery.max_backoff``); the others wait in the outbox meanwhile."""
     teams: list[TeamConfig] = Field(default_factory=list)
+    deployment_commits: Literal["head", "range"] = "head"
+    """``head``: one row per (deployment, repository) holding the deployed commit, dated
+    with the deployment's own start and finish (what DevLake's lead time expects).
+    ``range``: every commit between the previous image tag and the new one, with author
+    dates (the reference's rows; distorts DevLake's own lead time)."""
+
+    @property
+    def prefix(self) -> Prefix:
+        """``api_prefix`` as DevLake routes it (validated when the section is enabled)."""
+        return normalize_prefix(self.api_prefix)
+
+    def team_token_env(self, team: TeamConfig) -> str:
+        return team.token_env or self.token_env
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> DevLakeConfig:
@@ -348,15 +514,35 @@ class DevLakeConfig(Section):
             raise ValueError("base_url is required when integration.devlake is enabled")
         if not re.match(r"https?://", self.base_url):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        try:
+            prefix = normalize_prefix(self.api_prefix)
+        except ValueError as exc:
+            raise ValueError(f"integration.devlake.api_prefix: {exc}") from None
         given = [v for v in (self.project_id, self.connection_name, self.project_name) if v]
         if len(given) != 1:
             raise ValueError(
                 "the global target needs exactly one of project_id, connection_name "
                 "or project_name"
             )
+        _check_target_names("integration.devlake", self.project_id, self.connection_name,
+                            self.project_name, prefix)
         seen: dict[tuple[str, str], str] = {}
-        for team in self.teams:
+        token_envs: dict[str, tuple[str, str]] = {}
+        global_key = _target_key(self.project_id, self.connection_name, self.project_name)
+        token_envs[global_key] = ("integration.devlake", self.token_env)
+        for index, team in enumerate(self.teams):
+            where = f"integration.devlake.teams[{index}]"
+            _check_target_names(where, team.project_id, team.connection_name,
+                                team.project_name, prefix)
             target = team.project_id or team.connection_name or team.project_name or ""
+            key = _target_key(team.project_id, team.connection_name, team.project_name)
+            env = self.team_token_env(team)
+            other = token_envs.setdefault(key, (where, env))
+            if other[1] != env:
+                raise ValueError(
+                    f"{where} ({team.name!r}) and {other[0]} send to the same DevLake target "
+                    f"{target!r} but name different keys ({env} and {other[1]}): one "
+                    "target has one key, set the same token_env on both")
             for component in team.argocd_components:
                 previous = seen.get((component, target))
                 if previous is not None:
@@ -366,6 +552,41 @@ class DevLakeConfig(Section):
                     )
                 seen[(component, target)] = team.name
         return self
+
+    def token_envs(self) -> list[str]:
+        """Every environment variable a target's key is read from (default first)."""
+        names = [self.token_env, *(self.team_token_env(team) for team in self.teams)]
+        return list(dict.fromkeys(names))
+
+
+def _target_key(project_id: str | None, connection_name: str | None,
+                project_name: str | None) -> str:
+    if project_id:
+        return f"connection_id:{project_id}"
+    if connection_name:
+        return f"connection_name:{connection_name}"
+    return f"project_name:{project_name}"
+
+
+def _check_target_names(where: str, project_id: str | None, connection_name: str | None,
+                        project_name: str | None, prefix: Prefix) -> None:
+    """Refuse a target DevLake can never route, naming the key that holds it."""
+    if project_id and not (project_id.isascii() and project_id.isdigit()
+                           and int(project_id) >= 1):
+        raise ValueError(
+            f"{where}.project_id: {project_id!r} is not a webhook connection id (a number "
+            "from 1); use connection_name for a connection's name")
+    for key, value, what in (("connection_name", connection_name, "connection name"),
+                             ("project_name", project_name, "project name")):
+        if not value:
+            continue
+        reason = check_name(value, prefix, what)
+        if key == "project_name" and reason is None:
+            reason = check_name(f"{value}_deployments", prefix, "connection name")
+            if reason is not None:
+                reason = f"its incident connection {value}_deployments: {reason}"
+        if reason is not None:
+            raise ValueError(f"{where}.{key}: DevLake cannot route {value!r}: {reason}")
 
 
 class IntegrationConfig(Section):
@@ -428,6 +649,12 @@ class Settings(Section):
     github: GitHubConfig = Field(default_factory=GitHubConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _github_retries_from_delivery(cls, data: Any) -> Any:
+        """Old files keep their GitHub retry timing (see :func:`_migrate`)."""
+        return _migrate(data)[0] if isinstance(data, Mapping) else data
+
 
 class Secrets(BaseModel):
     """Tokens from the environment. ``SecretStr`` keeps them out of every repr."""
@@ -438,6 +665,15 @@ class Secrets(BaseModel):
     devlake_webhook_token: SecretStr | None = None
     offline_token: SecretStr | None = None
     redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    devlake_keys: dict[str, SecretStr | None] = Field(default_factory=dict)
+    """DevLake API keys by the ``token_env`` naming them (``integration.devlake`` and teams)."""
+
+    def devlake_key(self, token_env: str = DEFAULT_TOKEN_ENV) -> SecretStr | None:
+        """The key ``token_env`` names; the default one is ``devlake_webhook_token``."""
+        if token_env in self.devlake_keys:
+            return self.devlake_keys[token_env]
+        return self.devlake_webhook_token if token_env == DEFAULT_TOKEN_ENV else None
 
     def values(self) -> list[str]:
         """Every secret value, for the log redaction processor."""
@@ -447,6 +683,8 @@ class Secrets(BaseModel):
             self.devlake_webhook_token,
             self.offline_token,
             self.redis_password,
+            self.redis_sentinel_password,
+            *self.devlake_keys.values(),
         ):
             if secret is not None and secret.get_secret_value():
                 found.append(secret.get_secret_value())
@@ -464,6 +702,8 @@ class EnvironmentOverrides(BaseSettings):
     redis_host: str | None = None
     redis_port: str | None = None
     redis_password: str | None = None
+    redis_sentinel_password: str | None = None
+    redis_sentinel_password_file: str | None = None
     github_token: str | None = None
     github_token_file: str | None = None
     devlake_webhook_token: str | None = None
@@ -497,14 +737,22 @@ class LoadedConfig(BaseModel):
                 ("GITHUB_TOKEN", self.secrets.github_token),
                 ("DEVLAKE_WEBHOOK_TOKEN", self.secrets.devlake_webhook_token),
                 ("OFFLINE_TOKEN", self.secrets.offline_token),
+                *self.secrets.devlake_keys.items(),
             )
         }
         return data
 
 
 def _read_secret(env: EnvironmentOverrides, name: str) -> SecretStr | None:
-    value: str | None = getattr(env, name)
-    file_name: str | None = getattr(env, f"{name}_file")
+    return _secret(name, getattr(env, name), getattr(env, f"{name}_file"))
+
+
+def _read_named_secret(name: str) -> SecretStr | None:
+    """The secret in environment variable ``name``, or in the file ``<name>_FILE`` names."""
+    return _secret(name, os.environ.get(name), os.environ.get(f"{name}_FILE"))
+
+
+def _secret(name: str, value: str | None, file_name: str | None) -> SecretStr | None:
     if file_name:
         try:
             value = Path(file_name).read_text(encoding="utf-8").strip()
@@ -571,6 +819,8 @@ def _describe(error: ErrorDetails) -> str:
     if kind == "extra_forbidden":
         return f"{location}: unknown key (check its spelling)"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith(f"{location}."):
+        return message  # already names the exact key
     return f"{location}: {message}"
 
 
@@ -602,9 +852,8 @@ def _migrate(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _validate(data: Mapping[str, Any], source: str) -> tuple[Settings, list[str]]:
-    document, notes = _migrate(data)
     try:
-        return Settings.model_validate(document), notes
+        return Settings.model_validate(dict(data)), _migrate(data)[1]
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
@@ -639,13 +888,25 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     env = EnvironmentOverrides()
     data = _apply_overrides(data, env)
     settings, deprecations = _validate(data, source)
+    sentinel_password = _read_secret(env, "redis_sentinel_password")
+    if sentinel_password is not None:
+        redis = settings.storage.redis.model_copy(update={"sentinel_password": sentinel_password})
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"redis": redis})})
+    default_key = _read_secret(env, "devlake_webhook_token")
+    devlake_keys = {
+        name: default_key if name == DEFAULT_TOKEN_ENV else _read_named_secret(name)
+        for name in settings.integration.devlake.token_envs()
+    } if settings.integration.devlake.enabled else {}
     secrets = Secrets(
         github_token=_read_secret(env, "github_token"),
-        devlake_webhook_token=_read_secret(env, "devlake_webhook_token"),
+        devlake_webhook_token=default_key,
+        devlake_keys=devlake_keys,
         offline_token=_read_secret(env, "offline_token"),
         redis_password=SecretStr(settings.storage.redis.password)
         if settings.storage.redis.password
         else None,
+        redis_sentinel_password=sentinel_password,
     )
     return LoadedConfig(settings=settings, secrets=secrets, source=source,
                         deprecations=tuple(deprecations))

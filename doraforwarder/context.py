@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder.commits.ratelimit import RateLimitBoard
 from doraforwarder.config import LoadedConfig, Settings
+from doraforwarder.inventory import Inventory
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
@@ -179,6 +180,8 @@ class StatusBoard:
 
     watched_namespaces: list[str] = field(default_factory=list)
     apps_tracked: int = 0
+    apps_by_environment: dict[str, int] = field(default_factory=dict)
+    """Watched Applications per DORA environment they are classified in."""
     recent_deployments: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
     outbox_depth: int = 0
     dead_letters: int = 0
@@ -186,17 +189,24 @@ class StatusBoard:
     sources: dict[str, str] = field(default_factory=dict)
     """Source name -> running | starting | stopped | error text."""
     outbox_oldest_age_seconds: float = 0.0
+    redis: dict[str, Any] | None = None
+    """Topology, current master or node, last error and reconnects (see storage.RedisWatch)."""
+    devlake_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "watched_namespaces": list(self.watched_namespaces),
             "apps_tracked": self.apps_tracked,
+            "apps_by_environment": dict(self.apps_by_environment),
             "last_deployments": list(self.recent_deployments),
             "outbox_depth": self.outbox_depth,
             "outbox_oldest_age_seconds": round(self.outbox_oldest_age_seconds, 3),
             "dead_letters": self.dead_letters,
             "last_webrca_poll": self.last_webrca_poll,
             "sources": dict(self.sources),
+            **({"redis": dict(self.redis)} if self.redis is not None else {}),
+            "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
         }
 
 
@@ -214,6 +224,8 @@ class AppContext:
     dry_run: bool = False
     """Print payloads as JSON lines instead of sending them to DevLake."""
     started_at: float = field(default_factory=time.time)
+    inventory: Inventory = field(default_factory=Inventory)
+    """What the ArgoCD watch last saw of each Application (served by the inventory API)."""
     github_rate_limits: RateLimitBoard = field(init=False)
     """GitHub's rate limits as this daemon learnt them, shared by all its GitHub clients."""
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.backoff import Backoff, wait_or_stop
-from doraforwarder.commits.stage import ResolverPool
+from doraforwarder.commits.stage import PipelineStaging, ResolverPool
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext, Service
 from doraforwarder.devlake.delivery import DeliveryPool
@@ -31,8 +31,7 @@ from doraforwarder.dryrun import DryRunSpace, dry_run_keys
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.server import bound_port, start_http
-from doraforwarder.storage import connect
-from doraforwarder.streams import stage_detected
+from doraforwarder.storage import RedisWatch, connect
 from doraforwarder.webrca.poller import WebRCAPoller
 
 log = get_logger("daemon")
@@ -43,15 +42,17 @@ ServicesFactory = Callable[[AppContext], Sequence[Service]]
 def build_services(context: AppContext) -> list[Service]:
     """The sources and worker pools the configuration enables, wired together.
 
-    Sources know nothing of DevLake: the ArgoCD source is handed the function
-    that stages a detected deployment on the deployments stream, the WebRCA
+    Sources know nothing of DevLake: the ArgoCD source is handed the staging
+    that puts a detected deployment on the deployments stream and plans an
+    ArgoCD incident into outbox entries (in its own transaction), the WebRCA
     poller the planner that turns an incident into outbox entries.
     """
     settings = context.settings
     planner = Planner.from_settings(settings, context.dry_run)
-    services: list[Service] = []
+    services: list[Service] = [RedisWatch(context)]
     if settings.argocd.enabled:
-        services.append(ArgoCDSource(context, stage=stage_detected))
+        staging = PipelineStaging(context.keys, planner)
+        services.append(ArgoCDSource(context, stage=staging))
         services.append(ResolverPool(context, planner=planner))
     if settings.webrca.enabled:
         services.append(WebRCAPoller(context, planner=planner))
@@ -96,7 +97,7 @@ class Daemon:
     ) -> None:
         """``redis`` replaces the configured connection (the demo's embedded store)."""
         settings = config.settings
-        prefix = settings.storage.redis.key_prefix
+        prefix = settings.storage.redis.keyspace
         self.context = AppContext(
             config=config,
             redis=redis if redis is not None else connect(settings.storage.redis),

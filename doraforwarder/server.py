@@ -9,6 +9,9 @@
 - ``GET /metrics``: Prometheus text (``doraforwarder_ready`` mirrors ``/readyz``).
 - ``GET /api/v1/status``: what the daemon is doing, as JSON, with a
   ``dependencies`` map (up/down, since, last error, last success).
+- ``GET /api/v1/argocd/applications`` (JSON) and ``.../applications.toon``
+  (TOON, for language-model agents): the application inventory, from the
+  watch's memory; the only routes behind ``server.api_auth``.
 
 Nothing served here ever contains a secret: the status board holds no tokens
 and the metrics carry none.
@@ -22,10 +25,13 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from doraforwarder import __version__
+from doraforwarder.apiauth import Authorizer, Refused, build_authorizer
 from doraforwarder.context import AppContext
+from doraforwarder.inventory import InventoryEntry, inventory_document, inventory_toon
 from doraforwarder.metrics import CONTENT_TYPE
 
 CONTEXT_KEY = web.AppKey("context", AppContext)
+AUTHORIZER_KEY = web.AppKey("authorizer", Authorizer)
 
 
 def go_duration(seconds: float) -> str:
@@ -102,9 +108,52 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def build_app(context: AppContext) -> web.Application:
+async def _visible_inventory(request: web.Request) -> list[InventoryEntry] | web.Response:
+    """The inventory entries the caller may read, or the refusal (never echoing the token)."""
+    context = request.app[CONTEXT_KEY]
+    entries = context.inventory.snapshot()
+    namespaces = {entry.namespace for entry in entries}
+    argocd = context.settings.argocd
+    if not argocd.all_namespaces:
+        namespaces.update(argocd.namespaces)
+    try:
+        allowed = await request.app[AUTHORIZER_KEY].allowed_namespaces(
+            request.headers.get("Authorization"), namespaces
+        )
+    except Refused as refused:
+        headers = {"WWW-Authenticate": 'Bearer realm="doraforwarder"'} \
+            if refused.status == 401 else {}
+        return web.json_response(
+            {"error": refused.message}, status=refused.status, headers=headers
+        )
+    if allowed is None:
+        return entries
+    return [entry for entry in entries if entry.namespace in allowed]
+
+
+async def applications(request: web.Request) -> web.Response:
+    visible = await _visible_inventory(request)
+    if isinstance(visible, web.Response):
+        return visible
+    return web.json_response(inventory_document(visible))
+
+
+async def applications_toon(request: web.Request) -> web.Response:
+    visible = await _visible_inventory(request)
+    if isinstance(visible, web.Response):
+        return visible
+    return web.Response(
+        text=inventory_toon(inventory_document(visible)), content_type="text/toon",
+        charset="utf-8",
+    )
+
+
+def build_app(context: AppContext, authorizer: Authorizer | None = None) -> web.Application:
     app = web.Application()
     app[CONTEXT_KEY] = context
+    app[AUTHORIZER_KEY] = authorizer or build_authorizer(context.settings)
+    app.router.add_get("/api/v1/argocd/applications", applications)
+    app.router.add_get("/api/v1/argocd/applications.toon", applications_toon)
     app.router.add_get("/", root)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/readyz", readyz)

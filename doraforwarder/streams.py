@@ -2,9 +2,9 @@
 
 Detection stages a :class:`~doraforwarder.records.DetectedDeployment` on the
 ``deployments`` stream inside the caller's transaction (:func:`stage_detected`,
-handed to the ArgoCD source by the daemon); the resolver stage reads it back
-(:func:`read_detected`). Both ends live here so the source never stands on the
-stage that consumes it.
+through the :class:`StageDetected` object the daemon hands the ArgoCD source);
+the resolver stage reads it back (:func:`read_detected`). Both ends live here
+so the source never stands on the stage that consumes it.
 
 :class:`GroupConsumer` is the one consumer-group member the resolver stage and
 the outbox delivery share: it reads new entries (``XREADGROUP``), reclaims
@@ -22,7 +22,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -30,14 +30,43 @@ from redis.exceptions import RedisError
 
 from doraforwarder.backoff import wait_or_stop
 from doraforwarder.keys import Keys
-from doraforwarder.records import DetectedDeployment
+from doraforwarder.records import DetectedDeployment, DetectedIncident
 
 DEPLOYMENT_FIELD = "deployment"
 
 RawEntries = list[tuple[str, dict[str, str]]]
 
-StageDetected = Callable[[Pipeline, Keys, DetectedDeployment], None]
-"""How a source stages a detected deployment inside its own transaction."""
+class StageDetected(Protocol):
+    """How a source stages what it detected inside its own transaction.
+
+    Both calls only queue commands on ``pipe``, a MULTI the caller executes
+    together with its state change: what is detected is staged exactly when
+    the state saying so is written, never one without the other.
+    """
+
+    def deployment(self, pipe: Pipeline, deployment: DetectedDeployment) -> None: ...
+
+    def incident(self, pipe: Pipeline, incident: DetectedIncident) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamStaging:
+    """Deployments onto the ``deployments`` stream; incidents to ``incidents`` when given.
+
+    Without an ``incidents`` stager an incident raises: losing one silently is
+    the one outcome not allowed (the daemon always hands one in).
+    """
+
+    keys: Keys
+    incidents: Callable[[Pipeline, DetectedIncident], None] | None = None
+
+    def deployment(self, pipe: Pipeline, deployment: DetectedDeployment) -> None:
+        stage_detected(pipe, self.keys, deployment)
+
+    def incident(self, pipe: Pipeline, incident: DetectedIncident) -> None:
+        if self.incidents is None:
+            raise RuntimeError(f"no incident staging configured for {incident.key}")
+        self.incidents(pipe, incident)
 
 
 def stage_detected(pipe: Pipeline, keys: Keys, deployment: DetectedDeployment) -> None:

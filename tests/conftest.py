@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from doraforwarder.testing.redis_server import RedisServer
+from doraforwarder.testing.redis_server import (
+    ClusterGroup,
+    RedisServer,
+    SentinelGroup,
+    TlsFiles,
+    make_tls_files,
+    redis_has_tls,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPAT_CONFIGS = ROOT / "tests" / "fixtures" / "compat"
@@ -20,7 +27,7 @@ UPSTREAM_REFERENCE_CONFIGS = ROOT.parent / "shared" / "reference" / "configs"
 SECRET_ENV = ("GITHUB_TOKEN", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "REDIS_PASSWORD",
               "GITHUB_TOKEN_FILE", "DEVLAKE_WEBHOOK_TOKEN_FILE", "OFFLINE_TOKEN_FILE",
               "REDIS_HOST", "REDIS_PORT", "PORT", "LOG_LEVEL", "ENVIRONMENT",
-              "DORAFORWARDER_CONFIG")
+              "DORAFORWARDER_CONFIG", "REDIS_SENTINEL_PASSWORD", "REDIS_SENTINEL_PASSWORD_FILE")
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +41,40 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server (no persistence) shared by the session; flushed per test."""
     with RedisServer() as server:
+        yield server
+
+
+SENTINEL_PASSWORD = "sentinel-test-secret"
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A master, a replica and three Sentinels (with a Sentinel password), shared by the session.
+
+    Tests that fail the master over start their own group instead.
+    """
+    with SentinelGroup(sentinel_password=SENTINEL_PASSWORD) as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterGroup]:
+    """A three-master Redis Cluster shared by the session."""
+    with ClusterGroup() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    if not redis_has_tls():
+        pytest.skip("the installed redis-server was built without TLS support")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server(tls_files: TlsFiles) -> Iterator[RedisServer]:
+    """A redis-server speaking only TLS, with a certificate from the test's own CA."""
+    with RedisServer(tls=tls_files) as server:
         yield server
 
 

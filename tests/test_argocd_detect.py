@@ -485,3 +485,37 @@ def test_the_deletion_of_a_predecessor_seen_late_keeps_the_successor() -> None:
     assert late.state == state and not late.changed and late.stale
     assert mark_deleted(state, NOW, uid="two").changed
     assert mark_deleted(state, NOW).changed  # absent from a re-list: no uid to compare
+
+
+# --- when a sync started -------------------------------------------------------------------
+
+_T = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("deploy_started", "operation", "expected"),
+    [
+        ("recorded deployStartedAt wins", (_T - timedelta(minutes=9), _T), _T - timedelta(minutes=5)),
+        ("else the operation that wrote the entry", (_T - timedelta(minutes=9), _T),
+         _T - timedelta(minutes=9)),
+        ("an older operation is not this sync's", (_T - timedelta(hours=2), _T - timedelta(hours=1)),
+         _T),
+        ("a later operation is not this sync's", (_T + timedelta(minutes=1), _T + timedelta(minutes=2)),
+         _T),
+        ("no operation at all: deployedAt", None, _T),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_syncs_start_is_its_own(deploy_started: str, operation: tuple[datetime, datetime] | None,
+                                  expected: datetime) -> None:
+    from doraforwarder.argocd.detect import started_at
+    from doraforwarder.testing.argocd_objects import application, history_entry, operation_state
+
+    recorded = _T - timedelta(minutes=5) if deploy_started.startswith("recorded") else None
+    entry = history_entry(1, sha("a"), _T, started_at=recorded)
+    if recorded is None:
+        entry.pop("deployStartedAt", None)
+    state = (operation_state("Succeeded", sha("a"), operation[0], operation[1])
+             if operation is not None else None)
+    view = parse_application(application("svc", history=[entry], operation_state=state))
+    assert started_at(view, view.history[-1]) == expected

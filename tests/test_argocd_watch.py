@@ -31,7 +31,7 @@ from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
 from doraforwarder.records import DetectedDeployment, GitSource
-from doraforwarder.streams import read_detected, stage_detected
+from doraforwarder.streams import StreamStaging, read_detected
 from doraforwarder.testing.argocd_objects import GITOPS_REPO, LiveApp, image, sha
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.redis_server import RedisServer
@@ -102,7 +102,7 @@ class Harness:
         client = aioredis.Redis.from_url(self.redis_server.url, decode_responses=True)
         context = AppContext(config=self.config(argocd), redis=client, keys=self.keys)
         options: dict[str, Any] = {"timing": FAST, "sweep_interval": 0.02,
-                                   "stage": stage_detected}
+                                   "stage": StreamStaging(self.keys)}
         if clock is not None:
             options["clock"] = clock
         options.update(kwargs)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from doraforwarder.commands import check_config
-from doraforwarder.config import load_config
+from doraforwarder.config import Settings, load_config
 from tests.conftest import write_config
 
 CASES = [
@@ -58,3 +58,8 @@ def test_check_config_shows_the_deprecation(tmp_path: Path,
     out = capsys.readouterr().out
     assert "# deprecated: GitHub retries still follow delivery.initial_backoff" in out
     assert "initial_backoff: 10ms" in out.split("github:")[1].split("delivery:")[0]
+
+
+def test_settings_built_in_code_carry_the_old_keys_too() -> None:
+    settings = Settings.model_validate({"delivery": {"initial_backoff": "10ms"}})
+    assert settings.github.initial_backoff == timedelta(milliseconds=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -21,9 +22,15 @@ def test_demo_table(clean_env: dict[str, str]) -> None:
     summary = out.split("Summary", 1)[1]
     assert summary.count("build-service     prod-east-1  SUCCESS") == 3
     assert "release           prod-east-1  FAILURE" in summary
-    assert "image-controller  prod-east-1  SUCCESS        4  global, team-build" in summary
-    assert "prod-west-1" not in summary  # the same revision on a second cluster is one deployment
-    assert "incident ITN-2025-00102            DONE" in summary
+    assert re.search(r"image-controller  prod-east-1  SUCCESS  [0-9a-f]{7,8} +2  "
+                     r"global, team-build", summary)
+    deployed, not_sent = summary.split("Not sent, on purpose", 1)
+    assert "prod-west-1" not in deployed  # the same revision on a second cluster is one deployment
+    assert re.search(r"ITN-2025-00102 +DONE +global, team-release", deployed)
+    assert "deduplicated across clusters" in not_sent
+    assert "held until it became Healthy" in not_sent
+    assert "components_to_ignore" in not_sent
+    assert "(not sent yet: waiting for health)" in out
     assert "Traceback" not in result.stderr
 
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder import outbox
 from doraforwarder.devlake.client import DryRunPrinter
-from doraforwarder.devlake.delivery import AUTH_CONDITION, DeliveryPool
+from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import OUTBOX_GROUP
 from doraforwarder.outbox import OutboxEntry, Target
 from doraforwarder.server import bound_port, start_http
@@ -197,38 +197,50 @@ async def test_payload_breaking_the_contract_is_never_sent(redis_client, devlake
     assert devlake.posts() == []
 
 
-async def test_refused_token_shows_in_status_and_keeps_readyz_200(
+async def test_refused_key_waits_and_is_named_but_readyz_stays_ready(
     redis_client, devlake
 ) -> None:
-    context = make_context(redis_client, devlake_section(devlake.url), token="wrong-token")
-    await stage(redis_client, context.keys, [deployment_entry("svc:1")])
+    context = make_context(redis_client, devlake_section(devlake.url, refused_recheck="50ms"),
+                           token="wrong-token")
+    await stage(redis_client, context.keys, [deployment_entry(f"svc:{n}") for n in range(5)])
     runner = await start_http(context, "127.0.0.1", 0)
-    readyz = f"http://127.0.0.1:{bound_port(runner)}/readyz"
+    port = bound_port(runner)
     try:
         async with httpx.AsyncClient() as http, RunningService(DeliveryPool(context)):
-            await eventually(lambda: len(devlake.posts(status=403)) >= 3, what="403s")
-            answer = await http.get(readyz)
-            assert answer.status_code == 200  # an outside outage is no reason to leave
-            assert not context.readiness.is_ready(AUTH_CONDITION)
-            assert any(r.startswith(f"{AUTH_CONDITION}:") and "DEVLAKE_WEBHOOK_TOKEN" in r
-                       for r in context.readiness.advisory_reasons())
-            assert "wrong-token" not in answer.text
-            assert await redis_client.xlen(context.keys.outbox_stream) == 1  # kept
+            await eventually(lambda: len(devlake.posts(status=403)) >= 3, what="403 rechecks")
+            assert (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+            status = (await http.get(f"http://127.0.0.1:{port}/api/v1/status")).json()
+            refused = status["devlake_targets"]["connection_id:1"]
+            assert refused["state"] == "refused" and refused["cause"] == "invalid_key"
+            assert "DEVLAKE_WEBHOOK_TOKEN" in refused["reason"]
+            assert "wrong-token" not in json.dumps(status)
+            assert gauge(context, "connection_id:1", "invalid_key") == 1
+            assert await redis_client.xlen(context.keys.outbox_stream) == 5  # kept
             devlake.set_token("wrong-token")  # the operator fixes the key in DevLake
             await eventually(lambda: outbox_empty(redis_client, context))
-            assert (await http.get(readyz)).status_code == 200
+            status = (await http.get(f"http://127.0.0.1:{port}/api/v1/status")).json()
+            assert status["devlake_targets"] == {}
     finally:
         await runner.cleanup()
-    assert devlake.deployment_ids(1) == {"svc:1"}
-    assert counter(context, "doraforwarder_delivery_retries_total", reason="auth") >= 3
+    assert devlake.deployment_ids(1) == {f"svc:{n}" for n in range(5)}
+    assert len(devlake.posts(status=200)) == 5
+    assert gauge(context, "connection_id:1", "invalid_key") == 0
+
+
+def gauge(context, target: str, cause: str) -> float | None:
+    return context.metrics.registry.get_sample_value(
+        "doraforwarder_devlake_target_refused", {"target": target, "cause": cause})
 
 
 async def test_missing_token_is_401_and_kept(redis_client, devlake) -> None:
-    context = make_context(redis_client, devlake_section(devlake.url), token=None)
+    context = make_context(redis_client, devlake_section(devlake.url, refused_recheck="50ms"),
+                           token=None)
     await stage(redis_client, context.keys, [deployment_entry("svc:1")])
-    async with RunningService(DeliveryPool(context)):
+    pool = DeliveryPool(context)
+    async with RunningService(pool):
         await eventually(lambda: len(devlake.posts(status=401)) >= 2, what="401s")
-        assert not context.readiness.is_ready(AUTH_CONDITION)
+        assert pool.refused["connection_id:1"].refusal.cause == "missing_key"
+        assert context.readiness.is_ready()
     assert await redis_client.xlen(context.keys.outbox_stream) == 1
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from doraforwarder.config import load_config
-from doraforwarder.ops.doctor import Check, render, run_checks
+from doraforwarder.ops.doctor import Check, parse_version, render, run_checks
 from doraforwarder.testing.http_fake import free_port
 from doraforwarder.testing.redis_server import RedisServer
 from doraforwarder.testing.world import FakeWorld
@@ -56,8 +56,13 @@ async def test_everything_passes(world: FakeWorld) -> None:
         "redis reachable": "pass",
         "redis writable": "pass",
         "redis persistence": "pass",
+        "devlake version": "pass",
         "devlake global target (connection id 1)": "pass",
         "devlake team target (connection id 2)": "pass",
+        "devlake prerequisite: project": "warn",
+        "devlake prerequisite: schedule": "warn",
+        "devlake prerequisite: lead time": "warn",
+        "devlake prerequisite: argocd plugin": "warn",
         "github token": "pass",
         "webrca token exchange": "pass",
     }
@@ -110,19 +115,25 @@ async def test_redis_without_persistence_is_a_warning(world: FakeWorld,
     assert "appendonly" in checks["redis persistence"].hint
 
 
+GLOBAL_LABEL = "devlake global target (connection id 1)"
+
+
 @pytest.mark.usefixtures("secrets_env")
-async def test_devlake_token_rejected(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_devlake_key_rejected(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN", "not-the-key")
     checks = await checks_for(world)
-    assert checks["devlake token"].outcome == "fail"
+    assert checks[GLOBAL_LABEL].outcome == "fail"
+    assert "invalid_key" in checks[GLOBAL_LABEL].detail
+    assert "DEVLAKE_WEBHOOK_TOKEN" in checks[GLOBAL_LABEL].detail
     assert "not-the-key" not in render(list(checks.values()))
 
 
 @pytest.mark.usefixtures("secrets_env")
-async def test_devlake_token_missing(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_devlake_key_missing(world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEVLAKE_WEBHOOK_TOKEN")
     checks = await checks_for(world)
-    assert checks["devlake token"].outcome == "fail"
+    assert checks[f"{GLOBAL_LABEL} key"].outcome == "fail"
+    assert "DEVLAKE_WEBHOOK_TOKEN is not set" in checks[f"{GLOBAL_LABEL} key"].detail
 
 
 @pytest.mark.usefixtures("secrets_env")
@@ -134,6 +145,65 @@ async def test_devlake_connection_missing_and_by_name(world: FakeWorld) -> None:
     assert checks["devlake ghost target (connection id 9)"].outcome == "fail"
     assert "no such webhook connection" in checks["devlake ghost target (connection id 9)"].detail
     assert checks["devlake named target (connection name team)"].outcome == "pass"
+
+
+@pytest.mark.usefixtures("secrets_env")
+@pytest.mark.parametrize("prefix", ["/api/rest", "/rest"])
+async def test_devlake_each_target_with_its_own_key_and_nothing_created(
+    world: FakeWorld, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    world.devlake.add_project("Release")
+    monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN", world.devlake.connection_key(1))
+    monkeypatch.setenv("TEAM_KEY", world.devlake.connection_key(1))  # wrong connection's key
+    checks = await checks_for(world, {"integration": {"devlake": {"api_prefix": prefix, "teams": [
+        {"name": "team", "project_id": "2", "token_env": "TEAM_KEY"},
+        {"name": "named", "connection_name": "team", "token_env": "WIDE_KEY"},
+        {"name": "release", "project_name": "Release", "token_env": "WIDE_KEY"},
+    ]}}})
+    before = len(world.devlake.connections)
+    assert checks[GLOBAL_LABEL].outcome == "pass"  # its own key covers it
+    team = checks["devlake team target (connection id 2)"]
+    assert team.outcome == "fail"
+    assert "scope does not cover /plugins/webhook/connections/2/deployments" in team.detail
+    assert "TEAM_KEY" in team.detail
+    assert checks["devlake named target (connection name team) key"].outcome == "fail"
+    assert "WIDE_KEY is not set" in checks["devlake named target (connection name team) key"].detail
+    monkeypatch.setenv("WIDE_KEY", world.devlake.token or "")
+    checks = await checks_for(world, {"integration": {"devlake": {"api_prefix": prefix, "teams": [
+        {"name": "release", "project_name": "Release", "token_env": "WIDE_KEY"}]}}})
+    release = checks["devlake release target (project name Release)"]
+    assert release.outcome == "warn"
+    assert "will be created by the first deployment" in release.detail
+    assert len(world.devlake.connections) == before  # doctor created nothing
+    assert world.devlake.project_connection("Release") is None
+    assert not [p for p in world.devlake.posts() if "/projects/" in p.path]
+    assert world.devlake.accepted() == []
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_too_old_for_project_and_by_name_targets(world: FakeWorld) -> None:
+    world.devlake.version = "v1.0.1@abc"
+    try:
+        checks = await checks_for(world, {"integration": {"devlake": {"teams": [
+            {"name": "named", "connection_name": "team"},
+            {"name": "release", "project_name": "Release"}]}}})
+    finally:
+        world.devlake.version = "v1.0.3@fake"
+    assert checks["devlake version"].detail == "v1.0.1@abc"
+    named = checks["devlake named target (connection name team)"]
+    assert named.outcome == "fail" and "older than 1.0.2" in named.detail
+    release = checks["devlake release target (project name Release)"]
+    assert release.outcome == "fail" and "older than 1.0.3" in release.detail
+    assert checks[GLOBAL_LABEL].outcome == "pass"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("v1.0.3", ((1, 0, 3), False)), ("v1.0.3-beta9@0a1b2c", ((1, 0, 3), True)),
+     ("1.0.2", ((1, 0, 2), False)), ("dev", None), ("", None)],
+)
+def test_parse_version(text: str, parsed: object) -> None:
+    assert parse_version(text) == parsed
 
 
 @pytest.mark.usefixtures("secrets_env")

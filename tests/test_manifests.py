@@ -239,7 +239,13 @@ def test_rbac_reads_argocd_applications_only(rendered: tuple[str, tuple[Obj, ...
     assert role["rules"] == [
         {"apiGroups": ["argoproj.io"], "resources": ["applications"],
          "verbs": ["get", "list", "watch"]},
-    ], f"{name}: the ClusterRole must grant get/list/watch on argoproj.io applications only"
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+         "verbs": ["create"]},
+    ], (f"{name}: the ClusterRole must grant get/list/watch on argoproj.io applications, "
+        "and create on token and subject access reviews (the inventory's kubernetes auth), "
+        "nothing else")
     assert "aggregationRule" not in role
 
     (binding,) = _of_kind(objects, "ClusterRoleBinding")

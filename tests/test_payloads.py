@@ -14,6 +14,7 @@ from doraforwarder.devlake.payloads import (
     build_deployment_payload,
     contract_body,
     format_devlake_date,
+    row_started,
     unchecked_deployment_body,
 )
 from doraforwarder.testing.fake_devlake import check_deployment, check_issue
@@ -135,7 +136,7 @@ def test_bodies_are_camel_case_and_leave_out_absent_optionals() -> None:
 def test_built_deployment_follows_the_reference_and_passes_devlake_checks() -> None:
     deployment = detected("build-service", n=3)
     commits = [commit("c" * 40, minutes_before=30), commit("d" * 40, minutes_before=-5)]
-    body = build_deployment_payload(deployment, commits).body()
+    body = build_deployment_payload(deployment, commits, "range").body()
     deployed = format_devlake_date(deployment.deployed_at)
     assert body["id"] == deployment.id
     assert body["displayTitle"] == (
@@ -151,6 +152,31 @@ def test_built_deployment_follows_the_reference_and_passes_devlake_checks() -> N
     # A commit "authored" after the deployment (clock skew) cannot have a negative lead time.
     assert second["startedDate"] == deployed
     check_deployment(body)  # the fake checks like DevLake: no exception
+
+
+def test_head_rows_carry_the_deployment_start_finish_and_result() -> None:
+    deployment = detected("build-service", n=3).model_copy(update={"result": "FAILURE"})
+    commits = [commit("c" * 40, minutes_before=30), commit("d" * 40, minutes_before=-5)]
+    body = build_deployment_payload(deployment, commits).body()  # head is the default
+    for row in body["deploymentCommits"]:
+        assert row["startedDate"] == format_devlake_date(deployment.started_at)
+        assert row["finishedDate"] == format_devlake_date(deployment.deployed_at)
+        assert row["result"] == "FAILURE"
+    check_deployment(body)
+
+
+@pytest.mark.parametrize(("mode", "start_offset", "authored_offset", "expected_offset"), [
+    ("head", -2, -60, -2),    # the deployment's own start, whatever the commit's age
+    ("head", 5, -60, 0),      # a start after the finish is clamped to the finish
+    ("range", -2, -60, -60),  # the author date
+    ("range", -2, 10, 0),     # authored "after" the deployment (skew): the finish
+])
+def test_row_started_dates(mode: str, start_offset: int, authored_offset: int,
+                           expected_offset: int) -> None:
+    deployment = detected().model_copy(update={
+        "started_at": T0 + timedelta(minutes=start_offset), "deployed_at": T0})
+    row = commit().model_copy(update={"author_date": T0 + timedelta(minutes=authored_offset)})
+    assert row_started(deployment, row, mode) == T0 + timedelta(minutes=expected_offset)
 
 
 def test_no_commits_is_refused_and_the_unchecked_body_is_kept_for_dead_letters() -> None:

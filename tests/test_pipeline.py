@@ -81,14 +81,20 @@ async def test_stages_one_entry_per_target_and_acknowledges(redis_client) -> Non
     assert sorted(resolver.calls) == sorted([first.id, second.id])
 
 
-async def test_no_commits_stages_nothing_and_acknowledges(redis_client) -> None:
-    context = make_context(redis_client, devlake_section("http://devlake"))
-    deployment = detected()
+async def test_no_commits_becomes_a_dead_letter_with_its_reason_never_silence(
+        redis_client) -> None:
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS))
+    deployment = detected("build-service")
     await detect(redis_client, context, deployment)
     async with RunningService(ResolverPool(context, StubResolver({deployment.id: []}))):
         await eventually(lambda: stream_done(redis_client, context))
     assert await redis_client.xlen(context.keys.outbox_stream) == 0
-    assert await redis_client.xlen(context.keys.dead_stream) == 0
+    dead = await outbox.read_stream(redis_client, context.keys.dead_stream)
+    assert sorted(d.entry.target.key for d in dead) == ["connection_id:1", "connection_id:6"]
+    assert {d.fields["reason"] for d in dead} == {"no_commits: no_source"}
+    assert dead[0].entry.payload["id"] == deployment.id
+    counted = context.metrics.deployments_without_commits.labels("no_source")._value.get()
+    assert counted == 1
 
 
 async def test_invalid_payload_goes_to_dead_letters_per_target(redis_client) -> None:
@@ -145,8 +151,14 @@ async def test_resolver_failure_leaves_the_entry_for_a_later_retry(redis_client)
 
 
 async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) -> None:
+    """Heartbeats keep a long resolution its own, however long it takes.
+
+    The resolver is held until the entry was refreshed six times (two whole
+    ``claim_idle`` periods) instead of for a fixed sleep; ``claim_idle`` of
+    1.5 s leaves each heartbeat a second of slack on a busy machine.
+    """
     context = make_context(redis_client, devlake_section("http://devlake"),
-                           delivery={"claim_idle": "300ms", "resolvers": 3})
+                           delivery={"claim_idle": "1500ms", "resolvers": 3})
     deployment = detected()
     await detect(redis_client, context, deployment)
     release = asyncio.Event()
@@ -158,9 +170,19 @@ async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) 
             return [commit()]
 
     resolver = Slow({})
-    async with RunningService(ResolverPool(context, resolver)):
+    pool = ResolverPool(context, resolver)
+    refresh = pool.stream.refresh
+    refreshes = 0
+
+    async def counting_refresh(entry_ids):
+        nonlocal refreshes
+        await refresh(entry_ids)
+        refreshes += 1
+
+    pool.stream.refresh = counting_refresh  # type: ignore[method-assign]
+    async with RunningService(pool):
         await eventually(lambda: len(resolver.calls) == 1)
-        await asyncio.sleep(1.0)  # several claim_idle periods: nobody may steal it
+        await eventually(lambda: refreshes >= 6, timeout=60, what="six heartbeats")
         release.set()
         await eventually(lambda: stream_done(redis_client, context))
     assert resolver.calls == [deployment.id]

@@ -76,11 +76,12 @@ def test_global_target_forms(global_target: dict[str, str], expected: str) -> No
 
 INCIDENTS = [
     ("no products", [], ["connection_id:1"]),
-    ("konflux: two teams, project target skipped", ["konflux"],
-     ["connection_id:1", "connection_id:6"]),
+    ("konflux: two teams, the project's connection too", ["konflux"],
+     ["connection_id:1", "connection_id:6", "project_name:Release Project"]),
     ("rhtap", ["rhtap"], ["connection_id:1", "connection_name:integration-hook"]),
     ("both", ["rhtap", "konflux"],
-     ["connection_id:1", "connection_id:6", "connection_name:integration-hook"]),
+     ["connection_id:1", "connection_id:6", "connection_name:integration-hook",
+      "project_name:Release Project"]),
     ("unknown product", ["openshift"], ["connection_id:1"]),
 ]
 
@@ -92,38 +93,96 @@ def test_incident_routing(case: str, products: list[str], expected: list[str]) -
 
 
 BY_ID = Target(kind="connection_id", value="6")
-BY_NAME = Target(kind="connection_name", value="team build/x")
+BY_NAME = Target(kind="connection_name", value="team build")
 BY_PROJECT = Target(kind="project_name", value="My Project")
-
-URLS = [
-    ("https://d.example", "/api/rest", BY_ID, "deployment", "",
-     "https://d.example/api/rest/plugins/webhook/connections/6/deployments"),
-    ("https://d.example/", "/api/rest", BY_ID, "deployment", "",
-     "https://d.example/api/rest/plugins/webhook/connections/6/deployments"),
-    ("https://d.example/", "api/rest/", BY_ID, "issue", "",
-     "https://d.example/api/rest/plugins/webhook/connections/6/issues"),
-    ("https://d.example", "/api", BY_ID, "issue", "",
-     "https://d.example/api/plugins/webhook/connections/6/issues"),
-    ("https://d.example/devlake/", "/api", BY_ID, "close", "INC 1/2",
-     "https://d.example/devlake/api/plugins/webhook/connections/6/issue/INC%201%2F2/close"),
-    ("https://d.example", "/api/rest", BY_NAME, "deployment", "",
-     "https://d.example/api/rest/plugins/webhook/connections/by-name/team%20build%2Fx/deployments"),
-    ("https://d.example", "/api/rest", BY_NAME, "close", "K-1",
-     "https://d.example/api/rest/plugins/webhook/connections/by-name/team%20build%2Fx/issue/K-1/close"),
-    ("https://d.example", "/api/rest", BY_PROJECT, "deployment", "",
-     "https://d.example/api/rest/projects/My%20Project/deployments"),
-    ("https://d.example/", "/api", BY_PROJECT, "deployment", "",
-     "https://d.example/api/projects/My%20Project/deployments"),
-]
+H = "https://d.example"
 
 
-@pytest.mark.parametrize(("base", "prefix", "target", "kind", "record", "url"), URLS)
+def _urls() -> list[tuple[str, str, Target, str, str, str]]:
+    rows = []
+    for prefix in ("/api/rest", "/rest"):
+        root = f"{H}{prefix}/plugins/webhook"
+        rows += [
+            (H, prefix, BY_ID, "deployment", "", f"{root}/connections/6/deployments"),
+            (H + "/", prefix, BY_ID, "issue", "", f"{root}/connections/6/issues"),
+            (H, prefix + "/", BY_ID, "close", "INC 1",
+             f"{root}/connections/6/issue/INC%201/close"),
+            (H, prefix, BY_NAME, "deployment", "",
+             f"{root}/connections/by-name/team%20build/deployments"),
+            (H, prefix, BY_NAME, "issue", "", f"{root}/connections/by-name/team%20build/issues"),
+            (H, prefix, BY_NAME, "close", "K-1",
+             f"{root}/connections/by-name/team%20build/issue/K-1/close"),
+            (H, prefix, BY_PROJECT, "deployment", "",
+             f"{root}/projects/My%20Project/deployments"),
+            (H, prefix, BY_PROJECT, "issue", "",
+             f"{root}/connections/by-name/My%20Project_deployments/issues"),
+            (H, prefix, BY_PROJECT, "close", "K-1",
+             f"{root}/connections/by-name/My%20Project_deployments/issue/K-1/close"),
+        ]
+    rows.append((H + "/devlake/", "rest", BY_ID, "deployment", "",
+                 f"{H}/devlake/rest/plugins/webhook/connections/6/deployments"))
+    return rows
+
+
+@pytest.mark.parametrize(("base", "prefix", "target", "kind", "record", "url"), _urls())
 def test_endpoint(base: str, prefix: str, target: Target, kind: Any, record: str,
                   url: str) -> None:
     assert endpoint(base, prefix, target, kind, record) == url
 
 
-@pytest.mark.parametrize("kind", ["issue", "close"])
-def test_issues_cannot_go_to_a_project(kind: Any) -> None:
-    with pytest.raises(ValueError, match="only deployments by project name"):
-        endpoint("https://d.example", "/api/rest", BY_PROJECT, kind, "K")
+ESCAPES = [
+    # Go's URL.EscapedPath: these stay raw, everything else is %XX in uppercase.
+    ("a-b_c.d~e", "a-b_c.d~e"),
+    ("$&+,:;=@", "$&+,:;=@"),
+    ("team build", "team%20build"),
+    ("é", "%C3%A9"),
+    ("50%", "50%25"),
+    ("a?b#c", "a%3Fb%23c"),
+    ('q"<>', "q%22%3C%3E"),
+]
+
+
+@pytest.mark.parametrize(("name", "escaped"), ESCAPES)
+@pytest.mark.parametrize("prefix", ["/api/rest", "/rest"])
+def test_names_are_escaped_as_go_does(prefix: str, name: str, escaped: str) -> None:
+    target = Target(kind="connection_name", value=name)
+    assert endpoint(H, prefix, target, "deployment") == \
+        f"{H}{prefix}/plugins/webhook/connections/by-name/{escaped}/deployments"
+
+
+@pytest.mark.parametrize(("name", "bracket"), [(c * 2 + "x", c) for c in "!'()*[]"])
+def test_bang_quote_parens_star_brackets_only_route_on_rest(name: str, bracket: str) -> None:
+    target = Target(kind="connection_name", value=name)
+    with pytest.raises(ValueError, match="nginx"):
+        endpoint(H, "/api/rest", target, "deployment")
+    url = endpoint(H, "/rest", target, "deployment")
+    assert f"%{ord(bracket):02X}" in url
+
+
+@pytest.mark.parametrize("prefix", ["/api/rest", "/rest"])
+@pytest.mark.parametrize("kind", ["connection_name", "project_name"])
+def test_a_slash_in_a_name_is_never_routed(prefix: str, kind: Any) -> None:
+    with pytest.raises(ValueError, match="'/'"):
+        endpoint(H, prefix, Target(kind=kind, value="a/b"), "deployment")
+
+
+@pytest.mark.parametrize("prefix", ["/api", "/", "", "/api/v1", "/plugins"])
+def test_other_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="/api/rest"):
+        endpoint(H, prefix, BY_ID, "deployment")
+
+
+def test_token_envs_per_target() -> None:
+    teams = [{"name": "a", "project_id": "6", "token_env": "TEAM_A_KEY",
+              "argocd_components": ["x"]},
+             {"name": "b", "connection_name": "hook", "argocd_components": ["y"]},
+             {"name": "c", "project_name": "P", "token_env": "P_KEY",
+              "argocd_components": ["z"]}]
+    router = Router(config(teams))
+    assert router.token_envs() == {"connection_id:1": "DEVLAKE_WEBHOOK_TOKEN",
+                                   "connection_id:6": "TEAM_A_KEY",
+                                   "connection_name:hook": "DEVLAKE_WEBHOOK_TOKEN",
+                                   "project_name:P": "P_KEY"}
+    custom = DevLakeConfig.model_validate({"base_url": H, "project_id": "1",
+                                           "token_env": "GLOBAL_KEY", "teams": teams})
+    assert Router(custom).token_envs()["connection_name:hook"] == "GLOBAL_KEY"

@@ -254,13 +254,33 @@ def decide(view: AppView, stored: AppState | None, config: ArgoCDConfig, now: da
     return _follow(view, stored, identity, config, now)
 
 
-def _pending(entry: HistoryEntry, deadline: datetime) -> PendingSync:
+def started_at(view: AppView, entry: HistoryEntry) -> datetime:
+    """When the sync of ``entry`` started: ``deployStartedAt``, else its operation's start.
+
+    The operation counts only when it is the one that wrote the entry (it
+    started before the entry's ``deployedAt`` and did not finish before it);
+    with neither, the sync is taken to have started when it was deployed.
+    """
+    if entry.started_at is not None:
+        return entry.started_at
+    operation = view.operation
+    if (
+        operation is not None
+        and operation.started_at is not None
+        and operation.started_at <= entry.deployed_at
+        and (operation.finished_at is None or operation.finished_at >= entry.deployed_at)
+    ):
+        return operation.started_at
+    return entry.deployed_at
+
+
+def _pending(view: AppView, entry: HistoryEntry, deadline: datetime) -> PendingSync:
     return PendingSync(
         history_id=entry.id,
         revision=entry.revision,
         revisions=list(entry.revisions),
         sources=entry.git_sources(),
-        started_at=entry.started_at or entry.deployed_at,
+        started_at=started_at(view, entry),
         deployed_at=entry.deployed_at,
         deadline=deadline,
     )
@@ -293,7 +313,7 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
             created_at=view.created_at,
             baseline=_baseline(previous, view.images),
             last_history_id=latest.id,
-            pending=[_pending(latest, now + config.health_timeout)],
+            pending=[_pending(view, latest, now + config.health_timeout)],
             last_failure_at=last_failure,
         )
         reasons = [f"first sight: sync {latest.id} in progress, following it"]
@@ -363,7 +383,7 @@ def _follow(
         uid = uid or view.uid
         new_entries = [e for e in view.history if last_history_id is None or e.id > last_history_id]
     for entry in new_entries:
-        pending.append(_pending(entry, now + config.health_timeout))
+        pending.append(_pending(view, entry, now + config.health_timeout))
         reasons.append(f"sync {entry.id} ({entry.revision}) seen, waiting for it to settle")
     if new_entries:
         last_history_id = new_entries[-1].id
@@ -583,7 +603,7 @@ def history_deployments(
     previous: Baseline | None = None
     settled = is_settled(view)
     for entry in view.history:
-        candidate = _pending(entry, entry.deployed_at)
+        candidate = _pending(view, entry, entry.deployed_at)
         is_latest = entry is view.latest
         images = list(view.images) if is_latest and settled else []
         result: Result = (

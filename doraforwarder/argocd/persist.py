@@ -51,8 +51,9 @@ async def commit_decision(
 ) -> Committed:
     """Load the stored state, decide, and write the outcome atomically; retry on races.
 
-    ``stage`` queues each kept deployment on the transaction (the daemon hands
-    in :func:`doraforwarder.streams.stage_detected`).
+    ``stage`` queues each kept deployment and each incident of the decision
+    on the same transaction as the state that records them (the daemon hands
+    in its staging): a retried decision restages them, a committed one never.
     """
     state_key = keys.app_state(namespace, name)
     conflicts = 0
@@ -72,7 +73,7 @@ async def commit_decision(
                     )
                     stored = None
                 decision = decide(stored)
-                if not decision.changed and not decision.deployments:
+                if not decision.changed and not decision.deployments and not decision.incidents:
                     await pipe.unwatch()  # type: ignore[no-untyped-call]
                     return Committed(decision, conflicts=conflicts)
                 staged: list[DetectedDeployment] = []
@@ -95,7 +96,9 @@ async def commit_decision(
                 for scope_key, value in claims.items():
                     pipe.set(keys.dedupe(scope_key), value, ex=window)
                 for deployment in staged:
-                    stage(pipe, keys, deployment)
+                    stage.deployment(pipe, deployment)
+                for incident in decision.incidents:
+                    stage.incident(pipe, incident)
                 await pipe.execute()
                 return Committed(decision, staged, reasons, conflicts)
             except WatchError:

@@ -21,10 +21,16 @@ from kubernetes.client import ApiClient, CustomObjectsApi
 from redis.exceptions import RedisError
 
 from doraforwarder.argocd.detect import Decision, decide, mark_deleted
+from doraforwarder.argocd.identity import (
+    Skip,
+    destination_cluster,
+    resolve_environment,
+    resolve_identity,
+)
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import KubeAccessError, build_api_client
 from doraforwarder.argocd.lanes import Lanes
-from doraforwarder.argocd.model import AppView
+from doraforwarder.argocd.model import ANNOTATION_CLUSTER, ANNOTATION_COMPONENT, AppView
 from doraforwarder.argocd.persist import Committed, Decide, commit_decision
 from doraforwarder.argocd.state import AppState
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
@@ -75,6 +81,8 @@ class ArgoCDSource:
         self._deadlines: dict[str, datetime] = {}
         self._pending_counts: dict[str, int] = {}
         self._listed: set[str] = set()
+        self._environments: dict[str, str] = {}
+        """App key -> the environment it is classified in (shown per environment)."""
         self._stop = asyncio.Event()
 
     @property
@@ -258,11 +266,18 @@ class ArgoCDSource:
         if isinstance(job, Observed):
             view: AppView | None = job.view
             namespace, name = job.view.namespace, job.view.name
+            self._classified(job.key, resolve_environment(job.view, self.config))
         else:
+            if isinstance(job, Deleted):
+                self._classified(job.key, None)
             namespace, name = job.namespace, job.name
             view = self._views.get(job.key) if isinstance(job, Recheck) else None
             if isinstance(job, Recheck) and view is None:
                 return
+        if isinstance(job, Observed):
+            self._remember(job.view)
+        elif isinstance(job, Deleted):
+            self.context.inventory.remove(namespace, name)
         decide_fn: Decide
         if view is None:
             uid = job.uid if isinstance(job, Deleted) else ""
@@ -278,6 +293,42 @@ class ArgoCDSource:
         committed = await self._commit(namespace, name, decide_fn)
         if committed is not None:
             self._after(job.key, view, committed)
+
+    def _remember(self, view: AppView) -> None:
+        """Record the app in the inventory (served from memory, never from the API)."""
+        identity = resolve_identity(view, self.config)
+        if isinstance(identity, Skip):
+            component = view.annotations.get(ANNOTATION_COMPONENT, "") or view.name
+            cluster = view.annotations.get(ANNOTATION_CLUSTER, "") or destination_cluster(view)
+        else:
+            component, cluster = identity.component, identity.cluster
+        self.context.inventory.put(
+            namespace=view.namespace,
+            name=view.name,
+            component=component,
+            cluster=cluster,
+            health=view.health_status,
+            sync=view.sync_status,
+            images=view.images,
+            forwarded=not isinstance(identity, Skip),
+        )
+
+    def _classified(self, key: str, environment: str | None) -> None:
+        """Keep the per-environment app counts (``/api/v1/status``, the gauge) current."""
+        before = self._environments.get(key)
+        if environment == before:
+            return
+        if environment is None:
+            self._environments.pop(key, None)
+        else:
+            self._environments[key] = environment
+        counts: dict[str, int] = {}
+        for value in self._environments.values():
+            counts[value] = counts.get(value, 0) + 1
+        gauge = self.context.metrics.apps_by_environment
+        for env in {*counts, *([before] if before else [])}:
+            gauge.labels(env).set(counts.get(env, 0))
+        self.context.status.apps_by_environment = dict(sorted(counts.items()))
 
     async def _commit(self, namespace: str, name: str, decide_fn: Decide) -> Committed | None:
         backoff = Backoff(*self.redis_retry)
@@ -331,6 +382,10 @@ class ArgoCDSource:
                 history_id=deployment.history_id,
                 why=deployment.message,
             )
+        for incident in decision.incidents:
+            log.info("application incident detected", key=incident.key, app=incident.app,
+                     component=incident.component, status=incident.status,
+                     since=incident.created_at.isoformat())
         for reason in committed.dedupe_reasons:
             log.info("deployment deduplicated", app=key, reason=reason)
         if decision.reasons:

@@ -61,7 +61,7 @@ def handle(args: argparse.Namespace) -> int:
 async def _backfill(config: LoadedConfig, args: argparse.Namespace) -> int:
     settings = config.settings
     context = AppContext(config=config, redis=connect(settings.storage.redis),
-                         keys=Keys(settings.storage.redis.key_prefix), dry_run=args.dry_run)
+                         keys=Keys(settings.storage.redis.keyspace), dry_run=args.dry_run)
     selection = Selection(since=args.since, namespace=args.namespace, component=args.component)
     backfill = Backfill(context, selection)
     stop = asyncio.Event()

@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     redis_config = config.settings.storage.redis
-    return asyncio.run(_run(args, connect(redis_config), Keys(redis_config.key_prefix),
+    return asyncio.run(_run(args, connect(redis_config), Keys(redis_config.keyspace),
                             redis_config.display_url()))
 
 

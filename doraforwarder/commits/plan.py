@@ -8,14 +8,50 @@ work itself, so every rule is tested with a table of cases.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from doraforwarder.commits.images import TagMatcher, parse_image
-from doraforwarder.commits.repos import normalize_repo_url
+from doraforwarder.commits.repos import GITHUB_WEB, normalize_repo_url
+from doraforwarder.records import DetectedDeployment
 
 ChangeKind = Literal["first", "changed"]
+_GIT_SHA = re.compile(r"[0-9a-f]{7,40}", re.IGNORECASE)
+
+
+def is_git_sha(revision: str) -> bool:
+    """Whether a revision names a git commit (7 to 40 hex digits), not a chart version."""
+    return bool(_GIT_SHA.fullmatch(revision.strip()))
+
+
+def row_repo_url(url: str, web_base: str = GITHUB_WEB) -> str | None:
+    """How a source's repository is spelled on every row (DevLake groups by exact string).
+
+    A git repository takes the normal form of :func:`normalize_repo_url`
+    (``https://github.com/org/repo``: lower case, no ``.git``), the form image
+    commits use too; a Helm repository (``https://charts.example.com``, an OCI
+    registry) keeps its URL, lower-cased, without a trailing ``/``.
+    """
+    normal = normalize_repo_url(url, web_base)
+    if normal is not None:
+        return normal
+    text = url.strip().rstrip("/")
+    return text.lower() or None
+
+
+def no_commit_reason(deployment: DetectedDeployment, matcher: TagMatcher) -> str:
+    """Why a deployment has nothing to send as a commit, for the metric and its dead letter.
+
+    ``no_source``: no gitops source and no image tag carrying a SHA;
+    ``unresolved``: there were candidates but every one was blacklisted,
+    had no usable repository, or could not be found.
+    """
+    has_image_sha = any(matcher.sha_of(reference) for reference in deployment.images)
+    if not deployment.sources and not has_image_sha:
+        return "no_source"
+    return "unresolved"
 
 
 @dataclass(frozen=True)
@@ -74,6 +110,25 @@ def plan_image_changes(
             changes.append(ImageChange(image.name, "changed", head=sha, base=before[0]))
         else:
             changes.append(ImageChange(image.name, "first", head=sha))
+    return changes
+
+
+def plan_head_images(images: Iterable[str], matcher: TagMatcher) -> list[ImageChange]:
+    """``head`` rows: every image whose tag carries a SHA, changed or not, once per SHA.
+
+    Unchanged images are included so every repository's chain in DevLake
+    stays anchored at what is deployed; no range is looked up (DevLake diffs
+    from git itself).
+    """
+    changes: list[ImageChange] = []
+    seen: set[tuple[str, str]] = set()
+    for reference in images:
+        image = parse_image(reference)
+        sha = matcher.sha_of_tag(image.tag) if image else None
+        if image is None or sha is None or (image.name, sha) in seen:
+            continue
+        seen.add((image.name, sha))
+        changes.append(ImageChange(image.name, "first", head=sha))
     return changes
 
 

@@ -1,19 +1,24 @@
 """The commits one deployment shipped: gitops revision plus the image commit ranges.
 
-Rules (ARCHITECTURE.md, "Commits of a deployment"):
+Rules (``integration.devlake.deployment_commits``):
 
-- The gitops revision commit of every source is always included (a source
-  whose revision is not a commit, such as a Helm chart version, is skipped).
-- For every image whose tag carries a SHA: deployed before under another SHA
-  -> ``compare(previous...current)``, oldest first, the newest
+- Every gitops source gives a row: its revision in its repository; a source
+  whose revision is not a commit (a Helm chart version) gives a row with its
+  repository URL and that version, so no deployment lacks a row.
+- ``head`` (default): every image whose tag carries a SHA gives that commit in
+  its repository, changed or not (DevLake diffs each row against the previous
+  one of the repository from git itself): no compare call.
+- ``range``: for every image whose tag carries a SHA: deployed before under
+  another SHA -> ``compare(previous...current)``, oldest first, the newest
   ``github.max_commits`` kept; ``behind``/``diverged`` (rollback, force-push)
   or a base unknown to the repository -> the current commit only; first
   deployment of the image -> the current commit; unchanged -> nothing.
 - Repository of a SHA: ``github.image_repositories`` first, else the commit
   search (cached), skipping forks and the gitops repositories. An unresolvable
   SHA is dropped with a warning, never attributed to another repository.
-- Commits are deduplicated by (repository, SHA); blacklisted repositories are
-  removed (and never queried).
+- Repository URLs take one spelling (:func:`~doraforwarder.commits.plan.row_repo_url`);
+  commits are deduplicated by (repository, SHA); blacklisted repositories
+  are removed (and never queried).
 
 Deadline: ``deployment.detected_at + github.resolve_timeout``. When it passes
 the deployment is resolved with what is known; a gitops commit whose details
@@ -29,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -49,7 +53,10 @@ from doraforwarder.commits.plan import (
     Candidate,
     ImageChange,
     choose_repository,
+    is_git_sha,
+    plan_head_images,
     plan_image_changes,
+    row_repo_url,
     same_commit,
 )
 from doraforwarder.commits.repos import (
@@ -66,7 +73,6 @@ from doraforwarder.records import DetectedDeployment, GitSource, ResolvedCommit
 CONCURRENCY = 4
 """Look-ups of one deployment running at once (gitops sources and images)."""
 T = TypeVar("T")
-_REVISION = re.compile(r"[0-9a-f]{7,40}", re.IGNORECASE)
 
 
 class CommitResolver:
@@ -81,6 +87,7 @@ class CommitResolver:
         self.rules = ImageRepositories(github.image_repositories, self.web_base)
         self.blacklist = Blacklist(settings.argocd.repository_blacklist, self.web_base)
         self.max_commits = github.max_commits
+        self.rows = settings.integration.devlake.deployment_commits
         self.resolve_timeout = github.resolve_timeout.total_seconds()
         self.github = GitHubClient.for_context(context, client)
         self.cache = CommitCache(
@@ -107,7 +114,7 @@ class CommitResolver:
         self, deployment: DetectedDeployment, stop: asyncio.Event
     ) -> list[ResolvedCommit]:
         """The commits of ``deployment``; raises CancelledError once ``stop`` is set."""
-        result_key = _result_key(deployment)
+        result_key = _result_key(deployment, self.rows)
         cached = await self.cache.resolved(result_key)
         if cached is not None:
             return cached
@@ -126,10 +133,10 @@ class CommitResolver:
         return commits
 
 
-def _result_key(deployment: DetectedDeployment) -> str:
+def _result_key(deployment: DetectedDeployment, mode: str) -> str:
     """The id plus a digest of every input, so a corrected redelivery is resolved anew."""
     inputs = json.dumps([[s.repo_url, s.revision] for s in deployment.sources]
-                        + [deployment.images, deployment.previous_images])
+                        + [deployment.images, deployment.previous_images, mode])
     return f"{deployment.id}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
 
@@ -153,8 +160,11 @@ class _Resolution:
         units: list[Awaitable[list[ResolvedCommit]]] = [
             self._gitops_commit(source) for source in self.deployment.sources
         ]
-        changes = plan_image_changes(self.deployment.images, self.deployment.previous_images,
-                                     self.r.matcher)
+        if self.r.rows == "head":
+            changes = plan_head_images(self.deployment.images, self.r.matcher)
+        else:
+            changes = plan_image_changes(self.deployment.images,
+                                         self.deployment.previous_images, self.r.matcher)
         self.changes = len(changes)
         units += [self._image_commits(change) for change in changes]
         tasks = [asyncio.ensure_future(self._limited(unit)) for unit in units]
@@ -186,10 +196,18 @@ class _Resolution:
     # --- gitops ----------------------------------------------------------------------------
     async def _gitops_commit(self, source: GitSource) -> list[ResolvedCommit]:
         revision = source.revision.strip().lower()
-        if not _REVISION.fullmatch(revision):
-            self.log.info("gitops revision is not a commit, not sent as one",
-                          repo=source.repo_url, revision=source.revision)
-            return []
+        if not is_git_sha(revision):
+            # A chart version: no git commit, but the deployment still needs its row.
+            chart_repo = row_repo_url(source.repo_url, self.r.web_base)
+            if chart_repo is None or not source.revision.strip():
+                self.log.warning("gitops source has no usable repository URL or revision",
+                                 repo=source.repo_url, revision=source.revision)
+                return []
+            self.log.info("gitops revision is not a commit: sent as a chart version row",
+                          repo=chart_repo, revision=source.revision)
+            return [ResolvedCommit(repo_url=chart_repo, sha=source.revision.strip(),
+                                   message=f"{source.chart or 'chart'} {source.revision}",
+                                   author_date=self.deployment.started_at)]
         repo = normalize_repo_url(source.repo_url, self.r.web_base)
         if repo is None:
             self.log.warning("gitops source has no usable repository URL",
@@ -239,11 +257,28 @@ class _Resolution:
             self._unresolved("not_found", "commit not found in its repository", error=str(exc),
                              **context)
         except DeadlineExceeded:
+            if self._known_head(change):
+                return self._undetailed(change)
             self._unresolved("timeout", "github.resolve_timeout reached before the commit "
                              "was resolved", **context)
         except GitHubError as exc:
+            if self._known_head(change):
+                return self._undetailed(change)
             self._unresolved("error", "GitHub refused the look-up", error=str(exc), **context)
         return []
+
+    def _known_head(self, change: ImageChange) -> bool:
+        """``head`` rows need only the repository: known from a rule, details can wait."""
+        return self.r.rows == "head" and self.r.rules.repository_of(change.image) is not None
+
+    def _undetailed(self, change: ImageChange) -> list[ResolvedCommit]:
+        repo = self.r.rules.repository_of(change.image)
+        assert repo is not None
+        self.log.warning("image commit details unavailable: sent without a message",
+                         repo=repo, sha=change.head)
+        return [ResolvedCommit(repo_url=repo, sha=change.head, message="",
+                               author_date=self.deployment.started_at,
+                               url=f"{repo}/commit/{change.head}")]
 
     async def _range(self, repo: str, where: tuple[str, str],
                      change: ImageChange) -> list[ResolvedCommit] | None:

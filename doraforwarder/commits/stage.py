@@ -19,18 +19,21 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from doraforwarder.backoff import Backoff, wait_or_stop
+from doraforwarder.commits.images import TagMatcher
+from doraforwarder.commits.plan import is_git_sha, no_commit_reason
 from doraforwarder.commits.resolve import CommitResolver
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.plan import DeploymentPlan, Planner
-from doraforwarder.keys import DEPLOYMENTS_GROUP
+from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox.entries import dead_fields
-from doraforwarder.outbox.staging import stage_dead
-from doraforwarder.records import DetectedDeployment, ResolvedCommit
-from doraforwarder.streams import GroupConsumer, consumer_name, read_detected
+from doraforwarder.outbox.staging import stage_dead, stage_entries
+from doraforwarder.records import DetectedDeployment, DetectedIncident, ResolvedCommit
+from doraforwarder.streams import GroupConsumer, consumer_name, read_detected, stage_detected
 
 log = get_logger("pipeline")
 
@@ -38,6 +41,31 @@ log = get_logger("pipeline")
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
+
+class PipelineStaging:
+    """The daemon's :class:`~doraforwarder.streams.StageDetected`.
+
+    A deployment goes onto the ``deployments`` stream (commits are resolved
+    later, by the pool below); an ArgoCD incident needs no look-up, so it is
+    planned at once and its outbox entries are staged on the caller's
+    transaction, with the state change that marks it emitted.
+    """
+
+    def __init__(self, keys: Keys, planner: Planner) -> None:
+        self.keys = keys
+        self.planner = planner
+
+    def deployment(self, pipe: Pipeline, deployment: DetectedDeployment) -> None:
+        stage_detected(pipe, self.keys, deployment)
+
+    def incident(self, pipe: Pipeline, incident: DetectedIncident) -> None:
+        entries = self.planner.plan_detected_incident(incident)
+        stage_entries(pipe, self.keys, entries)
+        if entries:
+            log.info("argocd incident staged for delivery", incident=incident.key,
+                     status=incident.status, app=incident.app,
+                     targets=[e.target.key for e in entries])
 
 
 class CommitResolving(Protocol):
@@ -80,6 +108,7 @@ class ResolverPool:
         self._after_resolve = after_resolve
         """Test hook: runs between resolution and staging (to simulate a crash there)."""
         self.planner = planner or Planner.from_settings(context.settings, context.dry_run)
+        self.matcher = TagMatcher(context.settings.github.tag_patterns)
         self._told_disabled = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,11 +206,18 @@ class ResolverPool:
         if self._after_resolve is not None:
             await self._after_resolve(deployment)
         if not commits:
-            log.warning("no commits resolved for deployment: nothing sent to DevLake (it "
-                        "needs at least one)", deployment=deployment.id, app=deployment.app,
-                        revision=deployment.revision)
-            await self._finish(entry_id)
+            reason = no_commit_reason(deployment, self.matcher)
+            self.context.metrics.deployments_without_commits.labels(reason).inc()
+            log.error("deployment has nothing DevLake accepts as a commit: moved to dead "
+                      "letters (replay it once its sources are fixed)", deployment=deployment.id,
+                      app=deployment.app, revision=deployment.revision, reason=reason)
+            plan = self.planner.plan_without_commits(deployment, reason, source_id=entry_id)
+            await self._finish(entry_id, plan)
             return True
+        if not any(is_git_sha(c.sha) for c in commits):
+            self.context.metrics.deployments_without_commits.labels("no_git_commit").inc()
+            log.info("deployment sent with chart versions only: DevLake computes no lead "
+                     "time for it", deployment=deployment.id, app=deployment.app)
         plan = self.planner.plan_deployment(deployment, commits, source_id=entry_id)
         if plan.error is not None:
             log.error("deployment breaks the DevLake contract, moved to dead letters",

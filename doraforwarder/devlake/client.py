@@ -1,9 +1,10 @@
 """Talking to DevLake: one POST per outbox entry, and what its answer means.
 
-:class:`DevLakeClient` posts with ``Authorization: Bearer $DEVLAKE_WEBHOOK_TOKEN``
-and never raises for a failed delivery: every outcome (an HTTP status, a
-timeout, a refused connection) comes back as an :class:`Answer`, which the
-pure :func:`classify` turns into what to do with the entry. The
+:class:`DevLakeClient` posts with ``Authorization: Bearer <key>``, the key of
+the entry's target (``token_env`` of the global target or of the team; by
+default ``DEVLAKE_WEBHOOK_TOKEN``), and never raises for a failed delivery:
+every outcome (an HTTP status, a timeout, a refused connection) comes back
+as an :class:`Answer`, which the pure :func:`classify` turns into what to do with the entry. The
 :class:`DryRunPrinter` has the same ``deliver`` method and prints instead, so
 ``run --dry-run`` and ``backfill --dry-run`` share one code path with real
 delivery.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TextIO
 
@@ -57,10 +59,14 @@ class Verdict:
 def classify(answer: Answer) -> Verdict:
     """What to do with an entry after ``answer`` (the delivery rules, in one place).
 
-    2xx: done. Timeouts, network errors, 408, 429 and 5xx: transient, retry
-    with backoff forever. 401/403: the token is wrong, keep the entry and retry
-    slowly. Other 4xx: retrying cannot help, dead-letter. Anything else (a
-    redirect): retry, it is most likely a proxy in the way.
+    2xx: done. Timeouts, network errors, 408, 428 (DevLake is migrating its
+    database), 429 and 5xx: transient, retry with backoff forever (DevLake
+    also answers 500 for a body that is not a JSON object, but every body is
+    checked against the contract before it is sent, so a 500 here is
+    DevLake's own trouble). 401/403: the target's key is
+    refused, keep the entry (the target waits, see :func:`refusal`). Other
+    4xx: retrying cannot help, dead-letter. Anything else (a redirect): retry,
+    it is most likely a proxy in the way.
     """
     status = answer.status
     if status is None:
@@ -73,6 +79,8 @@ def classify(answer: Answer) -> Verdict:
         return Verdict("retry", "rate_limited")
     if status == 408:
         return Verdict("retry", "timeout")
+    if status == 428:
+        return Verdict("retry", "migrating")
     if status >= 500:
         return Verdict("retry", "server_error")
     if status in (400, 422):
@@ -82,6 +90,79 @@ def classify(answer: Answer) -> Verdict:
     if 400 <= status < 500:
         return Verdict("dead", "client_error")
     return Verdict("retry", "unexpected_status")
+
+
+RefusalCause = Literal["missing_key", "malformed_key", "invalid_key", "expired_key", "scope",
+                       "refused"]
+
+GLOBAL_SCOPE = "/plugins/webhook/.*"
+"""The allowed path of a DevLake API key that covers every webhook route."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why DevLake refused a target's key (401/403), from DevLake's own message."""
+
+    cause: RefusalCause
+    status: int
+    message: str
+    """DevLake's message (``path doesn't match api key's scope``); never holds the key."""
+
+    def explain(self, path: str, token_env: str) -> str:
+        """What is wrong and what to do, for the operator (no secret in it)."""
+        if self.cause == "scope":
+            return (f"the API key's scope does not cover {path}; use a key whose allowed "
+                    f"path covers {GLOBAL_SCOPE} or set token_env for this team")
+        if self.cause == "missing_key":
+            return (f"no API key was sent: set {token_env} (or {token_env}_FILE) to a "
+                    "DevLake API key")
+        if self.cause == "malformed_key":
+            return (f"DevLake cannot read the API key in {token_env} (empty or not a key): "
+                    "set it to a DevLake API key")
+        if self.cause == "invalid_key":
+            return (f"DevLake does not know the API key in {token_env} (deleted, or from "
+                    "another DevLake): create an API key and set it there")
+        if self.cause == "expired_key":
+            return f"the API key in {token_env} has expired: create a new one and set it there"
+        return f"HTTP {self.status}: {self.message or 'no message'}"
+
+
+def refusal(answer: Answer) -> Refusal:
+    """Read DevLake's 401/403 answer (its middleware's ``message``) as a cause."""
+    message = _message(answer.body)
+    text = message.lower()
+    status = answer.status or 0
+    cause: RefusalCause = "refused"
+    if "token is missing" in text:
+        cause = "missing_key"
+    elif "not present or malformed" in text:
+        cause = "malformed_key"
+    elif "api key is invalid" in text:
+        cause = "invalid_key"
+    elif "expired" in text:
+        cause = "expired_key"
+    elif "scope" in text:
+        cause = "scope"
+    return Refusal(cause, status, message)
+
+
+def _message(body: str) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return " ".join(body.split())[:200]
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return str(parsed["message"])[:200]
+    return parsed[:200] if isinstance(parsed, str) else " ".join(body.split())[:200]
+
+
+def awaits_connection(answer: Answer) -> bool:
+    """A 404 for a project's ``<project>_deployments`` connection that does not exist yet.
+
+    DevLake answers ``record not found`` for an unknown connection name and
+    ``issue not found`` when the connection exists but the issue does not.
+    """
+    return answer.status == 404 and "issue not found" not in _message(answer.body).lower()
 
 
 class Sender(Protocol):
@@ -106,14 +187,20 @@ class DevLakeClient:
     """
 
     def __init__(self, token: SecretStr | None, timeout_seconds: float, *,
-                 pool_size: int = 8) -> None:
+                 pool_size: int = 8,
+                 target_keys: Mapping[str, SecretStr | None] | None = None) -> None:
         headers = {"User-Agent": f"doraforwarder/{__version__}", "Accept": "application/json"}
-        if token is not None and token.get_secret_value():
-            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-        self.has_token = "Authorization" in headers
+        self.has_token = _usable(token)
         self.timeout_seconds = timeout_seconds
-        self._headers = headers
-        self._post_headers = {**headers, "Content-Type": "application/json"}
+        self._headers = _with_key(headers, token)
+        self._post_headers = {**self._headers, "Content-Type": "application/json"}
+        self._target_headers = {
+            target: {**_with_key(headers, key), "Content-Type": "application/json"}
+            for target, key in (target_keys or {}).items()
+        }
+        """Per target key (``connection_id:6``): POST headers with that target's key."""
+        self.targets_without_key = sorted(
+            target for target, key in (target_keys or {}).items() if not _usable(key))
         self._urls: dict[str, httpx.URL] = {}
         size = max(1, pool_size)
         self.http = httpx.AsyncClient(
@@ -124,14 +211,17 @@ class DevLakeClient:
             trust_env=True,
         )
 
-    async def request(self, method: str, url: str, body: dict[str, Any] | None = None
-                      ) -> Answer:
-        """Send one request; every failure is an :class:`Answer`, never an exception."""
+    async def request(self, method: str, url: str, body: dict[str, Any] | None = None,
+                      target: str | None = None) -> Answer:
+        """Send one request (with ``target``'s key); every failure is an :class:`Answer`."""
         content = None if body is None else _compact_json(body).encode()
+        headers = self._target_headers.get(target or "")
+        if headers is None:
+            headers = self._post_headers if content is not None else self._headers
+        elif content is None:
+            headers = {k: v for k, v in headers.items() if k != "Content-Type"}
         try:
-            request = httpx.Request(method, self._url(url), content=content,
-                                    headers=self._post_headers if content is not None
-                                    else self._headers)
+            request = httpx.Request(method, self._url(url), content=content, headers=headers)
             response = await self.http.send(request)
         except httpx.TimeoutException as exc:
             return Answer(None, failure="timeout",
@@ -161,14 +251,29 @@ class DevLakeClient:
 
     async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
                       ) -> Answer:
-        return await self.request("POST", url, body)
+        return await self.request("POST", url, body, target=entry.target.key)
+
+    async def post(self, url: str, body: dict[str, Any] | None,
+                   target: str | None = None) -> Answer:
+        """POST ``body`` with ``target``'s key (``doctor``'s side-effect-free probes)."""
+        return await self.request("POST", url, body, target=target)
 
     async def get(self, url: str) -> Answer:
-        """GET (look-ups of connections and projects, as ``doctor`` does)."""
+        """GET without a key (DevLake's ``/version``)."""
         return await self.request("GET", url)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _usable(key: SecretStr | None) -> bool:
+    return key is not None and bool(key.get_secret_value())
+
+
+def _with_key(headers: dict[str, str], key: SecretStr | None) -> dict[str, str]:
+    if key is None or not key.get_secret_value():
+        return dict(headers)
+    return {**headers, "Authorization": f"Bearer {key.get_secret_value()}"}
 
 
 def _text(raw: bytes, charset: str | None) -> str:

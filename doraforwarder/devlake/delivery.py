@@ -47,22 +47,51 @@ from doraforwarder.devlake.client import (
     Answer,
     DevLakeClient,
     DryRunPrinter,
+    Refusal,
     Sender,
     Verdict,
+    awaits_connection,
     classify,
+    refusal,
 )
 from doraforwarder.devlake.payloads import contract_body
-from doraforwarder.devlake.routing import endpoint
+from doraforwarder.devlake.routing import (
+    Router,
+    Target,
+    endpoint,
+    project_connection_name,
+    scope_path,
+)
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
-from doraforwarder.outbox.entries import StreamItem
+from doraforwarder.outbox.entries import OutboxEntry, StreamItem
 from doraforwarder.outbox.ordering import order_gate
 from doraforwarder.streams import GroupConsumer, consumer_name
 
 log = get_logger("devlake")
 
-AUTH_CONDITION = "devlake auth"
+
+@dataclass
+class RefusedTarget:
+    """A target DevLake refuses (401/403): its entries wait, one is tried per recheck."""
+
+    target: Target
+    refusal: Refusal
+    explanation: str
+    since: str
+    next_try: float
+    """Monotonic time when the next entry of this target may be sent."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": "refused", "team": self.target.team, "cause": self.refusal.cause,
+                "status": self.refusal.status, "reason": self.explanation,
+                "since": self.since}
+
+
+def _refused_key(target_key: str) -> str:
+    """The park key of a refused target's waiting entries."""
+    return f"refused:{target_key}"
 
 
 @dataclass
@@ -138,6 +167,10 @@ class Schedule:
     def park(self, held: Held, order_key: str, recheck: float) -> None:
         self._parked.setdefault(order_key, set()).add(held.item.id)
         self.put(held, recheck)
+
+    def parked_waiting(self, order_key: str) -> int:
+        """How many entries parked under ``order_key`` are waiting here (not in a worker)."""
+        return sum(1 for entry_id in self._parked.get(order_key, ()) if entry_id in self._waiting)
 
     def wake(self, order_key: str) -> None:
         """Make entries parked under ``order_key`` due now."""
@@ -298,6 +331,14 @@ class DeliveryPool:
         self.schedule = Schedule()
         self._acks = self._new_ack_batcher()
         self._room = asyncio.Event()
+        devlake = self.settings.integration.devlake
+        recheck = devlake.refused_recheck or delivery.max_backoff
+        self.refused_recheck = max(recheck.total_seconds(), 0.001)
+        self.refused: dict[str, RefusedTarget] = {}
+        """Targets DevLake refuses now, by target key."""
+        self.awaiting: set[str] = set()
+        """Project targets whose ``<project>_deployments`` connection does not exist yet."""
+        self._token_envs = _token_envs(devlake)
 
     def _new_ack_batcher(self) -> AckBatcher:
         return AckBatcher(self.redis, self.keys, self._acked, self._ack_trouble)
@@ -308,11 +349,16 @@ class DeliveryPool:
         if self.context.dry_run:
             return DryRunPrinter()
         devlake = self.settings.integration.devlake
-        token = self.context.config.secrets.devlake_webhook_token
-        client = DevLakeClient(token, devlake.timeout_seconds,
-                               pool_size=self.settings.delivery.workers)
-        if not client.has_token:
-            log.warning("DEVLAKE_WEBHOOK_TOKEN is not set: DevLake will refuse deliveries")
+        secrets = self.context.config.secrets
+        keys = {target: secrets.devlake_key(env) for target, env in self._token_envs.items()}
+        client = DevLakeClient(secrets.devlake_key(devlake.token_env), devlake.timeout_seconds,
+                               pool_size=self.settings.delivery.workers, target_keys=keys)
+        for target in client.targets_without_key:
+            env = self._token_envs[target]
+            log.warning(f"{env} is not set: DevLake will refuse deliveries to {target}",
+                        target=target, token_env=env)
+        if not keys and not client.has_token:
+            log.warning(f"{devlake.token_env} is not set: DevLake will refuse deliveries")
         return client
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -387,7 +433,7 @@ class DeliveryPool:
         """Read new entries while there is room; Redis errors are retried, never fatal."""
         backoff = Backoff(0.2, 10.0)
         while not stop.is_set():
-            room = self.max_held - len(self.schedule)
+            room = self.max_held - self._held_count()
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -400,6 +446,15 @@ class DeliveryPool:
             backoff.reset()
             for entry_id, fields in entries:
                 self._hold(StreamItem.parse(entry_id, fields))
+
+    def _held_count(self) -> int:
+        """Held entries that take room: a refused target's waiting entries do not.
+
+        They may wait for hours (until the key is fixed), and they must not
+        keep the other targets' entries from being read.
+        """
+        parked = sum(self.schedule.parked_waiting(_refused_key(key)) for key in self.refused)
+        return len(self.schedule) - parked
 
     def _hold(self, item: StreamItem) -> None:
         if item.id in self.schedule:
@@ -425,9 +480,9 @@ class DeliveryPool:
 
     async def _reclaim(self) -> None:
         cursor = "0-0"
-        while len(self.schedule) < self.max_held:
+        while self._held_count() < self.max_held:
             cursor, claimed = await self.stream.reclaim(
-                min(100, self.max_held - len(self.schedule)), cursor)
+                min(100, self.max_held - self._held_count()), cursor)
             for entry_id, fields in claimed:
                 if entry_id in self.schedule:
                     continue
@@ -498,6 +553,8 @@ class DeliveryPool:
         except ValueError as exc:
             await self._dead(held, "unroutable", str(exc))
             return
+        if self._waits_refused(held, entry):
+            return
         if not item.ordered or entry.order_key is None:
             await self._send(held, sender, url, body)
             return
@@ -533,6 +590,11 @@ class DeliveryPool:
         verdict = classify(answer)
         if verdict.action == "ack":
             await self._delivered(held, answer)
+        elif verdict.action == "auth":
+            self._refuse(held, answer, url)
+        elif (verdict.reason == "not_found" and entry.target.kind == "project_name"
+              and entry.kind != "deployment" and awaits_connection(answer)):
+            await self._await_connection(held, answer, url)
         elif verdict.action == "dead":
             await self._dead(held, verdict.reason, _describe(answer, url), answer)
         else:
@@ -547,9 +609,7 @@ class DeliveryPool:
         metrics.records_sent.labels(entry.kind, entry.target.key).inc()
         metrics.delivery_latency.observe(max(0.0, time.time() - entry.enqueued_at))
         metrics.mark_success("devlake")
-        if not self.context.readiness.is_ready(AUTH_CONDITION):
-            log.info("devlake accepts the token again")
-        self.context.readiness.ready(AUTH_CONDITION)
+        self._accepted(entry.target)
         if held.first_failure is not None:
             log.info("delivered after retries", entry=item.id, kind=entry.kind,
                      record=entry.record_id, target=entry.target.key, attempts=held.attempts,
@@ -618,14 +678,7 @@ class DeliveryPool:
         assert entry is not None
         if held.first_failure is None:
             held.first_failure = time.monotonic()
-        if verdict.action == "auth":
-            delay = self.max_backoff
-            self.context.readiness.not_ready(
-                AUTH_CONDITION,
-                f"DevLake refused the webhook token (HTTP {answer.status}) for "
-                f"{entry.target.key}; set DEVLAKE_WEBHOOK_TOKEN to a valid DevLake API key",
-            )
-        elif answer.retry_after is not None and verdict.reason == "rate_limited":
+        if answer.retry_after is not None and verdict.reason == "rate_limited":
             delay = answer.retry_after
             held.backoff.next_delay()
         else:
@@ -648,6 +701,106 @@ class DeliveryPool:
             url=url,
         )
         self.schedule.put(held, delay)
+
+
+    # --- refused targets and connections still to be created ------------------------
+
+    def _waits_refused(self, held: Held, entry: OutboxEntry) -> bool:
+        """Park ``held`` if its target is refused and this is not the time to try again.
+
+        One entry per target is sent each ``refused_recheck`` (DevLake's key may
+        be fixed without a restart); the others wait, without a request.
+        """
+        refused = self.refused.get(entry.target.key)
+        if refused is None:
+            return False
+        now = time.monotonic()
+        if now >= refused.next_try:
+            refused.next_try = now + self.refused_recheck
+            return False
+        self.schedule.park(held, _refused_key(entry.target.key), refused.next_try - now)
+        self._room.set()
+        return True
+
+    def _refuse(self, held: Held, answer: Answer, url: str) -> None:
+        entry = held.item.entry
+        assert entry is not None
+        target = entry.target
+        found = refusal(answer)
+        previous = self.refused.get(target.key)
+        metrics = self.context.metrics
+        self.context.metrics.delivery_retries.labels("auth").inc()
+        if held.first_failure is None:
+            held.first_failure = time.monotonic()
+        if previous is None or previous.refusal.cause != found.cause:
+            env = self._token_envs.get(target.key, self.settings.integration.devlake.token_env)
+            devlake = self.settings.integration.devlake
+            explanation = found.explain(scope_path(url, devlake.base_url, devlake.api_prefix),
+                                        env)
+            if previous is not None:
+                metrics.target_refused.labels(target.key, previous.refusal.cause).set(0)
+            refused = RefusedTarget(
+                target, found, explanation,
+                since=datetime.now(UTC).isoformat(timespec="seconds"),
+                next_try=time.monotonic() + self.refused_recheck)
+            self.refused[target.key] = refused
+            metrics.target_refused.labels(target.key, found.cause).set(1)
+            self.context.status.devlake_targets[target.key] = refused.snapshot()
+            log.error(f"DevLake refuses target {target.key}: {explanation}",
+                      target=target.key, team=target.team, cause=found.cause,
+                      status=answer.status, token_env=env,
+                      hint="its entries wait in the outbox; after fixing the key, "
+                           "restart the daemon and they are delivered")
+        else:
+            log.debug("DevLake still refuses target", target=target.key, cause=found.cause,
+                      entry=held.item.id)
+        refused = self.refused[target.key]
+        self.schedule.park(held, _refused_key(target.key),
+                           max(refused.next_try - time.monotonic(), 0.001))
+        self._room.set()
+
+    def _accepted(self, target: Target) -> None:
+        """DevLake took an entry of ``target``: it is neither refused nor awaited any more."""
+        refused = self.refused.pop(target.key, None)
+        if target.key in self.awaiting:
+            self.awaiting.discard(target.key)
+            log.info(f"connection {project_connection_name(target.value)} exists now: "
+                     f"incidents for project {target.value} are delivered", target=target.key)
+        if refused is None:
+            if target.key not in self.refused:
+                self.context.status.devlake_targets.pop(target.key, None)
+            return
+        self.context.metrics.target_refused.labels(target.key, refused.refusal.cause).set(0)
+        self.context.status.devlake_targets.pop(target.key, None)
+        log.info(f"DevLake accepts target {target.key} again", target=target.key,
+                 team=target.team)
+        self.schedule.wake(_refused_key(target.key))
+
+    async def _await_connection(self, held: Held, answer: Answer, url: str) -> None:
+        """Incidents for a project before its first deployment created the connection: wait."""
+        entry = held.item.entry
+        assert entry is not None
+        target = entry.target
+        name = project_connection_name(target.value)
+        if target.key not in self.awaiting:
+            self.awaiting.add(target.key)
+            self.context.status.devlake_targets[target.key] = {
+                "state": "awaiting_connection", "team": target.team,
+                "reason": f"DevLake has no connection {name} yet; the first deployment to "
+                          f"project {target.value} creates it",
+                "since": datetime.now(UTC).isoformat(timespec="seconds")}
+            log.warning(f"incidents for project {target.value} wait: DevLake has no "
+                        f"connection {name} until the first deployment to the project "
+                        "creates it", target=target.key, team=target.team, url=url)
+        await self._retry(held, Verdict("retry", "awaiting_connection"), answer, url)
+
+
+def _token_envs(devlake: Any) -> dict[str, str]:
+    """Target key -> environment variable of its key (empty when DevLake is off)."""
+    try:
+        return Router(devlake).token_envs()
+    except ValueError:
+        return {}
 
 
 def _cause(reason: str, answer: Answer) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Literal
 
 from doraforwarder.devlake.payloads import IssuePayload, IssueStatus
-from doraforwarder.records import RESOLVED_STATUSES, Incident
+from doraforwarder.records import RESOLVED_STATUSES, DetectedIncident, Incident
 
 IN_PROGRESS_STATUSES = frozenset({"investigating", "monitoring", "identified"})
 
@@ -70,6 +70,29 @@ def build_issue_payload(incident: Incident, component: str | None,
         severity=incident.severity,
         component=component or None,
         url=incident_url.format(incident_id=incident.incident_id),
+    )
+
+
+def build_detected_issue_payload(incident: DetectedIncident) -> IssuePayload:
+    """The DevLake issue of an ArgoCD incident (an app Degraded for too long).
+
+    ``createdDate`` is when the app turned Degraded, so DevLake links the
+    incident to the latest production deployment finished before it;
+    resolved: ``DONE`` with ``resolutionDate`` (when it was Healthy again),
+    which both recovery metrics need.
+    """
+    resolved = incident.status == "resolved" and incident.resolved_at is not None
+    return IssuePayload(
+        issue_key=incident.key,
+        title=incident.title,
+        description=incident.description or None,
+        type="INCIDENT",
+        status="DONE" if resolved else "TODO",
+        original_status="Healthy" if resolved else "Degraded",
+        created_date=incident.created_at,
+        resolution_date=(max(incident.resolved_at, incident.created_at)
+                         if resolved and incident.resolved_at is not None else None),
+        component=incident.component or None,
     )
 
 

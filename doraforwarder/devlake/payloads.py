@@ -24,6 +24,9 @@ from pydantic import (
 
 from doraforwarder.records import DetectedDeployment, Environment, ResolvedCommit, Result, utc
 
+CommitRows = Literal["head", "range"]
+"""``integration.devlake.deployment_commits``: how a deployment's commit rows are dated."""
+
 DEVLAKE_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S+00:00"
 
 
@@ -53,9 +56,10 @@ class DeploymentCommitPayload(Payload):
     repo_url: NonEmpty = Field(alias="repoUrl")
     commit_sha: NonEmpty = Field(alias="commitSha")
     started_date: DevLakeDate = Field(alias="startedDate")
-    """The commit's author date: DevLake measures lead time from it."""
+    """``head`` rows: the deployment's start (DevLake credits a change to the row that
+    started first); ``range`` rows: the commit's author date."""
     finished_date: DevLakeDate = Field(alias="finishedDate")
-    """The deployment time."""
+    """The deployment time: DevLake chains a repository's rows by it."""
     ref_name: str | None = Field(default=None, alias="refName")
     commit_msg: str | None = Field(default=None, alias="commitMsg")
     result: Result | None = None
@@ -140,8 +144,23 @@ def deployment_name(deployment: DetectedDeployment) -> str:
     )
 
 
+def row_started(deployment: DetectedDeployment, commit: ResolvedCommit,
+                mode: CommitRows) -> datetime:
+    """A commit row's ``startedDate``.
+
+    ``head``: the deployment's own start, so that DevLake's "earliest started
+    row" is the first deployment that shipped a change (a redeploy after a
+    rollback starts later). ``range``: the commit's author date. Never after
+    the finish: a commit authored "after" the deployment (clock skew) would
+    give DevLake a negative span.
+    """
+    finished = deployment.deployed_at
+    start = deployment.started_at if mode == "head" else commit.author_date
+    return min(start, finished)
+
+
 def _deployment_fields(
-    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit], mode: CommitRows
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Field values (python names) of the deployment and of its commit rows."""
     title = display_title(deployment)
@@ -151,9 +170,7 @@ def _deployment_fields(
         {
             "repo_url": commit.repo_url,
             "commit_sha": commit.sha,
-            # A commit authored "after" the deployment (clock skew) would give
-            # a negative lead time: DevLake gets zero instead.
-            "started_date": min(commit.author_date, finished),
+            "started_date": row_started(deployment, commit, mode),
             "finished_date": finished,
             "ref_name": commit.ref_name,
             "commit_msg": commit.message,
@@ -178,7 +195,7 @@ def _deployment_fields(
 
 
 def build_deployment_payload(
-    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit], mode: CommitRows = "head"
 ) -> DeploymentPayload:
     """The DevLake deployment for ``deployment`` shipping ``commits``.
 
@@ -186,20 +203,20 @@ def build_deployment_payload(
     (no commits, empty repository URL or SHA): the caller dead-letters such
     records, with :func:`unchecked_deployment_body` as the body to inspect.
     """
-    fields, rows = _deployment_fields(deployment, commits)
+    fields, rows = _deployment_fields(deployment, commits, mode)
     return DeploymentPayload(
         **fields, deployment_commits=[DeploymentCommitPayload(**row) for row in rows]
     )
 
 
 def unchecked_deployment_body(
-    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit]
+    deployment: DetectedDeployment, commits: Sequence[ResolvedCommit], mode: CommitRows = "head"
 ) -> dict[str, Any]:
     """The body :func:`build_deployment_payload` would give, built without validation.
 
     Only for dead letters: an operator sees what was refused and why.
     """
-    fields, rows = _deployment_fields(deployment, commits)
+    fields, rows = _deployment_fields(deployment, commits, mode)
     payload = DeploymentPayload.model_construct(
         **fields,
         deployment_commits=[DeploymentCommitPayload.model_construct(**row) for row in rows],

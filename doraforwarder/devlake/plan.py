@@ -21,13 +21,21 @@ from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
 
 from doraforwarder.config import DevLakeConfig, Settings
-from doraforwarder.devlake.issues import build_issue_payload, fingerprint
-from doraforwarder.devlake.payloads import build_deployment_payload, unchecked_deployment_body
+from doraforwarder.devlake.issues import (
+    build_detected_issue_payload,
+    build_issue_payload,
+    fingerprint,
+)
+from doraforwarder.devlake.payloads import (
+    CommitRows,
+    build_deployment_payload,
+    unchecked_deployment_body,
+)
 from doraforwarder.devlake.routing import Router, Target
 from doraforwarder.keys import Keys
 from doraforwarder.outbox.entries import OutboxEntry, dead_fields
 from doraforwarder.outbox.staging import stage_dead, stage_entries
-from doraforwarder.records import DetectedDeployment, Incident, ResolvedCommit
+from doraforwarder.records import DetectedDeployment, DetectedIncident, Incident, ResolvedCommit
 
 DRY_RUN_TARGET = Target(kind="connection_name", value="dry-run", team="global")
 """Where ``--dry-run`` shows records when no DevLake target is configured."""
@@ -88,6 +96,7 @@ class Planner:
     def __init__(self, devlake: DevLakeConfig, *, dry_run: bool = False,
                  incident_url: str = "{incident_id}", close_resolved: bool = False) -> None:
         self.router = planning_router(devlake, dry_run)
+        self.commit_rows: CommitRows = devlake.deployment_commits
         self.incident_url = incident_url
         self.close_resolved = close_resolved
 
@@ -110,21 +119,41 @@ class Planner:
                         source_id: str = "") -> DeploymentPlan:
         """Entries for each target; dead letters (from ``source_id``) if the contract fails.
 
-        Callers check ``commits`` is not empty first (DevLake needs at least one).
+        Every target gets the same body, so one deployment keeps one id in
+        every connection (DevLake's dashboard joins incidents to deployments
+        by id across projects). A deployment without commits is refused by
+        DevLake: see :meth:`plan_without_commits`.
         """
         targets = self.deployment_targets(deployment)
         try:
-            body = build_deployment_payload(deployment, commits).body()
+            body = build_deployment_payload(deployment, commits, self.commit_rows).body()
         except ValidationError as exc:
-            raw = unchecked_deployment_body(deployment, commits)
-            dead = [
-                dead_fields(self._deployment_entry(target, deployment, raw).to_fields(),
-                            source_id=source_id, reason=f"invalid_payload: {exc}")
-                for target in targets
-            ]
-            return DeploymentPlan(deployment, targets, dead=dead, error=str(exc))
+            return self._dead_plan(deployment, targets, commits, source_id,
+                                   f"invalid_payload: {exc}")
         entries = [self._deployment_entry(target, deployment, body) for target in targets]
         return DeploymentPlan(deployment, targets, entries)
+
+    def plan_without_commits(self, deployment: DetectedDeployment, reason: str,
+                             source_id: str = "") -> DeploymentPlan:
+        """Dead letters (one per target) for a deployment with nothing to send as a commit.
+
+        DevLake requires at least one deployment commit; such a deployment is
+        kept where an operator sees it, with ``reason``, never dropped.
+        """
+        targets = self.deployment_targets(deployment)
+        return self._dead_plan(deployment, targets, [], source_id,
+                               f"no_commits: {reason}")
+
+    def _dead_plan(self, deployment: DetectedDeployment, targets: list[Target],
+                   commits: Sequence[ResolvedCommit], source_id: str,
+                   reason: str) -> DeploymentPlan:
+        raw = unchecked_deployment_body(deployment, commits, self.commit_rows)
+        dead = [
+            dead_fields(self._deployment_entry(target, deployment, raw).to_fields(),
+                        source_id=source_id, reason=reason)
+            for target in targets
+        ]
+        return DeploymentPlan(deployment, targets, dead=dead, error=reason)
 
     def _deployment_entry(self, target: Target, deployment: DetectedDeployment,
                           body: dict[str, Any]) -> OutboxEntry:
@@ -140,6 +169,23 @@ class Planner:
         entries = [e for target in targets for e in self._issue_entries(target, incident, body)]
         return IncidentPlan(incident, targets, entries,
                             fingerprint(incident, payload, [t.key for t in targets]))
+
+    def plan_detected_incident(self, incident: DetectedIncident) -> list[OutboxEntry]:
+        """Entries of an ArgoCD incident: one issue upsert per target of its component.
+
+        The targets are a deployment's (the global target and the teams whose
+        ``argocd_components`` hold the component), so the incident lands in
+        the projects whose change failure rate it belongs to. The issue key is
+        the incident's stable key: its open and resolved upserts (and any
+        redelivery) update one issue.
+        """
+        targets = [target for target in
+                   (self.router.for_component(incident.component) if self.router else [])
+                   if target.kind != "project_name"]  # issues go to webhook connections only
+        body = build_detected_issue_payload(incident).body()
+        return [OutboxEntry(kind="issue", target=target, record_id=incident.key,
+                            payload=body, order_key=f"issue:{target.key}:{incident.key}")
+                for target in targets]
 
     def _issue_entries(self, target: Target, incident: Incident,
                        body: dict[str, Any]) -> list[OutboxEntry]:

@@ -117,9 +117,11 @@ class Scenario:
         return [
             (1, "build-service syncs a new image on prod-east-1",
              lambda: self.sync("build-service-prod-east-1", 1, 14)),
-            (3, "image-controller syncs and stays Progressing",
+            (3, "image-controller syncs and stays Progressing "
+                "(not sent yet: waiting for health)",
              lambda: self.sync("image-controller-prod-east-1", 2, 13, health="Progressing")),
-            (5, "the same build-service revision rolls out to prod-west-1 (one deployment)",
+            (5, "the same build-service revision rolls out to prod-west-1 "
+                "(not sent again: deduplicated across clusters)",
              lambda: self.sync("build-service-prod-west-1", 1, 14)),
             (7, "release fails to sync",
              lambda: self.fail("release-prod-east-1", 3)),
@@ -135,6 +137,13 @@ class Scenario:
              lambda: self.rapid_syncs("build-service-prod-east-1")),
         ]
 
+
+NOT_SENT = (
+    "build-service on prod-west-1: the revision already deployed on prod-east-1, "
+    "deduplicated across clusters",
+    "image-controller while Progressing: held until it became Healthy, then sent once",
+    "monitoring-prod-east-1: component monitoring is in components_to_ignore",
+)
 
 EXPECTED_DEPLOYMENTS = 7
 EXPECTED_INCIDENT_STATES = 3  # ITN-101 resolved, ITN-102 open, ITN-102 resolved
@@ -161,7 +170,8 @@ class Reporter:
     def header(self) -> None:
         if not self.as_json:
             print(f"{'time':>6}  {'kind':<10} {'component':<17} {'cluster':<12} "
-                  f"{'result':<8} {'commits':>7}  target", file=self.out)
+                  f"{'result':<8} {'commits':>7}  target   "
+                  "(incidents: status in the result column)", file=self.out)
 
     def take(self, posts: list[Posted]) -> None:
         for post in posts[self.seen:]:
@@ -187,7 +197,7 @@ class Reporter:
             record = self.incidents.setdefault(key, {"targets": []})
             record.update(body)
             record["targets"].append(target)
-            row = ("incident", key, str(body.get("status", post.kind)), "", "", target)
+            row = ("incident", key, "", str(body.get("status", post.kind)), "", target)
         if not self.as_json:
             print(f"{self._clock()}  {row[0]:<10} {row[1]:<17} {row[2]:<12} {row[3]:<8} "
                   f"{row[4]:>7}  {row[5]}", file=self.out, flush=True)
@@ -196,17 +206,22 @@ class Reporter:
         if self.as_json:
             return
         print("\nSummary", file=self.out)
-        print(f"  {'component':<17} {'cluster':<12} {'result':<8} {'commits':>7}  targets",
-              file=self.out)
+        print(f"  {'component':<17} {'cluster':<12} {'result':<8} {'revision':<8} "
+              f"{'commits':>7}  targets", file=self.out)
         for record in self.deployments.values():
             title = str(record.get("displayTitle", ""))
             print(f"  {_title_field(title, 'Component'):<17} "
                   f"{_title_field(title, 'Cluster'):<12} {record.get('result', ''):<8} "
+                  f"{_title_field(title, 'Revision')[:8]:<8} "
                   f"{len(record.get('deploymentCommits', [])):>7}  "
                   f"{', '.join(_targets(record['targets']))}", file=self.out)
+        print(f"\n  {'incident':<30} {'status':<8}  targets", file=self.out)
         for key, incident in self.incidents.items():
-            print(f"  incident {key:<25} {incident.get('status', ''):<8} {'':>7}  "
+            print(f"  {key:<30} {incident.get('status', ''):<8}  "
                   f"{', '.join(_targets(incident['targets']))}", file=self.out)
+        print("\nNot sent, on purpose", file=self.out)
+        for line in NOT_SENT:
+            print(f"  {line}", file=self.out)
         print(f"\n{len(self.deployments)} deployments and {len(self.incidents)} incidents "
               f"forwarded in {took:.1f}s; store: {store}.", file=self.out, flush=True)
 

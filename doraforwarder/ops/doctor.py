@@ -1,8 +1,8 @@
 """``doraforwarder doctor``: check every dependency the configuration names.
 
 Each check answers one question an operator asks when the dashboards stay
-empty ("can it watch?", "does DevLake take the token?", "does the connection
-exist?") with a pass/fail line and a hint that says what to do. Required
+empty ("can it watch?", "does DevLake take this target's key?", "does the
+connection exist?") with a pass/fail line and a hint that says what to do. Required
 checks decide the exit code; warnings (no Redis persistence, no GitHub token)
 do not.
 """
@@ -10,6 +10,8 @@ do not.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,14 +23,21 @@ from pydantic import SecretStr
 from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext
-from doraforwarder.devlake.client import DevLakeClient
-from doraforwarder.devlake.routing import global_target, target_url, team_target
+from doraforwarder.devlake.client import GLOBAL_SCOPE, DevLakeClient, refusal
+from doraforwarder.devlake.routing import (
+    Router,
+    connection_url,
+    endpoint,
+    project_connection_name,
+    scope_path,
+)
 from doraforwarder.keys import Keys
 from doraforwarder.ops.checks import Check, Outcome
 from doraforwarder.ops.checks import error_text as _error_text
 from doraforwarder.ops.probes import probe_kubernetes
 from doraforwarder.outbox import Target
 from doraforwarder.storage import connect
+from doraforwarder.webhook_paths import normalize_prefix
 from doraforwarder.webrca.client import TokenRejected, TokenSource, TransientError, webrca_http
 
 __all__ = ["Check", "Outcome", "render", "run_checks"]
@@ -47,7 +56,7 @@ async def check_redis(config: LoadedConfig) -> list[Check]:
             return [Check("redis reachable", "fail", f"{shown}: {_error_text(exc)}",
                           "start Redis or fix storage.redis.address / REDIS_HOST / REDIS_PASSWORD")]
         checks = [Check("redis reachable", "pass", shown)]
-        probe = Keys(redis_config.key_prefix).lock(f"doctor:{uuid.uuid4().hex}")
+        probe = Keys(redis_config.keyspace).lock(f"doctor:{uuid.uuid4().hex}")
         try:
             await client.set(probe, "1", px=10_000)
             await client.delete(probe)
@@ -88,52 +97,175 @@ def _not_checkable(part: str, switch: str, enabled: bool, token: SecretStr | Non
     return []
 
 
+PROJECT_ROUTE_SINCE = (1, 0, 3)
+"""DevLake release that added ``projects/{name}/deployments``."""
+BY_NAME_SINCE = (1, 0, 2)
+"""DevLake release that added ``connections/by-name/{name}/...``."""
+
+PREREQUISITES = (
+    ("devlake prerequisite: project",
+     "cannot check that each webhook connection is attached to a DevLake project "
+     "(with a blueprint): records of an unattached connection stay off the dashboards",
+     "in config-ui: Projects > your project > Connections: add the webhook connection"),
+    ("devlake prerequisite: schedule",
+     "cannot check that the project's blueprint runs on a schedule: DORA metrics are only "
+     "computed when it runs",
+     "in config-ui: Projects > your project > Sync Policy: set a schedule (e.g. daily)"),
+    ("devlake prerequisite: lead time",
+     "cannot check that a GitHub connection for the same repositories is in the same "
+     "project: without it there is no lead time for changes",
+     "add the GitHub connection and its repositories to the same project"),
+    ("devlake prerequisite: argocd plugin",
+     "cannot check that DevLake's own ArgoCD plugin is not collecting the same "
+     "applications: each deployment would count twice",
+     "leave the ArgoCD plugin out of projects this daemon feeds"),
+)
+
+
+def version_url(base_url: str, api_prefix: str) -> str:
+    """DevLake's ``GET /version`` (no key): ``/api/version`` through config-ui."""
+    base = base_url.rstrip("/")
+    return f"{base}/api/version" if normalize_prefix(api_prefix) == "/api/rest" \
+        else f"{base}/version"
+
+
+def parse_version(text: str) -> tuple[tuple[int, int, int], bool] | None:
+    """``v1.0.3-beta9@abc`` -> ((1, 0, 3), True: a pre-release); None if unreadable."""
+    found = re.match(r"v?(\d+)\.(\d+)\.(\d+)(-[^@\s]+)?", text.strip())
+    if found is None:
+        return None
+    major, minor, patch = (int(found.group(n)) for n in (1, 2, 3))
+    return (major, minor, patch), found.group(4) is not None
+
+
 async def check_devlake(config: LoadedConfig) -> list[Check]:
+    """Every target probed with the key it will use; nothing created or changed in DevLake.
+
+    A connection is probed with a POST of ``{}`` to its deployments route,
+    which DevLake validates before it stores anything: 400 means the route
+    exists and the key covers it, 401/403 that the key is refused (and why),
+    404 that there is no such connection. The project route is never called:
+    it creates its connection before it reads the body. A project target is
+    probed through the connection that route creates, by name.
+    """
     devlake = config.settings.integration.devlake
-    token = config.secrets.devlake_webhook_token
-    blocked = _not_checkable(
-        "devlake", "integration.devlake.enabled", devlake.enabled, token, "DEVLAKE_WEBHOOK_TOKEN",
-        "create a DevLake API key and set DEVLAKE_WEBHOOK_TOKEN (or _FILE)")
-    if blocked:
-        return blocked
-    targets: dict[str, Target] = {}
-    for target in [global_target(devlake), *map(team_target, devlake.teams)]:
-        targets.setdefault(target.key, target)
-    checks: list[Check] = []
-    client = DevLakeClient(token, devlake.timeout_seconds)
+    if not devlake.enabled:
+        return [Check("devlake", "skip", "integration.devlake.enabled is false")]
+    router = Router(devlake)
+    envs = router.token_envs()
+    keys = {target: config.secrets.devlake_key(env) for target, env in envs.items()}
+    client = DevLakeClient(None, devlake.timeout_seconds, target_keys=keys)
     try:
-        for target in targets.values():
-            checks.append(await _check_target(devlake.base_url, devlake.api_prefix, target,
-                                              client))
-            if checks[-1].outcome == "fail" and "token" in checks[-1].name:
-                break
+        version, checks = await _check_version(devlake.base_url, devlake.api_prefix, client)
+        if version is not None and version[0] == "unreachable":
+            return checks
+        for target in router.targets():
+            env = envs[target.key]
+            if keys[target.key] is None:
+                checks.append(Check(
+                    f"{_label(target)} key", "fail", f"{env} is not set",
+                    f"create a DevLake API key (allowed path {GLOBAL_SCOPE}) and set {env} "
+                    f"(or {env}_FILE)"))
+                continue
+            checks += await _check_target(devlake.base_url, devlake.api_prefix, target, env,
+                                          client, version)
     finally:
         await client.aclose()
+    checks += [Check(name, "warn", detail, hint) for name, detail, hint in PREREQUISITES]
     return checks
 
 
-async def _check_target(base_url: str, api_prefix: str, target: Target,
-                        client: DevLakeClient) -> Check:
-    label = f"devlake {target.team} target ({target.kind.replace('_', ' ')} {target.value})"
-    answer = await client.get(target_url(base_url, api_prefix, target))
+VersionInfo = tuple[str, tuple[tuple[int, int, int], bool] | None]
+
+
+async def _check_version(base_url: str, api_prefix: str, client: DevLakeClient
+                         ) -> tuple[VersionInfo | None, list[Check]]:
+    url = version_url(base_url, api_prefix)
+    answer = await client.get(url)
     if answer.status is None:
-        return Check("devlake reachable", "fail", f"{base_url}: {answer.error}",
-                     "check integration.devlake.base_url and the network policy")
+        return ("unreachable", None), [Check(
+            "devlake reachable", "fail", f"{base_url}: {answer.error}",
+            "check integration.devlake.base_url and the network policy")]
+    text = ""
+    if answer.status == 200:
+        try:
+            text = str(json.loads(answer.body).get("version", ""))
+        except (ValueError, AttributeError):
+            text = ""
+    parsed = parse_version(text) if text else None
+    if parsed is None:
+        shown = f"version {text!r}" if text else f"HTTP {answer.status} from GET {url}"
+        return None, [Check("devlake version", "warn", f"cannot read DevLake's version ({shown})",
+                            "by-name targets need DevLake 1.0.2 or later, project targets 1.0.3")]
+    return (text, parsed), [Check("devlake version", "pass", text)]
+
+
+def _label(target: Target) -> str:
+    return f"devlake {target.team} target ({target.kind.replace('_', ' ')} {target.value})"
+
+
+def _too_old(target: Target, version: VersionInfo | None) -> Check | None:
+    if version is None or version[1] is None:
+        return None
+    release, pre = version[1]
+    if target.kind == "project_name":
+        since, what = PROJECT_ROUTE_SINCE, "project targets"
+    elif target.kind == "connection_name":
+        since, what = BY_NAME_SINCE, "by-name targets"
+    else:
+        return None
+    wanted = ".".join(map(str, since))
+    if release < since:
+        return Check(_label(target), "fail",
+                     f"DevLake {version[0]} is older than {wanted}, which {what} need",
+                     f"upgrade DevLake to {wanted} or later, or use project_id (a connection id)")
+    if release == since and pre:
+        return Check(_label(target), "warn",
+                     f"DevLake {version[0]} is a pre-release of {wanted}; {what} need {wanted}",
+                     f"upgrade DevLake to {wanted}")
+    return None
+
+
+async def _check_target(base_url: str, api_prefix: str, target: Target, env: str,
+                        client: DevLakeClient, version: VersionInfo | None) -> list[Check]:
+    label = _label(target)
+    old = _too_old(target, version)
+    if old is not None and old.failed:
+        return [old]
+    url = endpoint(base_url, api_prefix, target, "deployment") \
+        if target.kind != "project_name" else connection_url(base_url, api_prefix, target) \
+        + "/deployments"
+    path = scope_path(url, base_url, api_prefix)
+    answer = await client.post(url, {}, target=target.key)
+    checks = [old] if old is not None else []
+    if answer.status is None:
+        return [*checks, Check(label, "fail", f"{base_url}: {answer.error}",
+                               "check integration.devlake.base_url and the network policy")]
     if answer.status in (401, 403):
-        return Check("devlake token", "fail", f"DevLake answered {answer.status}",
-                     "DEVLAKE_WEBHOOK_TOKEN is wrong or expired: create a new API key")
+        found = refusal(answer)
+        return [*checks, Check(label, "fail",
+                               f"DevLake refuses the key in {env} ({found.cause}): "
+                               f"{found.explain(path, env)}",
+                               f"a key with allowed path {GLOBAL_SCOPE} serves every target")]
+    if answer.status == 404 and target.kind == "project_name":
+        name = project_connection_name(target.value)
+        return [*checks, Check(
+            label, "warn",
+            f"connection {name} does not exist yet: it will be created by the first "
+            f"deployment to project {target.value}; incidents wait until then",
+            f"make sure project {target.value} exists in DevLake and has a blueprint "
+            "(the project route answers 404 or 400 otherwise)")]
     if answer.status == 404:
-        what = "project" if target.kind == "project_name" else "webhook connection"
-        return Check(label, "fail", f"no such {what}",
-                     f"create the {what} in DevLake, or fix the configured "
-                     f"{'project_name' if target.kind == 'project_name' else target.kind}")
-    if answer.status >= 400:
-        return Check(label, "fail", f"DevLake answered {answer.status}",
-                     "check api_prefix: /api/rest through config-ui, /api on the server")
-    hint = "" if target.kind == "project_name" else (
-        "make sure the connection is attached to a project, or its data stays off the dashboards"
-    )
-    return Check(label, "pass", "exists", hint)
+        return [*checks, Check(label, "fail", f"no such webhook connection ({path})",
+                               f"create the webhook connection in DevLake, or fix "
+                               f"{target.kind}")]
+    if answer.status == 400:
+        detail = "exists; the key covers it" if target.kind != "project_name" else (
+            f"connection {project_connection_name(target.value)} exists; the key covers it")
+        return [*checks, Check(label, "pass", detail)]
+    return [*checks, Check(label, "fail", f"DevLake answered {answer.status} to POST {path}",
+                           "check api_prefix: /api/rest when base_url is config-ui, /rest "
+                           "when it is the DevLake backend")]
 
 
 async def check_github(context: AppContext) -> list[Check]:

@@ -425,7 +425,10 @@ class FakeDevLake(FakeServer):
 
     def __init__(self, token: str | None = "devlake-test-token",
                  connections: Mapping[int, str] | None = None,
-                 projects: Iterable[str] = (), port: int | None = None) -> None:
+                 projects: Iterable[str] = (), port: int | None = None,
+                 version: str = "v1.0.3@fake") -> None:
+        self.version = version
+        """What ``GET /version`` (``/api/version`` through config-ui) answers."""
         self.token = token
         """The global key; None (and no other key added) accepts any request."""
         self.api_keys: dict[str, ApiKey] = {}
@@ -731,6 +734,8 @@ class FakeDevLake(FakeServer):
             path, raw_path = backend_view(forwarded if forwarded is not None else raw)
         except BadEscape:
             return web.Response(status=400, text="400 Bad Request"), None, None
+        if path == "/version" and request.method == "GET":  # no key, outside /rest
+            return web.json_response({"version": self.version}), None, None
         if path.startswith("/rest"):
             path = path[len("/rest"):]
             refused = self._check_key(request.headers.get("Authorization"), path)

@@ -11,6 +11,10 @@ Speaks what the daemon uses of the real API, with its semantics:
   ``ERROR`` event with a 410 Status, then the stream closes.
 - ``GET .../namespaces/{ns}/applications/{name}``: get.
 - Bearer token checked (401 otherwise).
+- ``POST /apis/authentication.k8s.io/v1/tokenreviews`` and
+  ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews``: answered from
+  :attr:`FakeKube.reviewed_tokens` (token -> user) and
+  :attr:`FakeKube.access` (user -> namespaces where ``get applications`` is allowed).
 
 Scripting API (thread-safe, call it from tests or ``doraforwarder demo``):
 :meth:`FakeKube.apply` / :meth:`create` / :meth:`delete` (each bumps the
@@ -97,7 +101,15 @@ class FakeKube(FakeServer):
         self.requests: Counter[str] = Counter()
         """Requests by kind: ``list``, ``watch``, ``get``, ``unauthorized``, ``faulted``."""
         self.request_log: list[tuple[str, str]] = []
+        self.reviewed_tokens: dict[str, str] = {}
+        """Bearer tokens a TokenReview authenticates, and the user each names."""
+        self.access: dict[str, set[str]] = {}
+        """User -> namespaces where a SubjectAccessReview allows get applications.argoproj.io."""
         app = web.Application()
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
+        app.router.add_post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review
+        )
         app.router.add_get(f"{API_PREFIX}/applications", self._collection)
         app.router.add_get(f"{API_PREFIX}/namespaces/{{namespace}}/applications", self._collection)
         app.router.add_get(
@@ -278,6 +290,35 @@ class FakeKube(FakeServer):
                     headers=headers,
                 )
         return None
+
+    async def _token_review(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request, "tokenreview")
+        if refused is not None:
+            return refused
+        review = await request.json()
+        user = self.reviewed_tokens.get(str((review.get("spec") or {}).get("token", "")))
+        review["status"] = (
+            {"authenticated": True, "user": {"username": user, "groups": ["system:authenticated"]}}
+            if user is not None
+            else {"authenticated": False, "error": "invalid bearer token"}
+        )
+        return web.json_response(review, status=201)
+
+    async def _access_review(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request, "subjectaccessreview")
+        if refused is not None:
+            return refused
+        review = await request.json()
+        spec = review.get("spec") or {}
+        attributes = spec.get("resourceAttributes") or {}
+        allowed = (
+            attributes.get("verb") == "get"
+            and attributes.get("group") == "argoproj.io"
+            and attributes.get("resource") == "applications"
+            and attributes.get("namespace") in self.access.get(str(spec.get("user")), set())
+        )
+        review["status"] = {"allowed": allowed}
+        return web.json_response(review, status=201)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         refused = self._admit(request, "get")

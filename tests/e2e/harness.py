@@ -94,7 +94,9 @@ def base_overrides(**sections: dict[str, Any]) -> dict[str, Any]:
             "timeout_seconds": 5,
         },
         "webrca": {"interval": "1s", "timeout_seconds": 5},
-        "integration": {"devlake": {"teams": TEAMS, "timeout_seconds": 5}},
+        # These scenarios check every commit of each image range: the range rows.
+        "integration": {"devlake": {"teams": TEAMS, "timeout_seconds": 5,
+                                    "deployment_commits": "range"}},
         "delivery": {"initial_backoff": "100ms", "max_backoff": "1s", "claim_idle": "2s",
                      "workers": 4},
     }
@@ -424,9 +426,9 @@ def missing_records(world: FakeWorld, estate: Estate) -> list[str]:
     return missing
 
 
-def pipeline_idle(client: redis.Redis) -> bool:
+def pipeline_idle(client: redis.Redis, keys: Keys | None = None) -> bool:
     """Nothing detected waits for resolution and nothing waits for delivery."""
-    keys = Keys(KEY_PREFIX)
+    keys = keys or Keys(KEY_PREFIX)
     try:
         if client.xlen(keys.outbox_stream):
             return False
@@ -441,11 +443,11 @@ def pipeline_idle(client: redis.Redis) -> bool:
 
 
 def wait_delivered(world: FakeWorld, estate: Estate, client: redis.Redis,
-                   timeout: float = 60.0) -> None:
+                   timeout: float = 60.0, keys: Keys | None = None) -> None:
     """Until every expected record is in DevLake and the daemon's queues are empty."""
     wait_for(lambda: not missing_records(world, estate), timeout,
              lambda: _describe_missing(missing_records(world, estate)))
-    wait_for(lambda: pipeline_idle(client), 20,
+    wait_for(lambda: pipeline_idle(client, keys), 20,
              lambda: "the daemon's deployment stream or outbox never drained")
 
 
@@ -455,9 +457,10 @@ def _describe_missing(missing: list[str]) -> str:
     return f"{len(missing)} records missing in DevLake: {shown}{more}"
 
 
-def wait_baselined(client: redis.Redis, estate: Estate, timeout: float = 30.0) -> None:
+def wait_baselined(client: redis.Redis, estate: Estate, timeout: float = 30.0,
+                   keys: Keys | None = None) -> None:
     """Until every application has its state in Redis (first sight committed)."""
-    keys = Keys(KEY_PREFIX)
+    keys = keys or Keys(KEY_PREFIX)
 
     def absent() -> list[str]:
         pipe = client.pipeline(transaction=False)

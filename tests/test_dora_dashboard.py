@@ -1,0 +1,89 @@
+"""The DORA dashboard's numbers, from the in-process daemon against the fake world.
+
+The daemon watches the fake Kubernetes API, resolves commits on the fake
+GitHub, polls the fake WebRCA and posts to the fake DevLake; the DORA model
+then computes what DevLake's dashboard shows, per project, and the test
+compares it with the truth written in ``tests/dora_scenario.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from doraforwarder.daemon import Daemon
+from doraforwarder.testing.dora import DoraModel
+from doraforwarder.testing.world import FakeWorld
+from tests.devlake_support import eventually
+from tests.dora_scenario import CONNECTIONS, TRUTH, Estate, Numbers, overrides
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[FakeWorld]:
+    with FakeWorld(tmp_path / "world", redis_appendonly=False,
+                   connections=CONNECTIONS) as world:
+        yield world
+
+
+async def play(world: FakeWorld, mode: str) -> Estate:
+    estate = Estate(world)
+    daemon = Daemon(world.config(overrides(mode)))
+    task = asyncio.create_task(daemon.run())
+    try:
+        await eventually(lambda: daemon.context.readiness.is_ready("argocd"), timeout=30)
+        await eventually(lambda: daemon.context.status.apps_by_environment == {"PRODUCTION": 4},
+                         timeout=30, what="every app classified")
+        estate.play()
+        await eventually(lambda: len(estate.argocd_issue_keys()) > 0, timeout=60,
+                         what="the Degraded worker's incident")
+        estate.recover()
+        await eventually(estate.delivered, timeout=60, what="every record in DevLake")
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+    return estate
+
+
+def numbers(world: FakeWorld, project: str) -> Numbers:
+    got = DoraModel(world.devlake, world.github).project(project)
+    return Numbers(got.deployments, got.deployment_days, got.median_lead_time_minutes,
+                   got.change_failure_rate, got.time_to_restore_minutes,
+                   got.failed_deployment_recovery_minutes)
+
+
+async def test_dashboard_numbers_per_project_in_head_mode(world: FakeWorld) -> None:
+    estate = await play(world, "head")
+    for project, truth in TRUTH.items():
+        assert numbers(world, project) == truth, project
+    model = DoraModel(world.devlake, world.github).project("global")
+    assert model.lead_times_minutes == {"org/api#1": 1380, "org/api#2": 1620,
+                                        "org/web#3": 240}
+    assert model.warnings == []
+    devlake = world.devlake
+    # one deployment keeps one id in every connection it is sent to
+    assert devlake.deployment_ids(2) | devlake.deployment_ids(3) == devlake.deployment_ids(1)
+    rows = [row for row in devlake.commit_rows([1])
+            if row["repo_url"] == "https://github.com/org/api"]
+    assert {row["result"] for row in rows} == {"SUCCESS"}
+    # head: one row per repository per deployment, dated with the deployment itself
+    assert len(rows) == len({row["cicd_deployment_id"] for row in rows}) == 5
+    assert all(row["started_date"] <= row["finished_date"] for row in rows)
+    key = estate.argocd_issue_keys()
+    assert len(key) == 1
+    for connection, present in ((1, True), (2, False), (3, True)):
+        issue = devlake.issue(connection, key[0])
+        assert (issue is not None) == present
+        if issue is not None:
+            assert issue["status"] == "DONE" and issue["type"] == "INCIDENT"
+
+
+async def test_range_mode_sends_every_commit_of_the_image_range(world: FakeWorld) -> None:
+    estate = await play(world, "range")
+    rows = world.devlake.commit_rows([1])
+    redeploy = [row for row in rows if row["repo_url"] == "https://github.com/org/api"
+                and row["commit_sha"] in {estate.p1, estate.m1}]
+    # PR 1's commits go out with their author dates (as the reference did)
+    assert {row["started_date"].hour for row in redeploy} == {11, 12}

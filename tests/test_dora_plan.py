@@ -1,0 +1,82 @@
+"""Planning for the dashboard: one id across connections, ArgoCD incidents, row decisions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from doraforwarder.commits.images import TagMatcher
+from doraforwarder.commits.plan import is_git_sha, no_commit_reason, plan_head_images, row_repo_url
+from doraforwarder.config import DevLakeConfig
+from doraforwarder.devlake.plan import Planner
+from doraforwarder.records import DetectedIncident, GitSource
+from tests.devlake_support import T0, commit, detected, devlake_section
+
+TEAMS = [{"name": "a", "project_id": "2", "argocd_components": ["build-service"]},
+         {"name": "b", "project_name": "b", "argocd_components": ["build-service"]}]
+
+
+def planner() -> Planner:
+    return Planner(DevLakeConfig.model_validate(devlake_section("http://devlake", teams=TEAMS)))
+
+
+def test_one_deployment_keeps_one_id_in_every_connection() -> None:
+    plan = planner().plan_deployment(detected("build-service"), [commit()])
+    assert len(plan.entries) == 3
+    assert {entry.payload["id"] for entry in plan.entries} == {plan.deployment.id}
+    assert len({str(entry.payload) for entry in plan.entries}) == 1
+
+
+def test_argocd_incident_goes_to_the_component_connections_with_a_stable_key() -> None:
+    incident = DetectedIncident(
+        key="argocd:argocd/build-service-prod:1714564800", app_namespace="argocd",
+        app_name="build-service-prod", component="build-service", cluster="prod",
+        environment="PRODUCTION", status="resolved", created_at=T0,
+        resolved_at=T0 + timedelta(minutes=30), title="build-service Degraded in prod")
+    entries = planner().plan_detected_incident(incident)
+    assert [e.target.key for e in entries] == ["connection_id:1", "connection_id:2"]
+    body = entries[0].payload
+    assert body["issueKey"] == incident.key and body["type"] == "INCIDENT"
+    assert body["status"] == "DONE" and body["resolutionDate"] == "2024-05-01T12:30:00+00:00"
+    assert body["createdDate"] == "2024-05-01T12:00:00+00:00"
+    opened = planner().plan_detected_incident(incident.model_copy(
+        update={"status": "open", "resolved_at": None}))
+    assert opened[0].payload["status"] == "TODO" and "resolutionDate" not in opened[0].payload
+    assert opened[0].order_key == entries[0].order_key
+
+
+@pytest.mark.parametrize(("revision", "git"), [
+    ("a" * 40, True), ("abc1234", True), ("1.4.2", False), ("HEAD", False), ("v1", False)])
+def test_is_git_sha(revision: str, git: bool) -> None:
+    assert is_git_sha(revision) is git
+
+
+@pytest.mark.parametrize(("url", "row"), [
+    ("git@github.com:Org/Repo.git", "https://github.com/org/repo"),
+    ("https://github.com/org/repo/", "https://github.com/org/repo"),
+    ("org/repo", "https://github.com/org/repo"),
+    ("https://Charts.Example.com/", "https://charts.example.com"),
+    ("oci://quay.io/charts", "oci://quay.io/charts"),
+    ("", None),
+])
+def test_row_repo_url(url: str, row: str | None) -> None:
+    assert row_repo_url(url) == row
+
+
+def test_head_images_include_unchanged_ones_once_per_sha() -> None:
+    a, b = "a" * 40, "b" * 40
+    images = [f"quay.io/o/x:{a}", f"quay.io/o/x:{a}", f"quay.io/o/y:{b}", "quay.io/o/z:v1.2"]
+    heads = plan_head_images(images, TagMatcher())
+    assert [(h.image, h.head) for h in heads] == [("quay.io/o/x", a), ("quay.io/o/y", b)]
+
+
+@pytest.mark.parametrize(("sources", "images", "reason"), [
+    ([], [], "no_source"),
+    ([], ["quay.io/o/x:v1"], "no_source"),
+    ([], ["quay.io/o/x:" + "a" * 40], "unresolved"),
+    ([GitSource(repo_url="", revision="main")], [], "unresolved"),
+])
+def test_no_commit_reason(sources: list[GitSource], images: list[str], reason: str) -> None:
+    deployment = detected().model_copy(update={"sources": sources, "images": images})
+    assert no_commit_reason(deployment, TagMatcher()) == reason
