@@ -500,7 +500,7 @@ async def test_token_is_sent_and_a_rejected_token_shows_in_readiness(
 
         await redis_client.flushall()
         bad_context = make_context(redis_client, github, token="wrong-token",
-                                   resolve_timeout="400ms")
+                                   resolve_timeout="2s")  # room for two tries on a slow machine
         bad = CommitResolver(bad_context)
         with capture_logs() as logs:
             commits = await resolve(bad, deployment(gitops, [], detected_at=datetime.now(UTC)))
