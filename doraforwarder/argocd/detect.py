@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from doraforwarder.argocd.identity import Identity, Skip, resolve_identity
 from doraforwarder.argocd.ids import (
@@ -507,6 +508,24 @@ def mark_deleted(stored: AppState | None, now: datetime, uid: str = "") -> Decis
 # --- records ------------------------------------------------------------------------
 
 
+def _record(view: AppView, identity: Identity, baseline: Baseline | None, config: ArgoCDConfig,
+            now: datetime, *, key: str, at: datetime, failed: bool = False,
+            **fields: Any) -> DetectedDeployment:
+    """A deployment of ``view``: the id and the fields every record shares, plus ``fields``."""
+    return DetectedDeployment(
+        id=deployment_id(identity.component, key, at,
+                         cluster=scope_cluster(config, identity.cluster), failed=failed),
+        app_namespace=view.namespace,
+        app_name=view.name,
+        component=identity.component,
+        cluster=identity.cluster,
+        environment=identity.environment,
+        previous_images=baseline.images if baseline is not None else [],
+        detected_at=now,
+        **fields,
+    )
+
+
 def _deployment(
     view: AppView,
     identity: Identity,
@@ -518,18 +537,9 @@ def _deployment(
     now: datetime,
     why: str,
 ) -> DetectedDeployment:
-    return DetectedDeployment(
-        id=deployment_id(
-            identity.component,
-            revision_key(_revisions(candidate)),
-            candidate.deployed_at,
-            cluster=scope_cluster(config, identity.cluster),
-        ),
-        app_namespace=view.namespace,
-        app_name=view.name,
-        component=identity.component,
-        cluster=identity.cluster,
-        environment=identity.environment,
+    return _record(
+        view, identity, baseline, config, now,
+        key=revision_key(_revisions(candidate)), at=candidate.deployed_at,
         result=result,
         revision=candidate.revision,
         sources=candidate.sources,
@@ -537,9 +547,7 @@ def _deployment(
         started_at=candidate.started_at,
         deployed_at=candidate.deployed_at,
         images=images,
-        previous_images=baseline.images if baseline is not None else [],
         message=why,
-        detected_at=now,
     )
 
 
@@ -560,19 +568,9 @@ def _failed_attempt(
     revision = gitops_revision(deployed, revisions) or "unknown"
     sources: list[GitSource] = git_sources(deployed, revisions)
     key = revision_key(list(revisions)) if len(revisions) > 1 else revision
-    return DetectedDeployment(
-        id=deployment_id(
-            identity.component,
-            key,
-            operation.finished_at,
-            cluster=scope_cluster(config, identity.cluster),
-            failed=True,
-        ),
-        app_namespace=view.namespace,
-        app_name=view.name,
-        component=identity.component,
-        cluster=identity.cluster,
-        environment=identity.environment,
+    return _record(
+        view, identity, baseline, config, now,
+        key=key, at=operation.finished_at, failed=True,
         result="FAILURE",
         revision=revision,
         sources=sources,
@@ -580,9 +578,7 @@ def _failed_attempt(
         started_at=operation.started_at or operation.finished_at,
         deployed_at=operation.finished_at,
         images=list(view.images),
-        previous_images=baseline.images if baseline is not None else [],
         message=operation.message or f"sync operation {operation.phase}",
-        detected_at=now,
     )
 
 

@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
         subparsers, "backfill", handle,
         help="send the syncs ArgoCD still remembers (status.history) as deployments",
         description="Deployments get the ids the live path uses, so running backfill twice "
-        "or next to the daemon creates no duplicates in DevLake.", logging=True,
+        "or next to the daemon creates no duplicates in DevLake.",
     )
     parser.add_argument("--since", required=True, type=_date, metavar="DATE",
                         help="only syncs deployed at or after DATE (e.g. 2025-01-01)")

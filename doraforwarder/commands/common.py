@@ -54,11 +54,12 @@ def fill_global_defaults(args: argparse.Namespace) -> None:
 
 
 def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
-                help: str, description: str, config: bool = True,
-                logging: bool = False) -> argparse.ArgumentParser:
-    """One sub-command: its help, the global options and its handler."""
+                help: str, description: str, output: bool = False) -> argparse.ArgumentParser:
+    """One sub-command: its help, the global options, ``-o`` when it has JSON, its handler."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help, description=description, parents=[GLOBAL])
+    if output:
+        add_output_argument(parser)
     parser.set_defaults(handler=handler)
     return parser
 

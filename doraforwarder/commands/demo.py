@@ -13,7 +13,7 @@ from doraforwarder.logging import configure_logging
 
 def add_parser(subparsers: Any) -> None:
     parser = add_command(
-        subparsers, "demo", handle, config=False,
+        subparsers, "demo", handle,
         help="run the real pipeline against built-in fakes (no cluster, no network)",
         description="Fake Kubernetes, GitHub, WebRCA and DevLake on loopback; Applications "
         "sync on a script for about 20 seconds; what DevLake accepts is printed.",

@@ -10,7 +10,6 @@ from typing import Any
 
 from doraforwarder.commands.common import (
     add_command,
-    add_output_argument,
     print_json,
     warn_file_secrets,
 )
@@ -19,11 +18,10 @@ from doraforwarder.ops.doctor import render, run_checks
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = add_command(subparsers, "doctor", handle,
-                         help="check every dependency the configuration names",
-                         description="One pass/fail line per check, with a hint. Exit 0 only "
-                         "if every required check passes.")
-    add_output_argument(parser)
+    add_command(subparsers, "doctor", handle, output=True,
+                help="check every dependency the configuration names",
+                description="One pass/fail line per check, with a hint. Exit 0 only "
+                "if every required check passes.")
 
 
 def handle(args: argparse.Namespace) -> int:

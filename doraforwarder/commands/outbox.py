@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commands.common import GLOBAL, add_command, add_output_argument, print_json
+from doraforwarder.commands.common import GLOBAL, add_command, print_json
 from doraforwarder.config import format_duration, load_config
 from doraforwarder.keys import Keys
 from doraforwarder.storage import connect
@@ -26,11 +26,10 @@ from doraforwarder.storage import connect
 
 def add_parser(subparsers: Any) -> None:
     parser = add_command(
-        subparsers, "outbox", handle,
+        subparsers, "outbox", handle, output=True,
         help="inspect and repair DevLake delivery (outbox and dead letters)",
         description="Show what waits for DevLake, what it refused, and put entries back.",
     )
-    add_output_argument(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 

@@ -11,7 +11,7 @@ from doraforwarder.daemon import Daemon
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = add_command(subparsers, "run", handle, logging=True, help="run the daemon",
+    parser = add_command(subparsers, "run", handle, help="run the daemon",
                          description="Watch, resolve, deliver until stopped.")
     parser.add_argument(
         "--dry-run",

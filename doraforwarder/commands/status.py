@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commands.common import add_command, add_output_argument, print_json
+from doraforwarder.commands.common import add_command, print_json
 from doraforwarder.config import load_config
 from doraforwarder.keys import Keys
 from doraforwarder.storage import connect
@@ -27,11 +27,10 @@ OFFLINE = ["ready", "dependencies", "last_deployments", "sources"]
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = add_command(subparsers, "status", handle,
-                         help="what /api/v1/status shows, read from Redis (no daemon needed)",
-                         description="Outbox depth and age, dead letters, last WebRCA poll, "
-                         "applications with stored state.")
-    add_output_argument(parser)
+    add_command(subparsers, "status", handle, output=True,
+                help="what /api/v1/status shows, read from Redis (no daemon needed)",
+                description="Outbox depth and age, dead letters, last WebRCA poll, "
+                "applications with stored state.")
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -39,7 +38,7 @@ def handle(args: argparse.Namespace) -> int:
     redis_config = config.settings.storage.redis
     where = redis_config.display_url()
     try:
-        status = asyncio.run(read_status(connect(redis_config), Keys(redis_config.key_prefix)))
+        status = asyncio.run(read_status(connect(redis_config), Keys(redis_config.keyspace)))
     except aioredis.RedisError as exc:
         print(f"doraforwarder status: cannot reach Redis at {where}: {type(exc).__name__}",
               file=sys.stderr)

@@ -96,6 +96,20 @@ def plan_image_changes(
         if not any(same_commit(sha, known) for known in shas):
             shas.append(sha)
     changes: list[ImageChange] = []
+    for name, sha in _sha_tagged(images, matcher):
+        before = previous.get(name, [])
+        if any(same_commit(sha, old) for old in before):
+            continue
+        if len(before) == 1:
+            changes.append(ImageChange(name, "changed", head=sha, base=before[0]))
+        else:
+            changes.append(ImageChange(name, "first", head=sha))
+    return changes
+
+
+def _sha_tagged(images: Iterable[str], matcher: TagMatcher) -> list[tuple[str, str]]:
+    """(image name, SHA) of every image whose tag carries a SHA, in order, each pair once."""
+    found: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     for reference in images:
         image = parse_image(reference)
@@ -103,14 +117,8 @@ def plan_image_changes(
         if image is None or sha is None or (image.name, sha) in seen:
             continue
         seen.add((image.name, sha))
-        before = previous.get(image.name, [])
-        if any(same_commit(sha, old) for old in before):
-            continue
-        if len(before) == 1:
-            changes.append(ImageChange(image.name, "changed", head=sha, base=before[0]))
-        else:
-            changes.append(ImageChange(image.name, "first", head=sha))
-    return changes
+        found.append((image.name, sha))
+    return found
 
 
 def plan_head_images(images: Iterable[str], matcher: TagMatcher) -> list[ImageChange]:
@@ -120,16 +128,7 @@ def plan_head_images(images: Iterable[str], matcher: TagMatcher) -> list[ImageCh
     stays anchored at what is deployed; no range is looked up (DevLake diffs
     from git itself).
     """
-    changes: list[ImageChange] = []
-    seen: set[tuple[str, str]] = set()
-    for reference in images:
-        image = parse_image(reference)
-        sha = matcher.sha_of_tag(image.tag) if image else None
-        if image is None or sha is None or (image.name, sha) in seen:
-            continue
-        seen.add((image.name, sha))
-        changes.append(ImageChange(image.name, "first", head=sha))
-    return changes
+    return [ImageChange(name, "first", head=sha) for name, sha in _sha_tagged(images, matcher)]
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,7 @@ async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) 
     checks += await check_redis(config)
     redis_config = config.settings.storage.redis
     context = AppContext(config=config, redis=connect(redis_config),
-                         keys=Keys(redis_config.key_prefix))
+                         keys=Keys(redis_config.keyspace))
     try:
         results = await asyncio.gather(
             check_devlake(config), check_github(context), check_webrca(config),
