@@ -75,6 +75,7 @@ class ArgoCDSource:
         self._deadlines: dict[str, datetime] = {}
         self._pending_counts: dict[str, int] = {}
         self._listed: set[str] = set()
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
     @property
@@ -156,7 +157,9 @@ class ArgoCDSource:
         self._update_readiness()
         self.context.status.apps_tracked = self.intake.apps_tracked if self.intake else 0
         if first:
-            asyncio.get_running_loop().create_task(self._forget_vanished(scope, present))
+            task = asyncio.get_running_loop().create_task(self._forget_vanished(scope, present))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
     def _update_readiness(self) -> None:
         now = time.monotonic()
@@ -186,6 +189,8 @@ class ArgoCDSource:
 
     async def drained(self) -> None:
         """Wait until every event queued so far is decided (tests, benchmarks)."""
+        if self._forgetting:  # the scan after a first list queues deletions too
+            await asyncio.gather(*self._forgetting, return_exceptions=True)
         if self._lanes is not None:
             await self._lanes.join()
 
