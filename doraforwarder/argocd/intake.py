@@ -1,10 +1,13 @@
 """The watch-thread side of detection: drop no-ops in memory, parse, hand over.
 
-Runs in the watch threads, before anything reaches asyncio. For each object
-it compares a small fingerprint (:func:`~doraforwarder.argocd.model.fingerprint`)
-with the last one handed over for that app: equal means the decision would be
-the same (a refresh), so the event ends here, costing no parse, no Redis
-command and no API request. Anything else is parsed into an
+Runs in the watch threads, before anything reaches asyncio. Objects come
+decoded by the watcher (:class:`~doraforwarder.argocd.decode.AppDocument`, only
+the fields detection reads) or, when they did not fit that schema, as plain
+JSON for the model's tolerant checks. For each object it compares a small
+fingerprint (:func:`~doraforwarder.argocd.model.fingerprint`) with the last one
+handed over for that app: equal means the decision would be the same (a
+refresh), so the event ends here, costing no parse, no Redis command and no
+API request. Anything else is parsed into an
 :class:`~doraforwarder.argocd.model.AppView` and queued on the app's lane;
 malformed objects are skipped with one warning per app and field.
 
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from doraforwarder.argocd.decode import AppDocument, document_fingerprint, to_view
 from doraforwarder.argocd.model import (
     AppView,
     MalformedApplication,
@@ -146,12 +150,13 @@ class Intake:
     # --- internals ------------------------------------------------------------------
     def _observe(self, obj: Any, stop: threading.Event) -> bool:
         key = _raw_key(obj)
-        current = fingerprint(obj)
+        document = isinstance(obj, AppDocument)
+        current = document_fingerprint(obj) if document else fingerprint(obj)
         if key is not None and current is not None and self._fingerprints.get(key) == current:
             self._noop.inc()
             return True
         try:
-            view = parse_application(obj)
+            view = to_view(obj) if document else parse_application(obj)
         except MalformedApplication as exc:
             self._malformed(key, exc)
             if key is not None:
@@ -188,11 +193,15 @@ class Intake:
 
 
 def _raw_uid(obj: Any) -> str:
+    if isinstance(obj, AppDocument):
+        return obj.uid
     uid = obj["metadata"].get("uid")
     return uid if isinstance(uid, str) else ""
 
 
 def _raw_key(obj: Any) -> Key | None:
+    if isinstance(obj, AppDocument):
+        return obj.key
     try:
         metadata = obj["metadata"]
         key = (metadata.get("namespace"), metadata.get("name"))

@@ -56,6 +56,9 @@ async def commit_decision(
     in its staging): a retried decision restages them, a committed one never.
     """
     state_key = keys.app_state(namespace, name)
+    quick = await _commit_without_transaction(redis, state_key, config, namespace, name, decide)
+    if quick is not None:
+        return quick
     conflicts = 0
     while True:
         async with redis.pipeline(transaction=True) as pipe:
@@ -104,6 +107,40 @@ async def commit_decision(
             except WatchError:
                 conflicts += 1
                 continue
+
+
+async def _commit_without_transaction(
+    redis: aioredis.Redis,
+    state_key: str,
+    config: ArgoCDConfig,
+    namespace: str,
+    name: str,
+    decide: Decide,
+) -> Committed | None:
+    """The two common cases in one or two round trips instead of a transaction's four.
+
+    Nothing to write (most events after a restart's list): a plain read
+    decides it, as the transaction would have (it too writes nothing). A first
+    baseline (every app at the first start): ``SET NX`` writes it only if the
+    key is still absent, which is what WATCH would have checked. Anything else
+    (deployments, dedupe claims, a stored state to replace), or a lost NX
+    race, returns None: the transaction decides again from what it reads.
+    """
+    raw = await redis.get(state_key)
+    try:
+        stored = load_state(raw)
+    except CorruptState:
+        return None  # the transaction logs it and starts a new baseline
+    decision = decide(stored)
+    if not decision.changed and not decision.deployments:
+        return Committed(decision)
+    state = decision.state
+    if raw is not None or state is None or decision.deployments:
+        return None
+    ttl = max(1, int(config.state_ttl.total_seconds())) if state.deleted_at is not None else None
+    if await redis.set(state_key, state.dump(), nx=True, ex=ttl):
+        return Committed(decision)
+    return None
 
 
 def _stage_state(

@@ -83,6 +83,7 @@ class ArgoCDSource:
         self._listed: set[str] = set()
         self._environments: dict[str, str] = {}
         """App key -> the environment it is classified in (shown per environment)."""
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
     @property
@@ -186,7 +187,9 @@ class ArgoCDSource:
         self._update_readiness()
         self.context.status.apps_tracked = self.intake.apps_tracked if self.intake else 0
         if first:
-            asyncio.get_running_loop().create_task(self._forget_vanished(scope, present))
+            task = asyncio.get_running_loop().create_task(self._forget_vanished(scope, present))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
 
     def _update_readiness(self) -> None:
         now = time.monotonic()
@@ -221,6 +224,8 @@ class ArgoCDSource:
 
     async def drained(self) -> None:
         """Wait until every event queued so far is decided (tests, benchmarks)."""
+        if self._forgetting:  # the scan after a first list queues deletions too
+            await asyncio.gather(*self._forgetting, return_exceptions=True)
         if self._lanes is not None:
             await self._lanes.join()
 

@@ -8,7 +8,8 @@ cluster for ``namespaces: ["*"]``) runs in its own thread:
    Applications, holding every parsed page is most of the daemon's memory):
    this is the start, and the catch-up after a 410;
 2. watch from the list's resourceVersion with bookmarks on, reading the
-   chunked response line by line (one ``json.loads`` per line; we do not use
+   chunked response line by line (one decode per line, of only the fields
+   detection reads: :mod:`~doraforwarder.argocd.decode`; we do not use
    ``kubernetes.watch.Watch``: it decodes each line twice, hides ERROR events
    and gives up on dropped connections);
 3. when the watch ends (timeout, dropped connection), resume from the last
@@ -23,7 +24,6 @@ thread stops midway.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from doraforwarder.argocd.decode import AppDocument, decode_event, decode_page
 from doraforwarder.argocd.listing import list_applications
 from doraforwarder.backoff import Backoff, parse_retry_after
 from doraforwarder.logging import get_logger
@@ -203,14 +204,14 @@ class ApplicationWatcher:
                 _request_timeout=(self.timing.connect_timeout, self.timing.list_timeout),
             )
             try:
-                body = json.loads(response.data)
+                data = response.data
             finally:
                 response.release_conn()
-            if not isinstance(body, dict) or not isinstance(body.get("items", []), list):
-                raise BrokenStream("list answer is not an object with items")
-            metadata = body.get("metadata") or {}
-            items: list[Any] = body.get("items") or []
-            del body
+            try:
+                items, metadata = decode_page(data)
+            except ValueError:
+                raise BrokenStream("list answer is not an object with items") from None
+            del data
             if not self.sink.listed_page(self.scope, items, self.stop, first=pages == 0):
                 return None
             pages += 1
@@ -262,9 +263,7 @@ class ApplicationWatcher:
 
     def _handle(self, line: bytes) -> bool:
         try:
-            event = json.loads(line)
-            event_type = event["type"]
-            obj = event["object"]
+            event_type, obj = decode_event(line)
         except (ValueError, KeyError, TypeError):
             raise BrokenStream(f"undecodable watch line: {line[:120]!r}") from None
         if event_type in OBJECT_EVENTS:
@@ -313,6 +312,8 @@ def _lines(response: Any) -> Iterator[bytes]:
 
 
 def _resource_version(obj: Any) -> str | None:
+    if isinstance(obj, AppDocument):
+        return obj.resource_version
     try:
         version = obj["metadata"]["resourceVersion"]
     except (KeyError, TypeError):
