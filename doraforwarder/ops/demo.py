@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -172,37 +173,52 @@ class Scenario:
         self.sync(app, self.at(3, 10), 6, 16)
         self.sync(app, self.at(3, 10, 5), 7, 18)
 
-    def timeline(self) -> list[tuple[float, datetime, str, Callable[[], object]]]:
-        """(seconds after start, the script's time, what a person would see, the writes)."""
+    def timeline(self) -> list[Step]:
+        """The script, in the order a person watching would see it."""
         at = self.at
         return [
-            (1, at(1, 10), "build-service syncs a new image on prod-east-1",
-             lambda: self.sync("build-service-prod-east-1", at(1, 10), 1, 14)),
-            (3, at(1, 10, 20), "the same build-service revision rolls out to prod-west-1 "
-                "(not sent again: deduplicated across clusters)",
-             lambda: self.sync("build-service-prod-west-1", at(1, 10, 20), 1, 14)),
-            (5, at(1, 14), "image-controller syncs and stays Progressing "
-                "(not sent yet: waiting for health)",
-             lambda: self.sync("image-controller-prod-east-1", at(1, 14), 2, 13,
-                               health="Progressing")),
-            (7, at(1, 14, 10), "image-controller becomes Healthy",
-             lambda: self.set_health("image-controller-prod-east-1", at(1, 14, 10),
-                                     "Healthy")),
-            (8, at(2, 9), "release fails to sync",
-             lambda: self.fail("release-prod-east-1", at(2, 9), 3)),
-            (10, at(2, 10), "integration syncs a gitops-only change",
-             lambda: self.sync("integration-prod-east-1", at(2, 10), 4)),
-            (12, at(2, 11), "release syncs again and succeeds",
-             lambda: self.sync("release-prod-east-1", at(2, 11), 5, 12)),
-            (13, at(2, 11, 20), "incident ITN-2025-00102 opens in WebRCA",
-             lambda: self.incident("ITN-2025-00102", at(2, 11, 20),
-                                   summary="Release pipeline failing", severity="critical")),
-            (15, at(2, 13), "incident ITN-2025-00102 is resolved in WebRCA",
-             lambda: self.resolve("ITN-2025-00102", at(2, 13))),
-            (17, at(3, 10), "build-service ships two syncs in quick succession "
-                 f"({len(PULL_REQUESTS)} pull requests merged on day 2)",
-             lambda: self.rapid_syncs("build-service-prod-east-1")),
+            Step(1, at(1, 10), "build-service syncs a new image on prod-east-1",
+                 lambda: self.sync("build-service-prod-east-1", at(1, 10), 1, 14)),
+            Step(3, at(1, 10, 20), "the same build-service revision rolls out to prod-west-1 "
+                    "(not sent again: deduplicated across clusters)",
+                 lambda: self.sync("build-service-prod-west-1", at(1, 10, 20), 1, 14),
+                 1),  # after prod-east-1's deployment reached DevLake, whatever the load
+            Step(5, at(1, 14), "image-controller syncs and stays Progressing "
+                    "(not sent yet: waiting for health)",
+                 lambda: self.sync("image-controller-prod-east-1", at(1, 14), 2, 13,
+                                   health="Progressing")),
+            Step(7, at(1, 14, 10), "image-controller becomes Healthy",
+                 lambda: self.set_health("image-controller-prod-east-1", at(1, 14, 10),
+                                         "Healthy")),
+            Step(8, at(2, 9), "release fails to sync",
+                 lambda: self.fail("release-prod-east-1", at(2, 9), 3)),
+            Step(10, at(2, 10), "integration syncs a gitops-only change",
+                 lambda: self.sync("integration-prod-east-1", at(2, 10), 4)),
+            Step(12, at(2, 11), "release syncs again and succeeds",
+                 lambda: self.sync("release-prod-east-1", at(2, 11), 5, 12)),
+            Step(13, at(2, 11, 20), "incident ITN-2025-00102 opens in WebRCA",
+                 lambda: self.incident("ITN-2025-00102", at(2, 11, 20),
+                                       summary="Release pipeline failing", severity="critical")),
+            Step(15, at(2, 13), "incident ITN-2025-00102 is resolved in WebRCA",
+                 lambda: self.resolve("ITN-2025-00102", at(2, 13))),
+            Step(17, at(3, 10), "build-service ships two syncs in quick succession "
+                     f"({len(PULL_REQUESTS)} pull requests merged on day 2)",
+                 lambda: self.rapid_syncs("build-service-prod-east-1")),
         ]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One moment of the script."""
+
+    at: float
+    """Seconds after the start of the timeline (scaled by the pace)."""
+    when: datetime
+    """The script's time of the writes."""
+    text: str
+    action: Callable[[], object]
+    after_deployments: int = 0
+    """Deployments DevLake must have accepted before this step plays."""
 
 
 NOT_SENT = (
@@ -268,6 +284,9 @@ class Reporter:
         self.started = time.monotonic()
         self.deployments: dict[str, dict[str, Any]] = {}
         self.incidents: dict[str, dict[str, Any]] = {}
+
+    def has_deployments(self, count: int) -> bool:
+        return len(self.deployments) >= count
 
     def note(self, when: datetime, text: str) -> None:
         if not self.as_json:
@@ -429,10 +448,12 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
                     reporter.take(world.devlake.accepted())
 
                 begin = time.monotonic()
-                for at, when, text, action in scenario.timeline():
-                    await _until(lambda: False, begin + at * pace - time.monotonic(), poll)
-                    reporter.note(when, text)
-                    action()
+                for step in scenario.timeline():
+                    await _until(lambda: False, begin + step.at * pace - time.monotonic(), poll)
+                    await _until(partial(reporter.has_deployments, step.after_deployments),
+                                 30, poll)
+                    reporter.note(step.when, step.text)
+                    step.action()
                 delivered = await _until(lambda: _delivered(world), 30, poll)
             finally:
                 daemon.request_stop()
