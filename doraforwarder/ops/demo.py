@@ -1,10 +1,12 @@
-"""``doraforwarder demo``: the real pipeline, on this machine, in about half a minute.
+"""``doraforwarder demo``: the real pipeline, on this machine, in about twenty seconds.
 
 The daemon runs in-process exactly as in production (watch, detect, resolve,
 outbox, deliver, poll), against the fakes of :mod:`doraforwarder.testing`:
-a Kubernetes API server whose Applications sync on a script, GitHub with
-matching commits, WebRCA with two incidents, and a DevLake that validates
-the contract. What DevLake accepts is printed as it arrives, then summed up.
+a Kubernetes API server whose Applications sync on a three-day script, GitHub
+with matching commits and pull requests, WebRCA with two incidents, and a
+DevLake that validates the contract. What DevLake accepts is printed as it
+arrives, then summed up, then turned into the four DORA numbers per DevLake
+project by the model of DevLake's own computation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +27,8 @@ import redis.asyncio as aioredis
 
 from doraforwarder.daemon import Daemon
 from doraforwarder.testing.argocd_objects import LiveApp, source
-from doraforwarder.testing.fake_devlake import Posted
+from doraforwarder.testing.dora import DoraModel, ProjectNumbers
+from doraforwarder.testing.fake_devlake import Posted, parse_devlake_date
 from doraforwarder.testing.world import FakeWorld
 
 CLUSTERS = ["prod-east-1", "prod-west-1"]
@@ -49,23 +53,61 @@ class Component:
         return f"quay.io/example/{self.name}:{self.shas[index]}"
 
 
+def story_start() -> datetime:
+    """Midnight UTC three days ago: the scripted three days all lie in the past."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=3)
+
+
+PULL_REQUESTS = (
+    # (number, index of its squash-merge commit in build-service, created, merged) on day 2
+    (101, 15, (9, 30), (10, 30)),
+    (102, 16, (11, 30), (12, 0)),
+    (103, 17, (13, 15), (14, 0)),
+    (104, 18, (15, 30), (16, 30)),
+)
+"""Merged into build-service on day 2, shipped by its two syncs on day 3."""
+
+SYNC_STEP = timedelta(seconds=20)
+"""How long each write of a sync takes in the scripted clusters."""
+
+
 @dataclass
 class Scenario:
-    """The scripted cluster: applications, their repositories and the timeline."""
+    """The scripted cluster: applications, their repositories and the timeline.
+
+    The script covers three days (UTC), played in about twenty seconds: every
+    sync carries its own times, so DevLake's rows and the DORA numbers come
+    out as they would over those days.
+    """
 
     world: FakeWorld
+    day_one: datetime = field(default_factory=story_start)
     gitops: list[str] = field(default_factory=list)
     components: dict[str, Component] = field(default_factory=dict)
     apps: dict[str, LiveApp] = field(default_factory=dict)
 
+    def at(self, day: int, hour: int, minute: int = 0) -> datetime:
+        """A moment of the script: ``day`` 1 to 3."""
+        return self.day_one + timedelta(days=day - 1, hours=hour, minutes=minute)
+
     def prepare(self) -> None:
+        self._projects()
         github = self.world.github
-        start = datetime.now(UTC) - timedelta(days=3)
-        self.gitops = github.add_repo("example/gitops", 12, start=start)
+        self.gitops = github.add_repo("example/gitops", 12, start=self.at(1, 7))
         for name in ("build-service", "image-controller", "release", "integration"):
-            shas = github.add_repo(f"example/{name}", 20, start=start, step=timedelta(hours=2))
+            # 15 commits up to day 1 08:00, then 5 on day 2 from 09:00, two hours apart
+            repo = f"example/{name}"
+            shas = github.add_repo(repo, 15, start=self.at(1, 8) - 14 * timedelta(hours=2),
+                                   step=timedelta(hours=2))
+            shas += github.add_commits(repo, 5, start=self.at(2, 9), step=timedelta(hours=2))
             self.components[name] = Component(name, shas)
-        now = datetime.now(UTC)
+        build = self.components["build-service"]
+        for number, index, created, merged in PULL_REQUESTS:
+            github.add_pull_request(
+                "example/build-service", number, f"build-service change {number}",
+                commits=[build.shas[index]], merge_commit_sha=build.shas[index],
+                created_at=self.at(2, *created), merged_at=self.at(2, *merged))
         for app_name, component in [
             ("build-service-prod-east-1", "build-service"),
             ("build-service-prod-west-1", "build-service"),
@@ -78,64 +120,105 @@ class Scenario:
                 app_name,
                 revision=self.gitops[0],
                 images=[self.components[component].image(10)],
-                start=now,
-                step=timedelta(seconds=1),
+                start=self.at(1, 8),
+                step=SYNC_STEP,
                 sources=[source(f"components/{component}/production", GITOPS)],
             )
             self.apps[app_name] = app
             self.world.kube.apply(app.snapshot())
-        webrca = self.world.webrca
-        webrca.add_incident("ITN-2025-00101", summary="Builds stuck in queue",
-                            products=["konflux"], severity="major")
-        webrca.tick(45)
-        webrca.resolve("ITN-2025-00101")
-        webrca.tick(30)
-        webrca.add_incident("ITN-2025-00102", summary="Release pipeline failing",
-                            products=["konflux"], severity="critical")
+        # Resolved before the first scripted deployment: it counts for time to restore only.
+        self.incident("ITN-2025-00101", self.at(1, 8, 30), summary="Builds stuck in queue",
+                      severity="major")
+        self.resolve("ITN-2025-00101", self.at(1, 9, 15))
 
-    def sync(self, app: str, revision: int, image: int | None = None,
+    def _projects(self) -> None:
+        """The DevLake projects the dashboard shows: each holds its webhook connection."""
+        devlake = self.world.devlake
+        for connection_id, project in CONNECTIONS.items():
+            devlake.add_project(project)
+            devlake.attach(project, connection_id)
+
+    def incident(self, key: str, when: datetime, summary: str, severity: str) -> None:
+        webrca = self.world.webrca
+        webrca.tick((when - webrca.clock).total_seconds() / 60)
+        webrca.add_incident(key, summary=summary, products=["konflux"], severity=severity)
+
+    def resolve(self, key: str, when: datetime) -> None:
+        webrca = self.world.webrca
+        webrca.tick((when - webrca.clock).total_seconds() / 60)
+        webrca.resolve(key)
+
+    def sync(self, app: str, when: datetime, revision: int, image: int | None = None,
              health: str = "Healthy") -> None:
+        """A sync whose history entry says ``deployedAt == when`` (started one step before)."""
         live = self.apps[app]
+        live.now = when - 2 * live.step
         component = self.components[app.rsplit("-prod-", 1)[0]]
         images = [component.image(image)] if image is not None else None
         for step in live.sync(self.gitops[revision], images, health=health):
             self.world.kube.apply(step)
 
-    def set_health(self, app: str, health: str) -> None:
-        self.world.kube.apply(self.apps[app].set_health(health))
+    def set_health(self, app: str, when: datetime, health: str) -> None:
+        live = self.apps[app]
+        live.now = when - live.step
+        self.world.kube.apply(live.set_health(health))
 
-    def fail(self, app: str, revision: int) -> None:
-        for step in self.apps[app].fail(self.gitops[revision]):
+    def fail(self, app: str, when: datetime, revision: int) -> None:
+        live = self.apps[app]
+        live.now = when - live.step
+        for step in live.fail(self.gitops[revision]):
             self.world.kube.apply(step)
 
     def rapid_syncs(self, app: str) -> None:
-        self.sync(app, 6, 16)
-        self.sync(app, 7, 18)
+        self.sync(app, self.at(3, 10), 6, 16)
+        self.sync(app, self.at(3, 10, 5), 7, 18)
 
-    def timeline(self) -> list[tuple[float, str, Callable[[], object]]]:
-        """(seconds after start, what a person would see, the writes)."""
+    def timeline(self) -> list[Step]:
+        """The script, in the order a person watching would see it."""
+        at = self.at
         return [
-            (1, "build-service syncs a new image on prod-east-1",
-             lambda: self.sync("build-service-prod-east-1", 1, 14)),
-            (3, "image-controller syncs and stays Progressing "
-                "(not sent yet: waiting for health)",
-             lambda: self.sync("image-controller-prod-east-1", 2, 13, health="Progressing")),
-            (5, "the same build-service revision rolls out to prod-west-1 "
-                "(not sent again: deduplicated across clusters)",
-             lambda: self.sync("build-service-prod-west-1", 1, 14)),
-            (7, "release fails to sync",
-             lambda: self.fail("release-prod-east-1", 3)),
-            (9, "image-controller becomes Healthy",
-             lambda: self.set_health("image-controller-prod-east-1", "Healthy")),
-            (11, "integration syncs a gitops-only change",
-             lambda: self.sync("integration-prod-east-1", 4)),
-            (13, "release syncs again and succeeds",
-             lambda: self.sync("release-prod-east-1", 5, 12)),
-            (15, "incident ITN-2025-00102 is resolved in WebRCA",
-             lambda: self.world.webrca.resolve("ITN-2025-00102")),
-            (17, "build-service ships two syncs in quick succession",
-             lambda: self.rapid_syncs("build-service-prod-east-1")),
+            Step(1, at(1, 10), "build-service syncs a new image on prod-east-1",
+                 lambda: self.sync("build-service-prod-east-1", at(1, 10), 1, 14)),
+            Step(3, at(1, 10, 20), "the same build-service revision rolls out to prod-west-1 "
+                    "(not sent again: deduplicated across clusters)",
+                 lambda: self.sync("build-service-prod-west-1", at(1, 10, 20), 1, 14),
+                 1),  # after prod-east-1's deployment reached DevLake, whatever the load
+            Step(5, at(1, 14), "image-controller syncs and stays Progressing "
+                    "(not sent yet: waiting for health)",
+                 lambda: self.sync("image-controller-prod-east-1", at(1, 14), 2, 13,
+                                   health="Progressing")),
+            Step(7, at(1, 14, 10), "image-controller becomes Healthy",
+                 lambda: self.set_health("image-controller-prod-east-1", at(1, 14, 10),
+                                         "Healthy")),
+            Step(8, at(2, 9), "release fails to sync",
+                 lambda: self.fail("release-prod-east-1", at(2, 9), 3)),
+            Step(10, at(2, 10), "integration syncs a gitops-only change",
+                 lambda: self.sync("integration-prod-east-1", at(2, 10), 4)),
+            Step(12, at(2, 11), "release syncs again and succeeds",
+                 lambda: self.sync("release-prod-east-1", at(2, 11), 5, 12)),
+            Step(13, at(2, 11, 20), "incident ITN-2025-00102 opens in WebRCA",
+                 lambda: self.incident("ITN-2025-00102", at(2, 11, 20),
+                                       summary="Release pipeline failing", severity="critical")),
+            Step(15, at(2, 13), "incident ITN-2025-00102 is resolved in WebRCA",
+                 lambda: self.resolve("ITN-2025-00102", at(2, 13))),
+            Step(17, at(3, 10), "build-service ships two syncs in quick succession "
+                     f"({len(PULL_REQUESTS)} pull requests merged on day 2)",
+                 lambda: self.rapid_syncs("build-service-prod-east-1")),
         ]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One moment of the script."""
+
+    at: float
+    """Seconds after the start of the timeline (scaled by the pace)."""
+    when: datetime
+    """The script's time of the writes."""
+    text: str
+    action: Callable[[], object]
+    after_deployments: int = 0
+    """Deployments DevLake must have accepted before this step plays."""
 
 
 NOT_SENT = (
@@ -146,7 +229,49 @@ NOT_SENT = (
 )
 
 EXPECTED_DEPLOYMENTS = 7
-EXPECTED_INCIDENT_STATES = 3  # ITN-101 resolved, ITN-102 open, ITN-102 resolved
+EXPECTED_PER_CONNECTION = {1: 7, 2: 4, 3: 2}
+"""Deployments each connection receives: every one globally, each team its components'."""
+INCIDENTS = ("ITN-2025-00101", "ITN-2025-00102")
+INCIDENT_CONNECTIONS = (1, 3)  # global and team-release (product konflux)
+
+MODELLED = (
+    "Modelled: what DevLake's DORA dashboard would show for these records; a real DevLake "
+    "also needs a GitHub connection in each project for lead time."
+)
+
+
+def _when(value: object) -> str:
+    """A DevLake date as ``YYYY-MM-DD HH:MM`` (UTC), or empty."""
+    moment = parse_devlake_date(value)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _minutes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value} min"
+    return f"{value} min ({value // 60}h{value % 60:02d})"
+
+
+def _failures(numbers: ProjectNumbers) -> int:
+    """Deployments with an incident linked (the rate's numerator)."""
+    return round((numbers.change_failure_rate or 0) * numbers.deployments)
+
+
+def dora_json(numbers: ProjectNumbers) -> dict[str, Any]:
+    """The four numbers of one project, for ``--json``."""
+    return {
+        "kind": "dora", "project": numbers.project, "deployments": numbers.deployments,
+        "deployment_days": numbers.deployment_days,
+        "median_lead_time_minutes": numbers.median_lead_time_minutes,
+        "lead_times_minutes": numbers.lead_times_minutes,
+        "change_failure_rate": numbers.change_failure_rate,
+        "deployments_with_incident": _failures(numbers), "incidents": numbers.incidents,
+        "median_time_to_restore_minutes": numbers.time_to_restore_minutes,
+        "median_failed_deployment_recovery_minutes": numbers.failed_deployment_recovery_minutes,
+        "modelled": True, "warnings": numbers.warnings,
+    }
 
 
 class Reporter:
@@ -160,9 +285,12 @@ class Reporter:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.incidents: dict[str, dict[str, Any]] = {}
 
-    def note(self, text: str) -> None:
+    def has_deployments(self, count: int) -> bool:
+        return len(self.deployments) >= count
+
+    def note(self, when: datetime, text: str) -> None:
         if not self.as_json:
-            print(f"{self._clock()}  > {text}", file=self.out, flush=True)
+            print(f"{self._clock()}  > {when:%Y-%m-%d %H:%M}  {text}", file=self.out, flush=True)
 
     def _clock(self) -> str:
         return f"{time.monotonic() - self.started:5.1f}s"
@@ -205,25 +333,53 @@ class Reporter:
     def summary(self, store: str, took: float) -> None:
         if self.as_json:
             return
-        print("\nSummary", file=self.out)
+        print("\nSummary (times UTC)", file=self.out)
         print(f"  {'component':<17} {'cluster':<12} {'result':<8} {'revision':<8} "
-              f"{'commits':>7}  targets", file=self.out)
+              f"{'deployed':<16} {'commits':>7}  targets", file=self.out)
         for record in self.deployments.values():
             title = str(record.get("displayTitle", ""))
             print(f"  {_title_field(title, 'Component'):<17} "
                   f"{_title_field(title, 'Cluster'):<12} {record.get('result', ''):<8} "
                   f"{_title_field(title, 'Revision')[:8]:<8} "
+                  f"{_when(record.get('finishedDate')):<16} "
                   f"{len(record.get('deploymentCommits', [])):>7}  "
                   f"{', '.join(_targets(record['targets']))}", file=self.out)
-        print(f"\n  {'incident':<30} {'status':<8}  targets", file=self.out)
+        print(f"\n  {'incident':<17} {'status':<8} {'opened':<16} {'resolved':<16}  targets",
+              file=self.out)
         for key, incident in self.incidents.items():
-            print(f"  {key:<30} {incident.get('status', ''):<8}  "
+            print(f"  {key:<17} {incident.get('status', ''):<8} "
+                  f"{_when(incident.get('createdDate')):<16} "
+                  f"{_when(incident.get('resolutionDate')) or '-':<16}  "
                   f"{', '.join(_targets(incident['targets']))}", file=self.out)
         print("\nNot sent, on purpose", file=self.out)
         for line in NOT_SENT:
             print(f"  {line}", file=self.out)
         print(f"\n{len(self.deployments)} deployments and {len(self.incidents)} incidents "
               f"forwarded in {took:.1f}s; store: {store}.", file=self.out, flush=True)
+
+    def dora(self, projects: list[ProjectNumbers]) -> None:
+        """The dashboard's four numbers per project: a table, or one JSON line each."""
+        if self.as_json:
+            for numbers in projects:
+                print(json.dumps(dora_json(numbers)), file=self.out, flush=True)
+            return
+        print("\nDORA numbers per DevLake project (whole period)", file=self.out)
+        print(f"  {'project':<13} {'deployments':>11} {'days':>4}  "
+              f"{'median lead time':<26} {'change failure rate':<19}  "
+              f"{'time to restore':<15}  failed deployment recovery", file=self.out)
+        for n in projects:
+            rate = ("-" if n.change_failure_rate is None
+                    else f"{_failures(n)}/{n.deployments} = {n.change_failure_rate:.0%}")
+            lead = _minutes(n.median_lead_time_minutes)
+            if n.lead_times_minutes:
+                lead += f", {len(n.lead_times_minutes)} PRs"
+            print(f"  {n.project:<13} {n.deployments:>11} {n.deployment_days:>4}  "
+                  f"{lead:<26} {rate:<19}  {_minutes(n.time_to_restore_minutes):<15}  "
+                  f"{_minutes(n.failed_deployment_recovery_minutes)}", file=self.out)
+        for n in projects:
+            for warning in n.warnings:
+                print(f"  {n.project}: {warning}", file=self.out)
+        print(f"  {MODELLED}", file=self.out, flush=True)
 
 
 def _targets(names: list[str]) -> list[str]:
@@ -278,11 +434,12 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
             scenario.prepare()
             config = world.config({
                 "argocd": {"known_clusters": CLUSTERS, "components_to_ignore": ["monitoring"]},
-                "webrca": {"interval": "3s", "products": ["konflux"]},
+                "webrca": {"interval": "1s", "products": ["konflux"]},
                 "integration": {"devlake": {"teams": TEAMS}},
             })
             daemon = Daemon(config, redis=redis_client)
             task = asyncio.create_task(daemon.run())
+            delivered = False
             try:
                 await _until(lambda: daemon.context.readiness.is_ready("argocd"), 30)
                 reporter.header()
@@ -291,19 +448,26 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
                     reporter.take(world.devlake.accepted())
 
                 begin = time.monotonic()
-                for at, text, action in scenario.timeline():
-                    await _until(lambda: False, begin + at * pace - time.monotonic(), poll)
-                    reporter.note(text)
-                    action()
-                await _until(
-                    lambda: len(reporter.deployments) >= EXPECTED_DEPLOYMENTS
-                    and len(world.devlake.accepted("issue")) >= EXPECTED_INCIDENT_STATES * 2,
-                    30, poll,
-                )
-                await _until(lambda: False, 1.5, poll)  # let last team copies arrive
+                for step in scenario.timeline():
+                    await _until(lambda: False, begin + step.at * pace - time.monotonic(), poll)
+                    await _until(partial(reporter.has_deployments, step.after_deployments),
+                                 30, poll)
+                    reporter.note(step.when, step.text)
+                    step.action()
+                delivered = await _until(lambda: _delivered(world), 30, poll)
             finally:
                 daemon.request_stop()
                 await asyncio.wait_for(task, 20)
             reporter.summary(store, time.monotonic() - started)
-    ok = len(reporter.deployments) >= EXPECTED_DEPLOYMENTS and len(reporter.incidents) >= 2
-    return 0 if ok else 1
+            model = DoraModel(world.devlake, world.github)
+            reporter.dora([model.project(name) for name in world.devlake.project_names()])
+    return 0 if delivered else 1
+
+
+def _delivered(world: FakeWorld) -> bool:
+    """Every deployment in every connection it belongs to, both incidents resolved in each."""
+    devlake = world.devlake
+    return (all(len(devlake.deployment_ids(connection)) >= count
+                for connection, count in EXPECTED_PER_CONNECTION.items())
+            and all((devlake.issue(connection, key) or {}).get("status") == "DONE"
+                    for connection in INCIDENT_CONNECTIONS for key in INCIDENTS))
