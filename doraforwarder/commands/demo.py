@@ -19,7 +19,8 @@ def add_parser(subparsers: Any) -> None:
         "sync on a script for about 20 seconds; what DevLake accepts is printed.",
     )
     parser.add_argument("--json", action="store_true",
-                        help="print each accepted payload as a JSON line instead of a table")
+                        help="print each accepted payload as a JSON line, then one DORA line per "
+                        "project, instead of the tables")
     parser.add_argument("--pace", type=float, default=1.0, help=argparse.SUPPRESS)
 
 
