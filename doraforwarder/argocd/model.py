@@ -362,41 +362,30 @@ def parse_application(obj: Any) -> AppView:
     project = r.text(spec.get("project"), "spec.project")
     destination_namespace = r.text(destination.get("namespace"), "spec.destination.namespace")
 
+    identity: dict[str, Any] = {
+        "namespace": namespace,
+        "name": name,
+        "uid": r.text(metadata.get("uid"), "metadata.uid"),
+        "resource_version": r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
+        "created_at": _optional_time(metadata.get("creationTimestamp")),
+        "annotations": annotations,
+        "sources": sources,
+        "destination_server": r.text(destination.get("server"), "spec.destination.server"),
+        "destination_name": r.text(destination.get("name"), "spec.destination.name"),
+        "project": project,
+        "destination_namespace": destination_namespace,
+        "hydrator": hydrator,
+    }
     if raw_status is None:
-        return AppView(
-            namespace=namespace,
-            name=name,
-            uid=r.text(metadata.get("uid"), "metadata.uid"),
-            resource_version=r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
-            created_at=_optional_time(metadata.get("creationTimestamp")),
-            annotations=annotations,
-            sources=sources,
-            destination_server=r.text(destination.get("server"), "spec.destination.server"),
-            destination_name=r.text(destination.get("name"), "spec.destination.name"),
-            project=project,
-            destination_namespace=destination_namespace,
-            hydrator=hydrator,
-            has_status=False,
-        )
+        return AppView(**identity, has_status=False)
     status = r.mapping(raw_status, "status", required=True)
     sync = r.mapping(status.get("sync"), "status.sync")
     health = r.mapping(status.get("health"), "status.health")
     summary = r.mapping(status.get("summary"), "status.summary")
 
     return AppView(
-        project=project,
-        destination_namespace=destination_namespace,
+        **identity,
         health_since=_optional_time(health.get("lastTransitionTime")),
-        hydrator=hydrator,
-        namespace=namespace,
-        name=name,
-        uid=r.text(metadata.get("uid"), "metadata.uid"),
-        resource_version=r.text(metadata.get("resourceVersion"), "metadata.resourceVersion"),
-        created_at=_optional_time(metadata.get("creationTimestamp")),
-        annotations=annotations,
-        sources=sources,
-        destination_server=r.text(destination.get("server"), "spec.destination.server"),
-        destination_name=r.text(destination.get("name"), "spec.destination.name"),
         sync_status=r.choice(sync.get("status"), "status.sync.status", SYNC_STATUSES),
         health_status=r.choice(health.get("status"), "status.health.status", HEALTH_STATUSES),
         history=_history(r, status.get("history"), history_sources, hydrator),
