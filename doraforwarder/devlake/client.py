@@ -143,7 +143,7 @@ class DevLakeClient:
                                     else self._headers, extensions=self._extensions)
             response = await transport.handle_async_request(request)
             try:
-                raw = await response.aread()
+                raw = await _read(response)
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
@@ -154,7 +154,8 @@ class DevLakeClient:
             return Answer(None, failure="network", error=f"{type(exc).__name__}: {exc}")
         return Answer(
             status=response.status_code,
-            body=_text(raw[:BODY_LIMIT * 4], response.charset_encoding)[:BODY_LIMIT],
+            body=_text(raw[:BODY_LIMIT * 4], _charset(response.headers.get("Content-Type"))
+                       )[:BODY_LIMIT],
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
 
@@ -184,6 +185,24 @@ class DevLakeClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+async def _read(response: httpx.Response) -> bytes:
+    """The body; straight from the stream when it is not content-encoded (we never ask)."""
+    if "Content-Encoding" in response.headers:
+        return await response.aread()
+    return b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+
+
+def _charset(content_type: str | None) -> str | None:
+    """The ``charset`` parameter of a ``Content-Type`` (the email parser costs more)."""
+    if not content_type or "charset" not in content_type.lower():
+        return None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
 
 
 def _text(raw: bytes, charset: str | None) -> str:
