@@ -286,6 +286,12 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -446,8 +452,11 @@ def bench_delivery(records: int = 10_000, *, appendonly: bool = True,
         try:
             _wait(lambda: bool(world.devlake.requests), 60, "the first delivery", 0.002)
             first = time.monotonic()
+            daemon_cpu, bench_cpu = _cpu_s(process.pid), time.process_time()
             _wait(lambda: store.xlen(keys.outbox_stream) == 0, 300, "the backlog to drain", 0.02)
             drained = time.monotonic()
+            daemon_cpu = _cpu_s(process.pid) - daemon_cpu
+            bench_cpu = time.process_time() - bench_cpu
         finally:
             _stop(process)
             store.close()
@@ -458,6 +467,8 @@ def bench_delivery(records: int = 10_000, *, appendonly: bool = True,
         "drain_s": round(drained - first, 2),
         "delivery_records_per_s": round(records / (drained - first)),
         "including_start_records_per_s": round(records / (drained - started)),
+        "daemon_cpu_ms_per_record": round(daemon_cpu * 1000 / records, 3),
+        "fake_devlake_cpu_ms_per_record": round(bench_cpu * 1000 / records, 3),
     }
 
 

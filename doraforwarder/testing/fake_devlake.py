@@ -69,6 +69,9 @@ _LAYOUTS: tuple[tuple[str, str], ...] = (
     (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", rf"{_DATE} \d{{2}}:\d{{2}}"),
 )
 _RFC3339 = rf"{_DATE}T{_TIME}{_FRACTION}(?:Z|[+-]\d{{2}}:\d{{2}})"
+_COMPILED_LAYOUTS = tuple((re.compile(selector), re.compile(whole))
+                          for selector, whole in _LAYOUTS)
+_COMPILED_RFC3339 = re.compile(_RFC3339)
 
 
 def parse_devlake_date(value: object) -> datetime | None:
@@ -79,10 +82,10 @@ def parse_devlake_date(value: object) -> datetime | None:
     """
     if not isinstance(value, str) or not value:
         return None
-    for selector, whole in _LAYOUTS:
-        if re.search(selector, value):
-            return _parse(value) if re.fullmatch(whole, value) else None
-    return _parse(value) if re.fullmatch(_RFC3339, value) else None
+    for selector, whole in _COMPILED_LAYOUTS:
+        if selector.search(value):
+            return _parse(value) if whole.fullmatch(value) else None
+    return _parse(value) if _COMPILED_RFC3339.fullmatch(value) else None
 
 
 def _parse(value: str) -> datetime | None:
@@ -199,6 +202,8 @@ def check_issue(body: Any) -> None:
 
 _GO_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
                      b"-_.~$&+,/:;=@")
+_GO_KEPT = re.compile(r"[A-Za-z0-9\-_.~$&+,/:;=@]*")
+"""Paths Go's escaping leaves as they are (only characters of ``_GO_KEEP``)."""
 _NGINX_ESCAPE = frozenset(b' "#%<>?\\^`{|}\x7f') | frozenset(range(0x20)) \
     | frozenset(range(0x80, 0x100))
 
@@ -209,6 +214,8 @@ class BadEscape(ValueError):
 
 def go_unescape(raw: str) -> str:
     """Go's ``unescape(s, encodePath)``: ``%XX`` to bytes, ``+`` kept."""
+    if "%" not in raw:
+        return raw
     out = bytearray()
     data = raw.encode("utf-8", "surrogateescape")
     index = 0
@@ -227,6 +234,8 @@ def go_unescape(raw: str) -> str:
 
 def go_escape(path: str) -> str:
     """Go's ``escape(path, encodePath)`` (``URL.EscapedPath``): uppercase hex."""
+    if _GO_KEPT.fullmatch(path):
+        return path
     return "".join(chr(b) if b in _GO_KEEP else f"%{b:02X}"
                    for b in path.encode("utf-8", "surrogateescape"))
 
@@ -295,6 +304,7 @@ _ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", f"{_ID}/issue/{_KEY}/close", "close"),
 )
 _PLUGIN = "/plugins/webhook/"
+_COMPILED_ROUTES = tuple((method, re.compile(pattern), kind) for method, pattern, kind in _ROUTES)
 
 
 def _unescape_param(value: str, raw: bool) -> str:
@@ -307,9 +317,11 @@ def match_route(method: str, path: str, raw: bool = False) -> _Route | None:
     if not path.startswith(_PLUGIN):
         return None
     tail = path[len(_PLUGIN):]
-    for route_method, pattern, kind in _ROUTES:
-        found = re.fullmatch(pattern, tail)
-        if route_method != method or found is None:
+    for route_method, pattern, kind in _COMPILED_ROUTES:
+        if route_method != method:
+            continue
+        found = pattern.fullmatch(tail)
+        if found is None:
             continue
         params = {k: _unescape_param(v, raw) for k, v in found.groupdict().items()}
         ref = (("name", params["name"]) if "name" in params
