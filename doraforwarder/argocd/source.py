@@ -4,7 +4,8 @@ Wiring of the parts: one :class:`~doraforwarder.argocd.watcher.ApplicationWatche
 thread per scope feeds the :class:`~doraforwarder.argocd.intake.Intake` (no-ops
 end there), which queues changed apps on ordered :class:`~doraforwarder.argocd.lanes.Lanes`;
 each lane decides (:mod:`~doraforwarder.argocd.detect`) and commits
-(:mod:`~doraforwarder.argocd.persist`) one app event at a time. A sweeper
+(:mod:`~doraforwarder.argocd.persist`) what it has queued, apps of distinct keys
+together (a catch-up is thousands), each app's events in order. A sweeper
 re-decides apps whose pending sync reached its deadline and keeps ``/readyz``
 honest about namespaces that cannot be watched.
 """
