@@ -76,6 +76,7 @@ class Recheck:
 
 Job = Observed | Deleted | Recheck
 Submit = Callable[[str, Job, threading.Event], bool]
+SubmitMany = Callable[[list[tuple[str, Job]], threading.Event], bool]
 OnListed = Callable[[WatchScope, set[tuple[str, str]]], None]
 Key = tuple[Any, Any]
 
@@ -90,8 +91,16 @@ def metric_field(field: str) -> str:
 class Intake:
     """Implements :class:`~doraforwarder.argocd.watcher.WatchSink` for the source."""
 
-    def __init__(self, submit: Submit, metrics: Metrics, on_listed: OnListed) -> None:
+    def __init__(
+        self,
+        submit: Submit,
+        metrics: Metrics,
+        on_listed: OnListed,
+        submit_many: SubmitMany | None = None,
+    ) -> None:
+        """``submit_many`` hands a list page's jobs over at once (else one ``submit`` each)."""
         self._submit = submit
+        self._submit_many = submit_many
         self._metrics = metrics
         self._on_listed = on_listed
         self._fingerprints: dict[Key, bytes | None] = {}
@@ -120,13 +129,19 @@ class Intake:
         if first or scope not in self._listing:
             self._listing[scope] = set()  # a list cut short before is forgotten
         present = self._listing[scope]
+        jobs: list[tuple[str, Job]] = []
         for obj in objects:
             key = _raw_key(obj)
             if key is not None and isinstance(key[0], str) and isinstance(key[1], str):
                 present.add(key)
-            if not self._observe(obj, stop):
+            job = self._changed(obj)
+            if job is None:
+                continue
+            if self._submit_many is not None:
+                jobs.append((job.key, job))
+            elif not self._submit(job.key, job, stop):
                 return False
-        return True
+        return not jobs or self._submit_many is None or self._submit_many(jobs, stop)
 
     def listed_done(self, scope: WatchScope, stop: threading.Event) -> bool:
         present = self._listing.pop(scope, set())
@@ -149,24 +164,29 @@ class Intake:
 
     # --- internals ------------------------------------------------------------------
     def _observe(self, obj: Any, stop: threading.Event) -> bool:
+        job = self._changed(obj)
+        return job is None or self._submit(job.key, job, stop)
+
+    def _changed(self, obj: Any) -> Observed | None:
+        """The job deciding ``obj``, or None when it changes nothing (a refresh, malformed)."""
         key = _raw_key(obj)
         document = isinstance(obj, AppDocument)
         current = document_fingerprint(obj) if document else fingerprint(obj)
         if key is not None and current is not None and self._fingerprints.get(key) == current:
             self._noop.inc()
-            return True
+            return None
         try:
             view = to_view(obj) if document else parse_application(obj)
         except MalformedApplication as exc:
             self._malformed(key, exc)
             if key is not None:
                 self._fingerprints[key] = current
-            return True
+            return None
         assert key is not None
         self._warned.pop(key, None)
         self._fingerprints[key] = current
         self._metrics.apps_tracked.set(len(self._fingerprints))
-        return self._submit(view.key, Observed(view), stop)
+        return Observed(view)
 
     def _deleted(self, obj: Any, stop: threading.Event) -> bool:
         key = _raw_key(obj)

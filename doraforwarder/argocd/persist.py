@@ -159,3 +159,68 @@ def _holders(scope_keys: list[str], values: list[bytes | str | None]) -> dict[st
         key: value.decode() if isinstance(value, bytes) else value
         for key, value in zip(scope_keys, values, strict=True)
     }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One app's decision waiting in a batch: where its state lives and how to decide."""
+
+    namespace: str
+    name: str
+    decide: Decide
+
+
+async def commit_batch(
+    redis: aioredis.Redis,
+    keys: Keys,
+    config: ArgoCDConfig,
+    batch: list[Pending],
+    stage: StageDetected,
+) -> list[Committed]:
+    """:func:`commit_decision` for several distinct apps in two round trips, not 2 per app.
+
+    The same cases and rules as the quick path of :func:`commit_decision`,
+    taken for the whole batch at once: one ``MGET`` reads every stored state
+    (all keys share the daemon's hash tag), the decisions that write nothing
+    end there, one pipeline of ``SET NX`` writes the first baselines, and
+    everything else (deployments, incidents, a stored state to replace, an
+    unreadable state, a lost ``SET NX``) takes the full transaction of
+    :func:`commit_decision`, which decides again from what it reads. The apps
+    must be distinct: a second event of one app depends on what the first
+    wrote. Results come in the order of ``batch``.
+    """
+    if len({(p.namespace, p.name) for p in batch}) != len(batch):
+        raise ValueError("a batch holds each app at most once")
+    state_keys = [keys.app_state(p.namespace, p.name) for p in batch]
+    raws: list[bytes | str | None] = await redis.mget(state_keys) if batch else []
+    results: list[Committed | None] = [None] * len(batch)
+    baselines: list[tuple[int, Decision]] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for index, (pending, raw) in enumerate(zip(batch, raws, strict=True)):
+            try:
+                stored = load_state(raw)
+            except CorruptState:
+                continue  # the transaction logs it and starts a new baseline
+            decision = pending.decide(stored)
+            if not decision.changed and not decision.deployments:
+                results[index] = Committed(decision)
+                continue
+            state = decision.state
+            if raw is not None or state is None or decision.deployments:
+                continue
+            ttl = (max(1, int(config.state_ttl.total_seconds()))
+                   if state.deleted_at is not None else None)
+            pipe.set(state_keys[index], state.dump(), nx=True, ex=ttl)
+            baselines.append((index, decision))
+        if baselines:
+            written = await pipe.execute()
+            for (index, decision), ok in zip(baselines, written, strict=True):
+                if ok:
+                    results[index] = Committed(decision)
+    committed: list[Committed] = []
+    for pending, result in zip(batch, results, strict=True):
+        if result is None:
+            result = await commit_decision(redis, keys, config, pending.namespace, pending.name,
+                                           pending.decide, stage)
+        committed.append(result)
+    return committed

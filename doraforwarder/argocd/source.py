@@ -4,7 +4,8 @@ Wiring of the parts: one :class:`~doraforwarder.argocd.watcher.ApplicationWatche
 thread per scope feeds the :class:`~doraforwarder.argocd.intake.Intake` (no-ops
 end there), which queues changed apps on ordered :class:`~doraforwarder.argocd.lanes.Lanes`;
 each lane decides (:mod:`~doraforwarder.argocd.detect`) and commits
-(:mod:`~doraforwarder.argocd.persist`) one app event at a time. A sweeper
+(:mod:`~doraforwarder.argocd.persist`) what it has queued, apps of distinct keys
+together (a catch-up is thousands), each app's events in order. A sweeper
 re-decides apps whose pending sync reached its deadline and keeps ``/readyz``
 honest about namespaces that cannot be watched.
 """
@@ -15,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kubernetes.client import ApiClient, CustomObjectsApi
@@ -31,7 +33,7 @@ from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import KubeAccessError, build_api_client
 from doraforwarder.argocd.lanes import Lanes
 from doraforwarder.argocd.model import ANNOTATION_CLUSTER, ANNOTATION_COMPONENT, AppView
-from doraforwarder.argocd.persist import Committed, Decide, commit_decision
+from doraforwarder.argocd.persist import Committed, Decide, Pending, commit_batch, commit_decision
 from doraforwarder.argocd.state import AppState
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
 from doraforwarder.backoff import Backoff, wait_or_stop
@@ -83,6 +85,8 @@ class ArgoCDSource:
         self._listed: set[str] = set()
         self._environments: dict[str, str] = {}
         """App key -> the environment it is classified in (shown per environment)."""
+        self._environment_counts: dict[str, int] = {}
+        """How many apps each environment of ``_environments`` has (kept as they change)."""
         self._forgetting: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
@@ -111,12 +115,15 @@ class ArgoCDSource:
             self.config.queue_size,
             self._handle,
             on_depth=metrics.lane_queue_depth.set,
+            handle_batch=self._handle_batch,
+            key_of=_job_key,
         )
         self._lanes = lanes
         intake = Intake(
             lanes.submit_from_thread,
             metrics,
             lambda scope, present: _call_soon(loop, self._on_listed, scope, present),
+            lanes.submit_many_from_thread,
         )
         self.intake = intake
         self.context.status.watched_namespaces = [scope.label for scope in self.scopes]
@@ -267,6 +274,46 @@ class ArgoCDSource:
 
     # --- decisions ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
+        prepared = self._prepare(job)
+        if prepared is None:
+            return
+        committed = await self._commit(prepared.namespace, prepared.name, prepared.decide)
+        if committed is not None:
+            self._after(job.key, prepared.view, committed)
+
+    async def _handle_batch(self, jobs: list[Job]) -> None:
+        """Decide a lane's queued jobs (distinct apps) together: a catch-up's thousands."""
+        prepared = [(job, p) for job in jobs if (p := self._prepare(job)) is not None]
+        if not prepared:
+            return
+        if len(prepared) == 1:
+            job, one = prepared[0]
+            committed = await self._commit(one.namespace, one.name, one.decide)
+            if committed is not None:
+                self._after(job.key, one.view, committed)
+            return
+        try:
+            results = await commit_batch(
+                self.context.redis, self.context.keys, self.config,
+                [Pending(p.namespace, p.name, p.decide) for _, p in prepared], self._stage,
+            )
+        except (RedisError, OSError) as exc:
+            # One at a time, each retried until Redis answers: deciding again is
+            # harmless, what was committed is what the next read finds.
+            self.context.metrics.redis_errors.labels("argocd_decision").inc()
+            log.warning("redis unavailable, batch decided one at a time",
+                        apps=len(prepared), error=f"{type(exc).__name__}: {exc}")
+            for job, one in prepared:
+                committed = await self._commit(one.namespace, one.name, one.decide)
+                if committed is None:
+                    return
+                self._after(job.key, one.view, committed)
+            return
+        for (job, one), committed in zip(prepared, results, strict=True):
+            self._after(job.key, one.view, committed)
+
+    def _prepare(self, job: Job) -> _Prepared | None:
+        """The bookkeeping before a decision, and the decision to take (None: nothing to do)."""
         now = self.clock()
         if isinstance(job, Observed):
             view: AppView | None = job.view
@@ -278,7 +325,7 @@ class ArgoCDSource:
             namespace, name = job.namespace, job.name
             view = self._views.get(job.key) if isinstance(job, Recheck) else None
             if isinstance(job, Recheck) and view is None:
-                return
+                return None
         if isinstance(job, Observed):
             self._remember(job.view)
         elif isinstance(job, Deleted):
@@ -295,9 +342,7 @@ class ArgoCDSource:
             def decide_fn(stored: AppState | None) -> Decision:
                 return decide(current, stored, self.config, now)
 
-        committed = await self._commit(namespace, name, decide_fn)
-        if committed is not None:
-            self._after(job.key, view, committed)
+        return _Prepared(namespace, name, decide_fn, view)
 
     def _remember(self, view: AppView) -> None:
         """Record the app in the inventory (served from memory, never from the API)."""
@@ -323,15 +368,19 @@ class ArgoCDSource:
         before = self._environments.get(key)
         if environment == before:
             return
+        counts = self._environment_counts
         if environment is None:
             self._environments.pop(key, None)
         else:
             self._environments[key] = environment
-        counts: dict[str, int] = {}
-        for value in self._environments.values():
-            counts[value] = counts.get(value, 0) + 1
+            counts[environment] = counts.get(environment, 0) + 1
+        if before is not None:
+            counts[before] -= 1
+            if not counts[before]:
+                del counts[before]
         gauge = self.context.metrics.apps_by_environment
-        for env in {*counts, *([before] if before else [])}:
+        for env in {environment, before} - {None}:
+            assert env is not None
             gauge.labels(env).set(counts.get(env, 0))
         self.context.status.apps_by_environment = dict(sorted(counts.items()))
 
@@ -401,6 +450,18 @@ class ArgoCDSource:
                 conflicts=committed.conflicts,
             )
         metrics.mark_success("argocd")
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    namespace: str
+    name: str
+    decide: Decide
+    view: AppView | None
+
+
+def _job_key(job: Job) -> str:
+    return job.key
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
