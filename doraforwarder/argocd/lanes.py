@@ -126,12 +126,7 @@ class Lanes(Generic[T]):
             item = await queue.get()
             self._changed(-1)
             try:
-                await self._handle(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug in one decision must not stall every app of the lane.
-                log.exception("decision failed, event skipped", item=repr(item)[:200])
+                await self._handle_one(item)
             finally:
                 queue.task_done()
 
@@ -173,6 +168,7 @@ class Lanes(Generic[T]):
                     queue.task_done()
 
     async def _handle_one(self, item: T) -> None:
+        """Decide one item; a bug in one decision must not stall every app of the lane."""
         try:
             await self._handle(item)
         except asyncio.CancelledError:
