@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 
+from doraforwarder import http_backend
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.stage import PipelineStaging, ResolverPool
@@ -124,6 +125,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
         settings = self.context.settings
+        http_backend.declare_asyncio()
         self._install_signal_handlers()
         runner = await start_http(self.context, settings.server.host, settings.server.port_number)
         self.port = bound_port(runner)

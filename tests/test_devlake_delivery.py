@@ -390,3 +390,21 @@ async def test_stopping_acknowledges_what_was_delivered_and_keeps_the_rest(
     assert await redis_client.xlen(context.keys.outbox_stream) == 26
     info = await redis_client.xpending(context.keys.outbox_stream, OUTBOX_GROUP)
     assert info["pending"] == 26  # read but never sent: reclaimed by the next consumer
+
+
+async def test_a_backlog_is_read_and_acknowledged_in_batches(redis_client, devlake) -> None:
+    """Draining a backlog costs a few Redis round trips per hundred entries, not per entry."""
+    context = make_context(redis_client, devlake_section(devlake.url),
+                           delivery={"workers": 4})
+    records = 1200
+    await stage(redis_client, context.keys,
+                [deployment_entry(f"svc:{n}") for n in range(records)])
+    await redis_client.config_resetstat()
+    async with RunningService(DeliveryPool(context, max_held=400)):
+        await eventually(lambda: outbox_empty(redis_client, context), what="outbox drained")
+    stats = await redis_client.info("commandstats")
+    reads = stats["cmdstat_xreadgroup"]["calls"]
+    acks = stats["cmdstat_xack"]["calls"]
+    assert len(devlake.deployment_ids(1)) == records
+    assert reads <= records // 50, f"{reads} XREADGROUP for {records} entries"
+    assert acks <= records // 10, f"{acks} XACK for {records} entries"

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
+from doraforwarder import http_backend
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.plan import Candidate, compare_pages
 from doraforwarder.commits.ratelimit import (
@@ -205,7 +206,7 @@ class GitHubClient:
         self._metrics = metrics
         self._readiness = readiness
         self._owns_http = client is None
-        self._http = client or httpx.AsyncClient(timeout=timeout_s)
+        self._http = client or http_backend.async_client(timeout=timeout_s)
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = max(backoff_cap_s, backoff_base_s)
         self._secondary_default_wait_s = secondary_default_wait_s

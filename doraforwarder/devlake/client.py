@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TextIO
 import httpx
 from pydantic import SecretStr
 
-from doraforwarder import __version__
+from doraforwarder import __version__, http_backend
 from doraforwarder.backoff import parse_retry_after
 from doraforwarder.outbox import BODY_LIMIT, OutboxEntry
 
@@ -192,19 +192,23 @@ class DevLakeClient:
         headers = {"User-Agent": f"doraforwarder/{__version__}", "Accept": "application/json"}
         self.has_token = _usable(token)
         self.timeout_seconds = timeout_seconds
-        self._headers = _with_key(headers, token)
-        self._post_headers = {**self._headers, "Content-Type": "application/json"}
+        # Built once as httpx.Headers: a request copies them instead of normalising dicts.
+        self._headers = httpx.Headers(_with_key(headers, token))
+        self._post_headers = httpx.Headers(
+            {**_with_key(headers, token), "Content-Type": "application/json"})
         self._target_headers = {
-            target: {**_with_key(headers, key), "Content-Type": "application/json"}
+            target: (httpx.Headers({**_with_key(headers, key),
+                                    "Content-Type": "application/json"}),
+                     httpx.Headers(_with_key(headers, key)))
             for target, key in (target_keys or {}).items()
         }
-        """Per target key (``connection_id:6``): POST headers with that target's key."""
+        """Per target key (``connection_id:6``): POST and bodiless headers with its key."""
         self.targets_without_key = sorted(
             target for target, key in (target_keys or {}).items() if not _usable(key))
         self._urls: dict[str, tuple[httpx.URL, httpx.AsyncBaseTransport]] = {}
         self._extensions = {"timeout": httpx.Timeout(timeout_seconds).as_dict()}
         size = max(1, pool_size)
-        self.http = httpx.AsyncClient(
+        self.http = http_backend.async_client(
             headers=headers,
             timeout=httpx.Timeout(timeout_seconds),
             limits=httpx.Limits(max_connections=size, max_keepalive_connections=size,
@@ -223,11 +227,9 @@ class DevLakeClient:
         cookies), yet costs as much CPU per request as the transport.
         """
         content = None if body is None else _compact_json(body).encode()
-        headers = self._target_headers.get(target or "")
-        if headers is None:
-            headers = self._post_headers if content is not None else self._headers
-        elif content is None:
-            headers = {k: v for k, v in headers.items() if k != "Content-Type"}
+        with_body, bodiless = self._target_headers.get(
+            target or "", (self._post_headers, self._headers))
+        headers = with_body if content is not None else bodiless
         try:
             parsed, transport = self._route(url)
             request = httpx.Request(method, parsed, content=content, headers=headers,

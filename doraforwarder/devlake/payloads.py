@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
-    field_validator,
     model_validator,
 )
 
@@ -35,17 +35,14 @@ def format_devlake_date(value: datetime) -> str:
     return utc(value).strftime(DEVLAKE_DATE_FORMAT)
 
 
-DevLakeDate = Annotated[datetime, PlainSerializer(format_devlake_date, return_type=str)]
+DevLakeDate = Annotated[datetime, AfterValidator(utc),
+                        PlainSerializer(format_devlake_date, return_type=str)]
+"""A date held in UTC (naive ones taken as UTC) and sent in DevLake's one safe form."""
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _dates_in_utc(cls, value: Any) -> Any:
-        return utc(value) if isinstance(value, datetime) else value
 
     def body(self) -> dict[str, Any]:
         """The JSON body to post: camelCase keys, absent optionals left out."""

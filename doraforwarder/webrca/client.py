@@ -20,6 +20,7 @@ from collections.abc import Callable
 import httpx
 from pydantic import SecretStr
 
+from doraforwarder import http_backend
 from doraforwarder.backoff import parse_retry_after
 from doraforwarder.config import LoadedConfig
 from doraforwarder.webrca.pages import PageRead, read_page
@@ -78,8 +79,9 @@ def _sso_error(response: httpx.Response) -> str:
 def webrca_http(config: LoadedConfig,
                 transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The HTTP client for SSO and WebRCA (proxies and TLS from the environment)."""
-    return httpx.AsyncClient(timeout=config.settings.webrca.timeout_seconds,
-                             transport=transport, headers={"User-Agent": "doraforwarder"})
+    return http_backend.async_client(timeout=config.settings.webrca.timeout_seconds,
+                                     transport=transport,
+                                     headers={"User-Agent": "doraforwarder"})
 
 
 class TokenSource:
