@@ -11,7 +11,8 @@ What is measured, and the targets (ARCHITECTURE.md, issue 8):
    daemon process on loopback with warm caches: p99 < 1 s;
 4. RSS of the daemon process tracking 10,000 Applications (< 150 MB) and its
    start-up catch-up time for them;
-5. delivery throughput draining a 10,000-entry outbox backlog: >= 500/s;
+5. delivery throughput draining a 10,000-entry outbox backlog (median of three
+   drains): >= 1,000/s (issue 11);
 6. scale (``bench/scale.py``): refresh cost with 1k, 10k and 100k tracked
    apps of 3 KB and 30 KB, each against bare ``json.loads`` of the same
    bytes (>= 1.0x), and the real daemon's catch-up of 100,000 apps of 3 to
@@ -81,7 +82,7 @@ TARGETS = {
     "api_requests_per_1000_refresh": 0,
     "latency_p99_s": 1.0,
     "rss_10000_apps_mb": 150,
-    "delivery_records_per_s": 500,
+    "delivery_records_per_s": 1000,
 }
 
 
@@ -421,8 +422,16 @@ def _payload(record_id: str) -> dict[str, Any]:
     }
 
 
-def bench_delivery(records: int = 10_000, *, appendonly: bool = True,
+def bench_delivery(records: int = 10_000, *, rounds: int = 3, appendonly: bool = True,
                    workers: int = 4) -> dict[str, Any]:
+    """The median of ``rounds`` drains (each from a fresh Redis and daemon), with every run."""
+    runs = [_drain_once(records, appendonly=appendonly, workers=workers) for _ in range(rounds)]
+    middle = sorted(runs, key=lambda run: run["delivery_records_per_s"])[len(runs) // 2]
+    return {**middle, "runs_records_per_s": [run["delivery_records_per_s"] for run in runs],
+            "runs_daemon_cpu_ms_per_record": [run["daemon_cpu_ms_per_record"] for run in runs]}
+
+
+def _drain_once(records: int, *, appendonly: bool, workers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp, \
             FakeWorld(Path(tmp), redis_appendonly=appendonly) as world:
         assert world.redis is not None
@@ -494,10 +503,11 @@ def main() -> None:
     output = args.output or str(HERE / "results.json")
     wanted = set(args.only or ["refresh", "calls", "latency", "rss", "delivery", "scale",
                                "catchup"])
-    results: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-    }
+    results: dict[str, Any] = {}
+    if args.only and Path(output).exists():  # a partial run keeps the other figures
+        results = json.loads(Path(output).read_text())
+    results["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(),
+                          "platform": platform.platform()}
     benches: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("refresh", bench_refresh), ("calls", bench_calls), ("latency", bench_latency),
         ("rss", bench_rss), ("delivery", bench_delivery),
@@ -560,7 +570,7 @@ def print_table(results: dict[str, Any]) -> None:
     if "delivery" in results:
         r = results["delivery"]
         row(f"backlog drain ({r['records']:,} records/s)", r["delivery_records_per_s"],
-            ">= 500", r["delivery_records_per_s"] >= TARGETS["delivery_records_per_s"])
+            ">= 1000", r["delivery_records_per_s"] >= TARGETS["delivery_records_per_s"])
     if "scale" in results:
         for case in results["scale"]["cases"]:
             row(f"refresh, {case['apps']:,} apps of {case['size']} ({case['event_bytes']} B):"

@@ -9,6 +9,7 @@ Field contents for deployments follow the reference implementation, whose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -30,8 +31,14 @@ CommitRows = Literal["head", "range"]
 DEVLAKE_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S+00:00"
 
 
+@functools.lru_cache(maxsize=4096)
 def format_devlake_date(value: datetime) -> str:
-    """``2020-01-01T12:00:00+00:00``: the one form every DevLake version parses."""
+    """``2020-01-01T12:00:00+00:00``: the one form every DevLake version parses.
+
+    Cached: a deployment's commit rows repeat its two dates, and every body
+    is serialised again at delivery (the contract check), so most calls are
+    for a date just formatted.
+    """
     return utc(value).strftime(DEVLAKE_DATE_FORMAT)
 
 

@@ -66,6 +66,15 @@ class RedisServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
+        """Start and wait for PING; a port taken meanwhile (the free-port race) is re-picked."""
+        for _ in range(4):
+            try:
+                return self._start_once()
+            except PortTaken:
+                self.port = free_port()
+        return self._start_once()
+
+    def _start_once(self) -> RedisServer:
         args = [
             self.binary,
             "--port", str(self.port),
@@ -96,6 +105,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                if "Address already in use" in log:
+                    raise PortTaken(f"port {self.port} was taken before redis-server bound it")
                 raise RuntimeError(f"redis-server exited at start: {log}")
             try:
                 if self._answers_ping():
@@ -176,6 +187,10 @@ class TlsFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
+
+
+class PortTaken(RuntimeError):
+    """Another process bound the free port between picking it and redis-server binding it."""
 
 
 class TlsUnavailable(RuntimeError):
