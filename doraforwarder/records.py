@@ -127,7 +127,7 @@ class DetectedIncident(Record):
 
     Emitted twice per Degraded spell, under one ``key``: ``open`` once the
     spell lasted long enough, ``resolved`` (same key, ``resolved_at`` set)
-    when the app is Healthy again. Times come from the Application
+    when the app is Healthy again or deleted. Times come from the Application
     (``status.health.lastTransitionTime``) when ArgoCD records it, else from
     when the watch saw the change.
     """
@@ -143,7 +143,10 @@ class DetectedIncident(Record):
     created_at: datetime
     """When the app turned Degraded."""
     resolved_at: datetime | None = None
-    """When it was Healthy again (``resolved`` only)."""
+    """When it was Healthy again, or deleted (``resolved`` only)."""
+    resolved_by: Literal["Healthy", "Deleted"] = "Healthy"
+    """What ended it (``resolved`` only): the app Healthy again, or the app deleted (gone,
+    it serves nothing any more)."""
     title: str
     description: str = ""
     revision: str = ""

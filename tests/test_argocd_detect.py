@@ -269,9 +269,9 @@ def test_refresh_changes_nothing() -> None:
 def test_deleted_then_recreated() -> None:
     app = LiveApp("svc")
     state, _ = run([{**app.snapshot(), "metadata": {**app.obj["metadata"], "uid": "one"}}])
-    deleted = mark_deleted(state, NOW)
+    deleted = mark_deleted(state, NOW, namespace="argocd", name="svc")
     assert deleted.changed and deleted.state is not None and deleted.state.deleted_at == NOW
-    assert mark_deleted(deleted.state, NOW).changed is False
+    assert mark_deleted(deleted.state, NOW, namespace="argocd", name="svc").changed is False
     again = LiveApp("svc", start=NOW)
     again.obj["metadata"]["uid"] = "two"
     again.obj["status"]["history"] = []
@@ -481,10 +481,11 @@ def test_the_deletion_of_a_predecessor_seen_late_keeps_the_successor() -> None:
     app = LiveApp("svc")
     app.obj["metadata"]["uid"] = "two"
     state, _ = run([app.snapshot()])
-    late = mark_deleted(state, NOW, uid="one")
+    late = mark_deleted(state, NOW, uid="one", namespace="argocd", name="svc")
     assert late.state == state and not late.changed and late.stale
-    assert mark_deleted(state, NOW, uid="two").changed
-    assert mark_deleted(state, NOW).changed  # absent from a re-list: no uid to compare
+    assert mark_deleted(state, NOW, uid="two", namespace="argocd", name="svc").changed
+    # absent from a re-list: no uid to compare
+    assert mark_deleted(state, NOW, namespace="argocd", name="svc").changed
 
 
 # --- when a sync started -------------------------------------------------------------------

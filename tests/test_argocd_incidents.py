@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from doraforwarder.argocd.detect import Decision, decide, history_deployments
+from doraforwarder.argocd.detect import Decision, decide, history_deployments, mark_deleted
 from doraforwarder.argocd.model import parse_application, parse_time
-from doraforwarder.argocd.state import AppState, load_state
+from doraforwarder.argocd.state import AppState, DegradedSpell, load_state
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.devlake.issues import build_detected_issue_payload
 from doraforwarder.records import DetectedDeployment, DetectedIncident
 from doraforwarder.testing.argocd_objects import LiveApp, image, sha
 
@@ -189,3 +190,145 @@ def test_backfill_sends_a_degraded_latest_sync_as_success_with_the_setting() -> 
     assert history_deployments(view, ON, now)[-1].result == "SUCCESS"
     assert history_deployments(view, ArgoCDConfig(namespaces=["argocd"]), now)[-1].result == (
         "FAILURE")
+
+
+# --- deleted while Degraded ------------------------------------------------------------------
+
+
+def delete(state: AppState | None, now: datetime, uid: str = "") -> Decision:
+    """The deletion of ``argocd/svc``, stored and read back like a decision."""
+    decision = mark_deleted(state, now, uid, namespace="argocd", name="svc")
+    if decision.state is not None:
+        decision = Decision(load_state(decision.state.dump()), decision.deployments,
+                            decision.reasons, decision.changed, decision.stale,
+                            decision.incidents)
+    return decision
+
+
+def _open_spell(app: LiveApp) -> list[Event]:
+    degraded = at_write(app.set_health("Degraded"))
+    return [degraded, later(degraded, AFTER)]
+
+
+def _young_spell(app: LiveApp) -> list[Event]:
+    degraded = at_write(app.set_health("Degraded"))
+    return [degraded, later(degraded, AFTER - timedelta(seconds=1))]
+
+
+def _no_spell(app: LiveApp) -> list[Event]:
+    return [at_write(app.refresh())]
+
+
+def _delete_once(state: AppState | None, now: datetime) -> list[Decision]:
+    return [delete(state, now, uid="one")]
+
+
+def _delete_twice(state: AppState | None, now: datetime) -> list[Decision]:
+    first = delete(state, now, uid="one")
+    return [first, delete(first.state, now + AFTER, uid="one")]
+
+
+def _delete_from_a_relist(state: AppState | None, now: datetime) -> list[Decision]:
+    return [delete(state, now)]  # absent from a re-list after a 410: no uid
+
+
+def _delete_a_predecessor_late(state: AppState | None, now: datetime) -> list[Decision]:
+    return [delete(state, now, uid="zero")]  # an older object of the same name
+
+
+DELETION_CASES: list[tuple[str, Any, Any, list[str]]] = [
+    # (case, events after a first settled sight, deletions, incident statuses emitted on
+    #  deletion)
+    ("an opened incident is resolved", _open_spell, _delete_once, ["resolved"]),
+    ("absent from a re-list: resolved too", _open_spell, _delete_from_a_relist, ["resolved"]),
+    ("deleted twice: resolved once", _open_spell, _delete_twice, ["resolved"]),
+    ("a spell not yet an incident resolves nothing", _young_spell, _delete_once, []),
+    ("a spell already resolved resolves nothing", _replays, _delete_once, []),
+    ("a short spell over resolves nothing", _short_spell, _delete_once, []),
+    ("no spell resolves nothing", _no_spell, _delete_once, []),
+    ("a predecessor's deletion seen late touches nothing", _open_spell,
+     _delete_a_predecessor_late, []),
+]
+
+
+@pytest.mark.parametrize(("case", "scenario", "deletions", "want"), DELETION_CASES,
+                         ids=[c[0] for c in DELETION_CASES])
+def test_deletion_cases(case: str, scenario: Any, deletions: Any, want: list[str]) -> None:
+    app = LiveApp("svc")
+    app.obj["metadata"]["uid"] = "one"
+    state, _, before, _ = run([at_write(app.refresh()), *scenario(app)])
+    deleted_at = app.advance(AFTER * 10)
+    decisions = deletions(state, deleted_at)
+    incidents = [i for d in decisions for i in d.incidents]
+    assert [i.status for i in incidents] == want
+    opened = [i for i in before if i.status == "open"]
+    for incident in incidents:
+        assert incident.key == opened[-1].key  # the issue the opening created, no other
+        assert (incident.created_at, incident.resolved_at, incident.resolved_by) == (
+            opened[-1].created_at, deleted_at, "Deleted")
+        assert [i.status for i in before] == ["open"]
+    final = decisions[-1].state
+    assert final is not None
+    if case.startswith("a predecessor"):
+        assert decisions[-1].stale and final == state and not decisions[-1].changed
+    else:
+        assert final.deleted_at == deleted_at
+        assert final.degraded is None or final.degraded.resolved_at is not None
+        assert final.next_deadline is None
+
+
+def test_the_resolution_by_deletion_is_the_opening_issue_told_as_deleted() -> None:
+    app = LiveApp("svc")
+    sync = degraded_sync(app)  # a sync that turns Degraded: the revision is in the incident
+    state, _, opened, _ = run([at_write(app.refresh()), *sync, later(sync[-1], AFTER)])
+    assert [i.status for i in opened] == ["open"]
+    deleted_at = app.advance(timedelta(minutes=42))
+    resolved = delete(state, deleted_at).incidents
+    assert summary(resolved) == [(opened[0].key, "resolved", opened[0].created_at, deleted_at)]
+    got, want = resolved[0], opened[0]
+    assert want.revision == sha("r1")
+    assert (got.app, got.component, got.cluster, got.environment, got.title, got.revision) == (
+        want.app, want.component, want.cluster, want.environment, want.title, want.revision)
+    assert "deleted at" in got.description and "serves no traffic" in got.description
+    opening = build_detected_issue_payload(want).body()
+    body = build_detected_issue_payload(got).body()
+    assert body["issueKey"] == opening["issueKey"] and body["status"] == "DONE"
+    assert body["originalStatus"] == "Deleted" and body["createdDate"] == opening["createdDate"]
+    assert body["resolutionDate"] == deleted_at.isoformat()
+    assert body["component"] == opening["component"] == "svc"
+
+
+def test_a_spell_stored_before_its_identity_was_kept_learns_it_from_the_next_view() -> None:
+    app = LiveApp("svc")
+    state, _, opened, _ = run([at_write(app.refresh()), *_open_spell(app)])
+    assert state is not None and state.degraded is not None and len(opened) == 1
+    # As an earlier version stored it: no component, cluster or environment in the spell.
+    old_spell = state.degraded.model_dump(mode="json",
+                                          exclude={"component", "cluster", "environment"})
+    old = load_state(state.model_copy(
+        update={"degraded": DegradedSpell.model_validate(old_spell)}).dump())
+    assert old is not None and old.degraded is not None and old.degraded.component == ""
+    at_deletion = app.advance(AFTER)
+    stranded = delete(old, at_deletion)
+    assert stranded.incidents == [] and "left open" in " ".join(stranded.reasons)
+    learned, _, none, decisions = run([at_write(app.refresh())], state=old)
+    assert none == [] and decisions[0].changed
+    resolved = delete(learned, at_deletion).incidents
+    assert [(i.key, i.component, i.status) for i in resolved] == [
+        (opened[0].key, "svc", "resolved")]
+
+
+def test_a_recreated_app_starts_a_new_spell_after_the_deletion_resolved_the_old() -> None:
+    app = LiveApp("svc")
+    app.obj["metadata"]["uid"] = "one"
+    state, _, opened, _ = run([at_write(app.refresh()), *_open_spell(app)])
+    deleted = delete(state, app.advance(AFTER), uid="one")
+    assert [i.status for i in deleted.incidents] == ["resolved"]
+    again = LiveApp("svc", start=app.advance(AFTER))
+    again.obj["metadata"]["uid"] = "two"
+    events = [at_write(again.refresh()), *_open_spell(again),
+              at_write((again.advance(AFTER), again.set_health("Healthy"))[1])]
+    _, _, incidents, _ = run(events, state=deleted.state)
+    assert [i.status for i in incidents] == ["open", "resolved"]
+    assert {i.key for i in incidents} != {opened[0].key} and len({i.key for i in incidents}) == 1
+    assert all(i.resolved_by == "Healthy" for i in incidents)

@@ -29,9 +29,10 @@ Pure: no I/O, no clock, no randomness, so every rule below is a table test.
   any one is a deployment (:func:`~doraforwarder.argocd.ids.revision_key`).
 - With ``argocd.failures_as_incidents``, a production app Degraded for longer
   than ``argocd.incident_after`` yields an open incident, and the same
-  incident resolved once it is Healthy again; the spell is remembered in the
-  state so each is emitted once (:attr:`Decision.recheck_at` asks to look
-  again when the spell would become an incident).
+  incident resolved once it is Healthy again (or deleted: :func:`mark_deleted`);
+  the spell is remembered in the state so each is emitted once
+  (:attr:`Decision.recheck_at` asks to look again when the spell would
+  become an incident).
 - A sync of the revision and images already deployed changed nothing: the
   state advances, nothing is sent.
 - A view older than the stored state (:func:`stale_reason`: another replica,
@@ -60,6 +61,7 @@ from doraforwarder.argocd.ids import (
 from doraforwarder.argocd.model import (
     AppView,
     HistoryEntry,
+    app_key,
     deployed_sources,
     git_sources,
     gitops_revision,
@@ -489,12 +491,21 @@ def _revisions(candidate: PendingSync) -> list[str]:
     return list(candidate.revisions) or [candidate.revision]
 
 
-def mark_deleted(stored: AppState | None, now: datetime, uid: str = "") -> Decision:
-    """The Application is gone: keep its state for ``argocd.state_ttl``, send nothing.
+def mark_deleted(
+    stored: AppState | None, now: datetime, uid: str = "", *, namespace: str, name: str
+) -> Decision:
+    """The Application ``namespace/name`` is gone: keep its state for ``argocd.state_ttl``.
 
     ``uid`` is the deleted object's (empty when unknown, e.g. absent from a
     re-list): the deletion of an earlier object of the same name, seen late,
     must not end the state of its re-created successor.
+
+    A Degraded spell under way ends here: a deleted app serves no traffic, so
+    the failure is over. If the spell was an open incident, that incident is
+    resolved now, under the key it was opened with and for the identity kept
+    in the spell (no view of the app comes with a deletion), so DevLake closes
+    the one issue and counts the time to restore. A re-created app starts its
+    spells afresh.
     """
     if stored is None or stored.deleted_at is not None:
         return Decision(stored, [], ["deleted: nothing stored"], changed=False)
@@ -502,7 +513,24 @@ def mark_deleted(stored: AppState | None, now: datetime, uid: str = "") -> Decis
         return Decision(
             stored, [], [f"deletion of uid {uid} ignored: state is uid {stored.uid}"], stale=True
         )
-    return Decision(stored.model_copy(update={"deleted_at": now}), [], ["deleted"], changed=True)
+    reasons = ["deleted"]
+    incidents: list[DetectedIncident] = []
+    spell = stored.degraded
+    if spell is not None and spell.resolved_at is None:
+        spell = spell.model_copy(update={"open_at": None, "resolved_at": now})
+        if not spell.opened:
+            reasons.append("Degraded spell over (deleted) before it became an incident")
+        elif not spell.component or spell.environment is None:
+            reasons.append(
+                f"incident {incident_key(namespace, name, spell.since)} left open: its spell "
+                "was stored before the incident's component was kept"
+            )
+        else:
+            identity = Identity(spell.component, spell.cluster, spell.environment)
+            incidents.append(_spell_incident(namespace, name, identity, spell, now, deleted=True))
+            reasons.append("incident resolved: application deleted")
+    state = stored.model_copy(update={"deleted_at": now, "degraded": spell})
+    return Decision(state, [], reasons, changed=True, incidents=incidents)
 
 
 # --- records ------------------------------------------------------------------------
@@ -644,13 +672,17 @@ def track_degraded(
     else now) and lasts until the app is Healthy again (Progressing after
     Degraded is not a recovery); it becomes an open incident once it lasted
     ``incident_after`` (the caller rechecks at :attr:`DegradedSpell.open_at`),
-    and ends when the app is Healthy again, resolving the incident if one was opened. A
+    and ends when the app is Healthy again (or deleted: :func:`mark_deleted`), resolving
+    the incident if one was opened; the spell keeps who it was for. A
     spell under way at first sight is remembered but never reported (no
     flood on the first start). The ended spell stays stored, so a late view
     of it (Degraded since before the recovery) starts nothing again.
     """
     if not config.failures_as_incidents or identity.environment != "PRODUCTION":
         return spell, [], []
+    if spell is not None and spell.opened and spell.resolved_at is None and not spell.component:
+        # Opened before spells kept who the incident is for: learn it, for a deletion.
+        spell = _with_identity(spell, identity)
     health = view.health_status
     since = view.health_since
     incidents: list[DetectedIncident] = []
@@ -691,35 +723,67 @@ def track_degraded(
         and spell.open_at is not None
         and now >= spell.open_at
     ):
-        spell = spell.model_copy(update={"open_at": None, "opened": True})
+        spell = _with_identity(
+            spell.model_copy(update={"open_at": None, "opened": True}), identity
+        )
         incidents.append(_incident(view, identity, spell, now))
         reasons.append(f"incident opened: not Healthy for more than {config.incident_after}")
     return spell, incidents, reasons
 
 
+def _with_identity(spell: DegradedSpell, identity: Identity) -> DegradedSpell:
+    return spell.model_copy(update={
+        "component": identity.component,
+        "cluster": identity.cluster,
+        "environment": identity.environment,
+    })
+
+
 def _incident(
     view: AppView, identity: Identity, spell: DegradedSpell, now: datetime
 ) -> DetectedIncident:
-    ended = (
-        f"; Healthy again at {spell.resolved_at.isoformat()}."
-        if spell.resolved_at is not None
-        else "."
-    )
+    return _spell_incident(view.namespace, view.name, identity, spell, now)
+
+
+def _spell_incident(
+    namespace: str,
+    name: str,
+    identity: Identity,
+    spell: DegradedSpell,
+    now: datetime,
+    *,
+    deleted: bool = False,
+) -> DetectedIncident:
+    """The incident of ``spell``: open, or resolved (Healthy again, or ``deleted``).
+
+    The key depends on the app and ``spell.since`` only, which no longer
+    moves once the spell opened: the open and the resolved record share it.
+    """
+    if spell.resolved_at is None:
+        ended = "."
+    elif deleted:
+        ended = (
+            f"; the application was deleted at {spell.resolved_at.isoformat()} before it was "
+            "Healthy again: resolved then, as a deleted application serves no traffic."
+        )
+    else:
+        ended = f"; Healthy again at {spell.resolved_at.isoformat()}."
     revision = f" with revision {spell.revision}" if spell.revision else ""
     return DetectedIncident(
-        key=incident_key(view.namespace, view.name, spell.since),
-        app_namespace=view.namespace,
-        app_name=view.name,
+        key=incident_key(namespace, name, spell.since),
+        app_namespace=namespace,
+        app_name=name,
         component=identity.component,
         cluster=identity.cluster,
         environment=identity.environment,
         status="resolved" if spell.resolved_at is not None else "open",
         created_at=spell.since,
         resolved_at=spell.resolved_at,
+        resolved_by="Deleted" if deleted else "Healthy",
         title=f"{identity.component} Degraded in {identity.cluster}",
         description=(
-            f"ArgoCD application {view.key} ({identity.environment}) turned Degraded at "
-            f"{spell.since.isoformat()}{revision}{ended}"
+            f"ArgoCD application {app_key(namespace, name)} ({identity.environment}) turned "
+            f"Degraded at {spell.since.isoformat()}{revision}{ended}"
         ),
         revision=spell.revision,
         detected_at=now,

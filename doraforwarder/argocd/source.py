@@ -335,7 +335,7 @@ class ArgoCDSource:
             uid = job.uid if isinstance(job, Deleted) else ""
 
             def decide_fn(stored: AppState | None) -> Decision:
-                return mark_deleted(stored, now, uid)
+                return mark_deleted(stored, now, uid, namespace=namespace, name=name)
         else:
             current = view
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from doraforwarder.records import GitSource
+from doraforwarder.records import Environment, GitSource
 
 SCHEMA_VERSION = 1
 
@@ -68,8 +68,15 @@ class DegradedSpell(StateModel):
     opened: bool = False
     """The open incident was emitted."""
     resolved_at: datetime | None = None
-    """When it was Healthy again; set once the spell is over (and, if opened, resolved)."""
+    """When it was Healthy again, or the app was deleted; set once the spell is over (and,
+    if opened, resolved)."""
     revision: str = ""
+    component: str = ""
+    cluster: str = ""
+    environment: Environment | None = None
+    """Who the open incident was for (set when it opened): a deletion, which comes with no
+    view of the app, resolves it for the same DevLake targets. Empty in spells stored
+    before they were kept; the next view of the app fills them in."""
 
 
 class AppState(StateModel):

@@ -78,8 +78,8 @@ def build_detected_issue_payload(incident: DetectedIncident) -> IssuePayload:
 
     ``createdDate`` is when the app turned Degraded, so DevLake links the
     incident to the latest production deployment finished before it;
-    resolved: ``DONE`` with ``resolutionDate`` (when it was Healthy again),
-    which both recovery metrics need.
+    resolved: ``DONE`` with ``resolutionDate`` (when it was Healthy again, or
+    deleted: ``originalStatus`` says which), which both recovery metrics need.
     """
     resolved = incident.status == "resolved" and incident.resolved_at is not None
     return IssuePayload(
@@ -88,7 +88,7 @@ def build_detected_issue_payload(incident: DetectedIncident) -> IssuePayload:
         description=incident.description or None,
         type="INCIDENT",
         status="DONE" if resolved else "TODO",
-        original_status="Healthy" if resolved else "Degraded",
+        original_status=incident.resolved_by if resolved else "Degraded",
         created_date=incident.created_at,
         resolution_date=(max(incident.resolved_at, incident.created_at)
                          if resolved and incident.resolved_at is not None else None),
