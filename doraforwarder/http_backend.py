@@ -48,6 +48,36 @@ READ_HIGH_WATER = 256 * 1024
 """Bytes buffered before the protocol stops reading the socket (resumes below a quarter)."""
 
 
+class _Waiter:
+    """One coroutine waiting for a protocol event (HTTP/1.1 never reads or writes twice at once)."""
+
+    def __init__(self, timeout_error: type[httpcore.TimeoutException]) -> None:
+        self._timeout_error = timeout_error
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self, timeout_s: float | None) -> None:
+        """Until :meth:`wake`; after ``timeout_s`` seconds the timeout error instead.
+
+        One loop timer, cancelled when the event comes: cheaper than
+        ``asyncio.timeout`` (no context manager, no task bookkeeping).
+        """
+        loop = asyncio.get_running_loop()
+        future = self._future = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, future)
+        try:
+            await future
+        except _Expired:
+            raise self._timeout_error(f"no progress within {timeout_s}s") from None
+        finally:
+            self._future = None
+            if timer is not None:
+                timer.cancel()
+
+
 class _Buffering(asyncio.Protocol):
     """Keeps what the server sends until httpcore reads it, and the connection's state."""
 
@@ -59,8 +89,8 @@ class _Buffering(asyncio.Protocol):
         self.error: BaseException | None = None
         self.reading_paused = False
         self._writing_paused = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._readable = _Waiter(httpcore.ReadTimeout)
+        self._drained = _Waiter(httpcore.WriteTimeout)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -70,74 +100,40 @@ class _Buffering(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        _wake(self._read_waiter)
+        self._readable.wake()
         if len(self.buffer) > READ_HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
             self.reading_paused = True
 
     def eof_received(self) -> bool:
         self.closed = True
-        _wake(self._read_waiter)
+        self._readable.wake()
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.error = exc
-        _wake(self._read_waiter)
-        _wake(self._drain_waiter)
+        self._readable.wake()
+        self._drained.wake()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        _wake(self._drain_waiter)
+        self._drained.wake()
 
     # -- what the stream waits for -------------------------------------------------
 
     async def readable(self, timeout_s: float | None) -> None:
         """Until there are bytes to read or the connection is closed."""
-        if self.buffer or self.closed:
-            return
-        self._read_waiter = asyncio.get_running_loop().create_future()
-        try:
-            await _within(self._read_waiter, timeout_s, httpcore.ReadTimeout)
-        finally:
-            self._read_waiter = None
+        if not self.buffer and not self.closed:
+            await self._readable.wait(timeout_s)
 
     async def drained(self, timeout_s: float | None) -> None:
         """Until the transport takes more bytes (it paused us), or the connection is lost."""
-        if not self._writing_paused or self.closed:
-            return
-        self._drain_waiter = asyncio.get_running_loop().create_future()
-        try:
-            await _within(self._drain_waiter, timeout_s, httpcore.WriteTimeout)
-        finally:
-            self._drain_waiter = None
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-async def _within(waiter: asyncio.Future[None], timeout_s: float | None,
-                  error: type[httpcore.TimeoutException]) -> None:
-    """Await ``waiter``; after ``timeout_s`` seconds raise ``error`` instead (one loop timer).
-
-    Cheaper than ``asyncio.timeout`` here: no context manager, no task
-    bookkeeping, one timer that is cancelled when the bytes come.
-    """
-    if timeout_s is None:
-        await waiter
-        return
-    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, waiter)
-    try:
-        await waiter
-    except _Expired:
-        raise error(f"no progress within {timeout_s}s") from None
-    finally:
-        timer.cancel()
+        if self._writing_paused and not self.closed:
+            await self._drained.wait(timeout_s)
 
 
 class _Expired(Exception):

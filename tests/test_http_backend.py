@@ -160,6 +160,20 @@ async def test_no_answer_is_a_timeout() -> None:
     assert (answer.status, answer.failure) == (None, "timeout")
 
 
+async def test_a_server_that_stops_reading_is_a_write_timeout() -> None:
+    """The body outgrows the socket buffers and the transport pushes back: the wait is bounded."""
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)
+
+    async with serving(never_read) as port:
+        client = DevLakeClient(None, timeout_seconds=0.5)
+        try:
+            answer = await client.post(f"http://127.0.0.1:{port}/x", {"x": "y" * 32_000_000})
+        finally:
+            await client.aclose()
+    assert (answer.status, answer.failure) == (None, "timeout")
+
+
 async def test_a_refused_connection_is_a_network_failure() -> None:
     async with serving(Server(lambda body: ok()).handle) as port:
         pass  # the port is closed again
