@@ -309,6 +309,10 @@ def _parse_address(address: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?")
+"""``storage.redis.address``: a host name, IPv4 or bracketed IPv6, then an optional port."""
+
+
 class RedisSentinelConfig(Section):
     master: str = ""
     """The name the Sentinels monitor the master under (``sentinel monitor NAME ...``)."""
@@ -353,6 +357,16 @@ class RedisConfig(Section):
     wait_timeout: Duration = timedelta(seconds=2)
     sentinel_password: SecretStr | None = Field(default=None, repr=False, exclude=True)
     """From ``REDIS_SENTINEL_PASSWORD`` or ``REDIS_SENTINEL_PASSWORD_FILE``, never the file."""
+
+    @field_validator("address")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        """Caught here, not as an obscure URL error at the first connection."""
+        match = _HOST_PORT.fullmatch(value)
+        if match is None or (match[2] is not None and not 0 < int(match[2]) <= 65535):
+            raise ValueError(f"{value!r} is not host:port (port 1 to 65535, "
+                             "an IPv6 host in brackets)")
+        return value
 
     @model_validator(mode="after")
     def _complete_for_mode(self) -> RedisConfig:
@@ -422,7 +436,8 @@ class RedisConfig(Section):
         if self.url:
             return self.url
         user = quote(self.username, safe="") if self.username else ""
-        auth = f"{user}:{self.password}@" if self.password or user else ""
+        password = quote(self.password, safe="")  # a '/' or '@' in it must not end the host
+        auth = f"{user}:{password}@" if self.password or user else ""
         scheme = "rediss" if self.tls.enabled else "redis"
         return f"{scheme}://{auth}{self.address}/{self.database}"
 
@@ -691,6 +706,23 @@ class Secrets(BaseModel):
         return found
 
 
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "PORT": ("server", "port"),
+    "LOG_LEVEL": ("server", "log_level"),
+    "ENVIRONMENT": ("server", "environment"),
+    "REDIS_HOST": ("storage", "redis", "address"),
+    "REDIS_PORT": ("storage", "redis", "address"),
+    "REDIS_PASSWORD": ("storage", "redis", "password"),
+}
+"""The reference's variables and the file key each one overrides: a validation error
+of that key names the variable the operator set, not a key absent from their file."""
+SECRET_OVERRIDES = frozenset({"REDIS_PASSWORD"})
+"""Overrides whose value is never shown, not even in part, in an error."""
+
+Origins = Mapping[tuple[str, ...], Mapping[str, str]]
+"""File key -> the variables (name -> value) that set it."""
+
+
 class EnvironmentOverrides(BaseSettings):
     """Variables the reference honours, read with pydantic-settings."""
 
@@ -775,10 +807,19 @@ def _section(data: dict[str, Any], *path: str) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
-def _apply_overrides(data: dict[str, Any], env: EnvironmentOverrides) -> dict[str, Any]:
-    """Environment variables win over the file, as in the reference."""
+def _apply_overrides(data: dict[str, Any],
+                     env: EnvironmentOverrides) -> tuple[dict[str, Any], Origins]:
+    """Environment variables win over the file, as in the reference.
+
+    Returns the document and which keys the environment set (see :data:`ENV_OVERRIDES`).
+    """
     _check_number("PORT", env.port)
     _check_number("REDIS_PORT", env.redis_port)
+    origins: dict[tuple[str, ...], dict[str, str]] = {}
+    for name, location in ENV_OVERRIDES.items():
+        value = getattr(env, name.lower())
+        if value:
+            origins.setdefault(location, {})[name] = value
     server = _section(data, "server")
     if server is not None:
         for key in ("port", "log_level", "environment"):
@@ -791,7 +832,7 @@ def _apply_overrides(data: dict[str, Any], env: EnvironmentOverrides) -> dict[st
             redis["address"] = f"{env.redis_host or host or 'localhost'}:{env.redis_port or port}"
         if env.redis_password:
             redis["password"] = env.redis_password
-    return data
+    return data, origins
 
 
 def file_secret_warnings(config: LoadedConfig) -> list[str]:
@@ -813,15 +854,33 @@ def _check_number(name: str, value: str | None) -> None:
                           "(0 to 65535)")
 
 
-def _describe(error: ErrorDetails) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: ErrorDetails, origins: Origins | None = None) -> str:
+    """One problem, naming the file key, or the variable when the environment set it."""
+    path = tuple(str(part) for part in error["loc"])
+    location = ".".join(path) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{location}: unknown key (check its spelling)"
     message = str(error["msg"]).removeprefix("Value error, ")
+    set_by = (origins or {}).get(path)
+    if set_by:
+        return _describe_variables(set_by, location, message)
     if message.startswith(f"{location}."):
         return message  # already names the exact key
     return f"{location}: {message}"
+
+
+def _describe_variables(set_by: Mapping[str, str], location: str, message: str) -> str:
+    """``environment variable LOG_LEVEL='loud' (overrides server.log_level): ...``."""
+    shown = []
+    for name, value in set_by.items():
+        if name in SECRET_OVERRIDES:
+            message = message.replace(value, "***")
+            shown.append(name)
+        else:
+            shown.append(f"{name}={value!r}")
+    noun = "variable" if len(shown) == 1 else "variables"
+    return f"environment {noun} {', '.join(shown)} (overrides {location}): {message}"
 
 
 GITHUB_RETRY_KEYS = ("initial_backoff", "max_backoff")
@@ -851,11 +910,12 @@ def _migrate(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return document, notes
 
 
-def _validate(data: Mapping[str, Any], source: str) -> tuple[Settings, list[str]]:
+def _validate(data: Mapping[str, Any], source: str,
+              origins: Origins | None = None) -> tuple[Settings, list[str]]:
     try:
         return Settings.model_validate(dict(data)), _migrate(data)[1]
     except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors())
+        problems = "; ".join(_describe(error, origins) for error in exc.errors())
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
 
 
@@ -886,8 +946,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"configuration file {source} must hold a mapping of sections")
     env = EnvironmentOverrides()
-    data = _apply_overrides(data, env)
-    settings, deprecations = _validate(data, source)
+    data, origins = _apply_overrides(data, env)
+    settings, deprecations = _validate(data, source, origins)
     sentinel_password = _read_secret(env, "redis_sentinel_password")
     if sentinel_password is not None:
         redis = settings.storage.redis.model_copy(update={"sentinel_password": sentinel_password})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from doraforwarder.argocd.detect import deployment_id
 from doraforwarder.config import ArgoCDConfig
@@ -124,6 +125,39 @@ def test_filters_and_dry_run(world: FakeWorld, clean_env: dict[str, str]) -> Non
     none = run_backfill(world, config, clean_env, "--since", "2025-06-01",
                         "--namespace", "elsewhere")
     assert none.returncode == 0 and "nothing" in none.stdout
+
+
+def snapshot(world: FakeWorld) -> dict[bytes, bytes | None]:
+    """Every key of the real Redis with its serialized value (DUMP covers every type)."""
+    assert world.redis is not None
+    client = redis.Redis.from_url(world.redis.url)
+    try:
+        return {key: client.dump(key) for key in client.scan_iter(count=1000)}
+    finally:
+        client.close()
+
+
+def test_dry_run_leaves_the_real_redis_as_it_was(world: FakeWorld,
+                                                clean_env: dict[str, str]) -> None:
+    history = History(world)
+    config = config_for(world)
+    # Real state first: a real backfill of one component leaves claims, streams and caches.
+    real = run_backfill(world, config, clean_env, "--since", "2025-06-01", "--component", "api")
+    assert real.returncode == 0, real.stderr + real.stdout
+    before = snapshot(world)
+    assert any(key.startswith(b"dora-metrics:gh:") for key in before), sorted(before)
+    world.github.reset_requests()
+
+    dry = run_backfill(world, config, clean_env, "--since", "2025-06-01", "--dry-run")
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    lines = [json.loads(line) for line in dry.stdout.splitlines()]
+    assert {line["payload"]["id"] for line in lines} == history.expected_ids(
+        START - timedelta(days=1))
+    assert all(line["kind"] == "deployment" for line in lines)
+    assert world.github.count() > 0  # it resolved through GitHub: there was something to cache
+    assert snapshot(world) == before
+    assert world.devlake.deployment_ids(1) == {
+        i for i in history.expected_ids(START - timedelta(days=1)) if i.startswith("api:")}
 
 
 def test_bad_since_is_a_usage_error(world: FakeWorld, clean_env: dict[str, str]) -> None:

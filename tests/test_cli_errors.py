@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from doraforwarder.commands.common import load_and_configure
+from doraforwarder.config import ENV_OVERRIDES, EnvironmentOverrides
 
 SECRETS = {
     "GITHUB_TOKEN": "ghp-fake-secret-0001",
@@ -106,6 +107,71 @@ def test_operator_mistake_is_one_line(workdir: Path, clean_env: dict[str, str],
     assert expected in result.stderr
     for secret in (*SECRETS.values(), *FILE_SECRETS):
         assert secret not in result.stderr + result.stdout
+
+
+REDIS_SECRET = "redis-fake-secret-0006"
+# (variable, bad value, what the one line says); a variable holding a secret never has its
+# value (or any part of it) printed.
+BAD_ENV = [
+    ("PORT", "abc", "environment variable PORT='abc' is not a port number"),
+    ("PORT", "70000", "environment variable PORT='70000' is not a port number"),
+    ("LOG_LEVEL", "loud", "environment variable LOG_LEVEL='loud' (overrides server.log_level)"),
+    ("REDIS_HOST", "redis:6380",
+     "environment variable REDIS_HOST='redis:6380' (overrides storage.redis.address)"),
+    ("REDIS_HOST", "redis host",
+     "environment variable REDIS_HOST='redis host' (overrides storage.redis.address)"),
+    ("REDIS_PORT", "abc", "environment variable REDIS_PORT='abc' is not a port number"),
+    ("REDIS_PORT", "0", "environment variable REDIS_PORT='0' (overrides storage.redis.address)"),
+    ("GITHUB_TOKEN_FILE", "/nonexistent/t", "GITHUB_TOKEN_FILE names '/nonexistent/t'"),
+    ("DEVLAKE_WEBHOOK_TOKEN_FILE", "/nonexistent/t", "DEVLAKE_WEBHOOK_TOKEN_FILE names"),
+    ("OFFLINE_TOKEN_FILE", "/nonexistent/t", "OFFLINE_TOKEN_FILE names"),
+    ("REDIS_SENTINEL_PASSWORD_FILE", "/nonexistent/t", "REDIS_SENTINEL_PASSWORD_FILE names"),
+]
+ANY_VALUE = {
+    "ENVIRONMENT": "a free-form label (logged at start), as in the reference",
+    "REDIS_PASSWORD": "a secret: any string (quoted into the connection URL)",
+    "REDIS_SENTINEL_PASSWORD": "a secret: any string",
+    "GITHUB_TOKEN": "a secret: any string", "DEVLAKE_WEBHOOK_TOKEN": "a secret: any string",
+    "OFFLINE_TOKEN": "a secret: any string",
+}
+
+
+def test_every_environment_variable_is_in_the_table_or_takes_any_value() -> None:
+    names = {name.upper() for name in EnvironmentOverrides.model_fields}
+    assert set(ENV_OVERRIDES) <= names
+    assert {row[0] for row in BAD_ENV} | set(ANY_VALUE) == names
+    assert not {row[0] for row in BAD_ENV} & set(ANY_VALUE)
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), BAD_ENV,
+                         ids=[f"{row[0]}={row[1]}" for row in BAD_ENV])
+def test_bad_environment_variable_is_one_line_naming_it(
+        workdir: Path, clean_env: dict[str, str], name: str, value: str, expected: str) -> None:
+    # The Redis password comes from the environment too: never echoed beside another mistake.
+    env = {**clean_env, **SECRETS, "REDIS_PASSWORD": REDIS_SECRET, name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "doraforwarder", "check-config", "--config", "good.yaml"],
+        cwd=workdir, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr  # as every configuration error
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+    assert f"{name}=" in result.stderr or f"{name} " in result.stderr
+    for secret in (*SECRETS.values(), REDIS_SECRET, "fake-secret"):
+        assert secret not in result.stderr + result.stdout
+
+
+def test_redis_password_never_shows_in_a_connection_error(workdir: Path,
+                                                          clean_env: dict[str, str]) -> None:
+    """A '/' once ended the URL's host early: the part before it showed as a bad port."""
+    password = "hunter2-fake/secret"
+    result = subprocess.run(
+        [sys.executable, "-m", "doraforwarder", "status", "--config", "good.yaml"],
+        cwd=workdir, capture_output=True, text=True, timeout=60,
+        env={**clean_env, "REDIS_PASSWORD": password})
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Redis at redis://:***@" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_file_secrets_warn_the_same_in_check_config_and_run(

@@ -8,8 +8,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic_core import ErrorDetails
 
-from doraforwarder.config import ConfigError, load_config, parse_duration
+from doraforwarder.config import (
+    ENV_OVERRIDES,
+    ConfigError,
+    RedisConfig,
+    _describe,
+    load_config,
+    parse_duration,
+)
 from tests.conftest import COMPAT_CONFIGS, ROOT, UPSTREAM_REFERENCE_CONFIGS, write_config
 
 VALID_DEVLAKE = """
@@ -90,6 +98,10 @@ BAD_FILES = [
     ("not yaml", "server: [unclosed\n", "not valid YAML"),
     ("bad log level", "server:\n  log_level: loud\n", "server.log_level"),
     ("star mixed", "argocd:\n  namespaces: ['*', a]\n", "cannot be combined"),
+    ("bad redis address", "storage:\n  redis:\n    address: 'redis host:6379'\n",
+     "storage.redis.address: 'redis host:6379' is not host:port"),
+    ("redis address port 0", "storage:\n  redis:\n    address: 'redis:0'\n",
+     "storage.redis.address: 'redis:0' is not host:port"),
 ]
 
 
@@ -121,6 +133,86 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.storage.redis.address == "cache.local:6379"
     assert settings.storage.redis.connection_url() == "redis://:pw-from-env@cache.local:6379/0"
     assert "pw-from-env" not in settings.storage.redis.display_url()
+
+
+@pytest.mark.parametrize("address", ["localhost:6379", "redis", "10.0.0.7:6380", "[::1]:6379",
+                                     "redis-master.ns.svc.cluster.local:6379", "cache_1:1"])
+def test_good_redis_addresses(address: str) -> None:
+    assert RedisConfig(address=address).address == address
+
+
+def error(loc: tuple[str, ...], msg: str, kind: str = "value_error") -> ErrorDetails:
+    return ErrorDetails(type=kind, loc=loc, msg=msg, input=None)
+
+
+LOG_LEVEL_MSG = "Input should be 'debug', 'info', 'warning', 'warn' or 'error'"
+# (case, error, origins, the description)
+DESCRIBE_CASES: list[tuple[str, ErrorDetails, dict[tuple[str, ...], dict[str, str]], str]] = [
+    ("from the file: the file key",
+     error(("server", "log_level"), LOG_LEVEL_MSG), {},
+     f"server.log_level: {LOG_LEVEL_MSG}"),
+    ("from the environment: the variable and its value",
+     error(("server", "log_level"), LOG_LEVEL_MSG), {("server", "log_level"): {"LOG_LEVEL": "x"}},
+     f"environment variable LOG_LEVEL='x' (overrides server.log_level): {LOG_LEVEL_MSG}"),
+    ("another key set by the environment: still the file key",
+     error(("server", "host"), "bad"), {("server", "log_level"): {"LOG_LEVEL": "x"}},
+     "server.host: bad"),
+    ("two variables build one key: both named",
+     error(("storage", "redis", "address"), "'a b:0' is not host:port"),
+     {("storage", "redis", "address"): {"REDIS_HOST": "a b", "REDIS_PORT": "0"}},
+     "environment variables REDIS_HOST='a b', REDIS_PORT='0' (overrides storage.redis.address): "
+     "'a b:0' is not host:port"),
+    ("a secret: named, its value never shown, even inside the message",
+     error(("storage", "redis", "password"), "'pw-secret-1' is not allowed"),
+     {("storage", "redis", "password"): {"REDIS_PASSWORD": "pw-secret-1"}},
+     "environment variable REDIS_PASSWORD (overrides storage.redis.password): "
+     "'***' is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("case", "problem", "origins", "expected"), DESCRIBE_CASES,
+                         ids=[c[0] for c in DESCRIBE_CASES])
+def test_describe_names_who_set_the_key(case: str, problem: ErrorDetails,
+                                        origins: dict[tuple[str, ...], dict[str, str]],
+                                        expected: str) -> None:
+    assert _describe(problem, origins) == expected
+
+
+def test_every_override_maps_to_a_file_key_that_exists() -> None:
+    settings = load_config(COMPAT_CONFIGS / "reference-style.yaml").settings.model_dump()
+    for name, location in ENV_OVERRIDES.items():
+        node = settings
+        for key in location:
+            assert key in node, (name, location)
+            node = node[key]
+
+
+def test_log_level_error_names_the_variable_or_the_file_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, "server:\n  log_level: loud\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(path)
+    assert "server.log_level: Input should be" in str(from_file.value)
+    assert "LOG_LEVEL" not in str(from_file.value)
+    monkeypatch.setenv("LOG_LEVEL", "louder")  # wins over the file: the variable is to blame
+    with pytest.raises(ConfigError) as from_env:
+        load_config(path)
+    assert "environment variable LOG_LEVEL='louder' (overrides server.log_level)" in str(
+        from_env.value)
+    assert str(path) in str(from_env.value)
+
+
+def test_redis_password_with_url_characters_stays_out_of_the_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.asyncio as aioredis
+
+    monkeypatch.setenv("REDIS_PASSWORD", "pw/with@odd:chars%#?")
+    redis = load_config(write_config(tmp_path, "")).settings.storage.redis
+    client = aioredis.Redis.from_url(redis.connection_url())
+    options = client.connection_pool.connection_kwargs
+    assert (options["host"], options["port"]) == ("localhost", 6379)
+    assert options["password"] == "pw/with@odd:chars%#?"
+    assert "pw" not in redis.display_url()
 
 
 def test_secrets_from_env_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

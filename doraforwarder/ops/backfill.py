@@ -11,11 +11,18 @@ claimed another (its claim is in Redis). Each deployment is staged once (a
 Redis set remembers what backfill staged) on the ``deployments`` stream and
 goes through the same resolver and delivery as live syncs; backfill runs those
 workers itself until the queues drain, cooperating with a running daemon.
+
+``--dry-run`` reads the live dedupe claims but writes nothing under the real
+prefix: its resolver keeps the GitHub caches (commits, compares, searches,
+ETags, resolved lists) in a private :class:`~doraforwarder.dryrun.DryRunSpace`,
+deleted when it ends, like ``run --dry-run``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kubernetes.client import CustomObjectsApi
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from doraforwarder.argocd.detect import apply_dedupe, deployment_dedupe_key, history_deployments
 from doraforwarder.argocd.ids import claim_deployed_at
@@ -38,6 +45,7 @@ from doraforwarder.devlake.client import dry_run_line
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.devlake.plan import Planner
 from doraforwarder.devlake.routing import endpoint
+from doraforwarder.dryrun import DryRunSpace, dry_run_keys
 from doraforwarder.logging import get_logger
 from doraforwarder.records import DetectedDeployment
 from doraforwarder.streams import stage_detected
@@ -163,10 +171,17 @@ class Backfill:
 
     async def print_payloads(self, deployments: Sequence[DetectedDeployment],
                              stop: asyncio.Event) -> list[Outcome]:
-        """``--dry-run``: resolve and print every payload; write nothing but caches."""
+        """``--dry-run``: resolve and print every payload; the real keyspace is left as it was.
+
+        The resolver's caches go to a private dry-run space (deleted at the
+        end, or by a later dry run if this one is killed), never the real prefix.
+        """
         devlake = self.context.settings.integration.devlake
         planner = Planner.from_settings(self.context.settings, dry_run=True)
-        resolver = CommitResolver(self.context)
+        prefix = self.context.keys.prefix
+        space = DryRunSpace(self.context.redis, prefix, dry_run_keys(prefix))
+        await space.start(stop)
+        resolver = CommitResolver(dataclasses.replace(self.context, keys=space.keys))
         outcomes: list[Outcome] = []
         try:
             for deployment in deployments:
@@ -185,6 +200,8 @@ class Backfill:
                 outcomes.append(Outcome(deployment, "printed"))
         finally:
             await resolver.aclose()
+            with contextlib.suppress(RedisError):  # Redis gone: a later dry run cleans up
+                await space.close()
         return outcomes
 
     async def drain(self, stop: asyncio.Event, seconds: float) -> bool:
