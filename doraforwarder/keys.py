@@ -15,6 +15,7 @@ Streams (durable queues, consumer groups):
 from __future__ import annotations
 
 import hashlib
+import re
 
 DEPLOYMENTS_GROUP = "resolvers"
 OUTBOX_GROUP = "delivery"
@@ -34,8 +35,14 @@ class Keys:
         """JSON state of one Application: baseline, pending decisions, failures seen."""
         return self._key("app", f"{namespace}/{name}")
 
-    def app_state_pattern(self) -> str:
-        return self._key("app", "*")
+    def app_state_pattern(self, namespace: str | None = None) -> str:
+        """SCAN ``MATCH`` pattern of every :meth:`app_state` key (of ``namespace`` alone, given).
+
+        The literal parts are glob-escaped, so a prefix or namespace holding
+        ``*?[]\\`` matches itself only.
+        """
+        base = glob_escape(self._key("app", ""))
+        return base + (f"{glob_escape(namespace)}/*" if namespace is not None else "*")
 
     def parse_app_state(self, key: str) -> tuple[str, str] | None:
         """(namespace, name) of an :meth:`app_state` key; None for any other key."""
@@ -108,6 +115,11 @@ class Keys:
     # --- Replicas -----------------------------------------------------------------
     def lock(self, name: str) -> str:
         return self._key("lock", name)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis glob pattern (SCAN ``MATCH``)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 def _short_hash(text: str) -> str:

@@ -98,7 +98,9 @@ class Harness:
         )
         return load_config(path)
 
-    async def start(self, argocd: str = "", *, clock: Any = None, **kwargs: Any) -> Running:
+    async def start(self, argocd: str = "", *, clock: Any = None, ready: bool = True,
+                    **kwargs: Any) -> Running:
+        """Start a source; unless ``ready`` is False, wait for its first list and decisions."""
         client = aioredis.Redis.from_url(self.redis_server.url, decode_responses=True)
         context = AppContext(config=self.config(argocd), redis=client, keys=self.keys)
         options: dict[str, Any] = {"timing": FAST, "sweep_interval": 0.02,
@@ -110,6 +112,8 @@ class Harness:
         stop = asyncio.Event()
         running = Running(source, context, stop, asyncio.create_task(source.run(stop)))
         self.running.append(running)
+        if not ready:
+            return running
         await eventually(lambda: context.readiness.reasons() == [] and source.watchers
                          and all(w.listed_once.is_set() for w in source.watchers),
                          what="initial list")

@@ -22,6 +22,8 @@ from redis.exceptions import WatchError
 
 from doraforwarder import outbox
 from doraforwarder.argocd.source import ArgoCDSource
+from doraforwarder.argocd.vanished import find_gone
+from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.config import (
     ConfigError,
     LoadedConfig,
@@ -244,6 +246,11 @@ async def test_lua_staging_groups_and_scan(topology: RedisConfig, store: aioredi
         await store.set(keys.app_state("argocd", name), "{}")
     found = {key async for key in store.scan_iter(match=keys.app_state_pattern(), count=500)}
     assert found == {keys.app_state("argocd", n) for n in ("a", "b", "c")}
+    # The start-up scan for apps deleted while no replica ran (one slot in cluster mode).
+    gone = [app async for batch in find_gone(store, keys, WatchScope("argocd"),
+                                             {("argocd", "a")}, lambda ns, n: False, batch=1)
+            for app in batch]
+    assert sorted(gone) == [("argocd", "b"), ("argocd", "c")]
     lease = RedisLease(store, keys.webrca_lease, timedelta(seconds=5))
     assert await lease.acquire()
     assert await lease.renew()

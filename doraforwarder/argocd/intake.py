@@ -56,6 +56,10 @@ class Deleted:
     name: str
     uid: str = ""
     """The deleted object's uid; empty when it vanished from a re-list."""
+    unless_seen: bool = False
+    """Found gone by the scan after the first list (:mod:`~doraforwarder.argocd.vanished`):
+    decided only if the intake has not met the app since (one created after that list
+    is alive, though its state was not in the list)."""
 
     @property
     def key(self) -> str:
@@ -115,6 +119,10 @@ class Intake:
     @property
     def apps_tracked(self) -> int:
         return len(self._fingerprints)
+
+    def tracks(self, namespace: str, name: str) -> bool:
+        """Whether the app was met (listed or watched) and not deleted since."""
+        return (namespace, name) in self._fingerprints
 
     # --- WatchSink ------------------------------------------------------------------
     def event(self, scope: WatchScope, event_type: str, obj: Any, stop: threading.Event) -> bool:

@@ -32,9 +32,15 @@ from doraforwarder.argocd.identity import (
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import KubeAccessError, build_api_client
 from doraforwarder.argocd.lanes import Lanes
-from doraforwarder.argocd.model import ANNOTATION_CLUSTER, ANNOTATION_COMPONENT, AppView
+from doraforwarder.argocd.model import (
+    ANNOTATION_CLUSTER,
+    ANNOTATION_COMPONENT,
+    AppView,
+    app_key,
+)
 from doraforwarder.argocd.persist import Committed, Decide, Pending, commit_batch, commit_decision
 from doraforwarder.argocd.state import AppState
+from doraforwarder.argocd.vanished import find_gone
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
@@ -88,6 +94,9 @@ class ArgoCDSource:
         self._environment_counts: dict[str, int] = {}
         """How many apps each environment of ``_environments`` has (kept as they change)."""
         self._forgetting: set[asyncio.Task[None]] = set()
+        self.found_gone: dict[str, int] = {}
+        """Scope label -> apps found deleted while not watched, by the scan after its
+        first complete list (set once that scan finished)."""
         self._stop = asyncio.Event()
 
     @property
@@ -158,7 +167,10 @@ class ArgoCDSource:
                 watcher.interrupt()
             lanes_stop.set()
             sweeper.cancel()
-            await asyncio.gather(lanes_task, sweeper, return_exceptions=True)
+            scans = list(self._forgetting)  # a scan may wait on a lane that no longer drains
+            for scan in scans:
+                scan.cancel()
+            await asyncio.gather(lanes_task, sweeper, *scans, return_exceptions=True)
             await asyncio.to_thread(_join, threads, 5.0)
             await asyncio.to_thread(api_client.close)
 
@@ -257,20 +269,41 @@ class ArgoCDSource:
         return len(due)
 
     async def _forget_vanished(self, scope: WatchScope, present: set[tuple[str, str]]) -> None:
-        """Apps with state in Redis but deleted while the daemon was down: start their TTL."""
-        keys = self.context.keys
-        try:
-            async for key in self.context.redis.scan_iter(match=keys.app_state_pattern(),
-                                                          count=500):
-                app = keys.parse_app_state(str(key))
-                if app is None:
-                    continue
-                namespace, name = app
-                if scope.contains(namespace) and (namespace, name) not in present:
-                    assert self._lanes is not None
-                    await self._lanes.submit(f"{namespace}/{name}", Deleted(namespace, name))
-        except RedisError as exc:
-            log.warning("could not scan stored application states", error=str(exc))
+        """Apps with state in Redis but deleted while no process watched: mark them deleted.
+
+        Runs once per scope, after its first complete list (see
+        :mod:`~doraforwarder.argocd.vanished`); each app found gone takes the
+        deletion path of an app absent from a re-list. A Redis failure starts
+        the scan again after a backoff (apps already queued are not queued twice).
+        """
+        assert self._lanes is not None
+        queued: set[tuple[str, str]] = set()
+        backoff = Backoff(*self.redis_retry)
+        while not self._stop.is_set():
+            try:
+                async for gone in find_gone(self.context.redis, self.context.keys, scope,
+                                            present, self._seen):
+                    for namespace, name in gone:
+                        if (namespace, name) in queued:
+                            continue
+                        queued.add((namespace, name))
+                        await self._lanes.submit(app_key(namespace, name),
+                                                 Deleted(namespace, name, unless_seen=True))
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                self.context.metrics.redis_errors.labels("argocd_scan").inc()
+                log.warning("redis unavailable, scan of stored application states retried",
+                            namespace=scope.label, error=f"{type(exc).__name__}: {exc}",
+                            retry_in=round(delay, 3))
+                await wait_or_stop(self._stop, delay)
+                continue
+            self.found_gone[scope.label] = len(queued)
+            log.info("applications deleted while not watched", namespace=scope.label,
+                     count=len(queued))
+            return
+
+    def _seen(self, namespace: str, name: str) -> bool:
+        return self.intake is not None and self.intake.tracks(namespace, name)
 
     # --- decisions ------------------------------------------------------------------
     async def _handle(self, job: Job) -> None:
@@ -314,6 +347,8 @@ class ArgoCDSource:
 
     def _prepare(self, job: Job) -> _Prepared | None:
         """The bookkeeping before a decision, and the decision to take (None: nothing to do)."""
+        if isinstance(job, Deleted) and job.unless_seen and self._seen(job.namespace, job.name):
+            return None  # met since the scan found it gone: it exists
         now = self.clock()
         if isinstance(job, Observed):
             view: AppView | None = job.view

@@ -19,7 +19,8 @@ Speaks what the daemon uses of the real API, with its semantics:
 Scripting API (thread-safe, call it from tests or ``doraforwarder demo``):
 :meth:`FakeKube.apply` / :meth:`create` / :meth:`delete` (each bumps the
 resourceVersion), :meth:`compact` (expire history), :meth:`drop_watches`,
-:meth:`fail_next` (5xx, 429 + Retry-After, dropped connections),
+:meth:`fail_next` (5xx, 429 + Retry-After, dropped connections; also on the
+pages after a list's first), :meth:`hold_next` (a failure held until released),
 :meth:`bookmark`, :meth:`write_kubeconfig`, and request counters.
 """
 
@@ -53,7 +54,15 @@ class Fault:
     """HTTP status, or 0 to drop the connection without answering."""
     retry_after: int | None = None
     kind: str = "any"
-    """``list``, ``watch``, ``get`` or ``any``."""
+    """``list``, ``watch``, ``get`` or ``any``; ``continue``: a list request for a page
+    after the first (it carries a continue token), i.e. a list failing midway."""
+    hold: asyncio.Event | None = None
+    """When set, the request waits (counted as ``held``) until :meth:`Hold.release`."""
+
+    def matches(self, kind: str, request: web.Request) -> bool:
+        if self.kind == "continue":
+            return kind == "list" and bool(request.query.get("continue"))
+        return self.kind in ("any", kind)
 
 
 @dataclass(eq=False)
@@ -74,6 +83,21 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "code": code,
     }
+
+
+class Hold:
+    """A request held by :meth:`FakeKube.hold_next`; :meth:`release` lets it fail."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self._kube = kube
+        self.event = asyncio.Event()
+        """Waited for on the server's loop, so only set there."""
+
+    def release(self) -> None:
+        async def release() -> None:
+            self.event.set()
+
+        self._kube.server.call(release())
 
 
 class FakeKube(FakeServer):
@@ -223,6 +247,14 @@ class FakeKube(FakeServer):
         for _ in range(count):
             self._faults.append(Fault(status=status, retry_after=retry_after, kind=kind))
 
+    def hold_next(self, status: int = 500, *, kind: str = "any") -> Hold:
+        """The next matching request waits, unanswered, until the returned
+        :meth:`Hold.release`, then fails with ``status``: a test looks at the
+        client while its request is in flight (a list stopped midway)."""
+        hold = Hold(self)
+        self._faults.append(Fault(status=status, kind=kind, hold=hold.event))
+        return hold
+
     @property
     def open_watches(self) -> int:
         return len(self._watches)
@@ -267,7 +299,7 @@ class FakeKube(FakeServer):
             watch.wake.set()
 
     # --- HTTP -------------------------------------------------------------------------
-    def _admit(self, request: web.Request, kind: str) -> web.StreamResponse | None:
+    async def _admit(self, request: web.Request, kind: str) -> web.StreamResponse | None:
         """Count the request; answer it here when it is unauthorized or faulted."""
         self.requests[kind] += 1
         self.request_log.append((kind, request.path_qs))
@@ -275,15 +307,19 @@ class FakeKube(FakeServer):
             self.requests["unauthorized"] += 1
             return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
         for fault in list(self._faults):
-            if fault.kind in ("any", kind):
+            if fault.matches(kind, request):
                 self._faults.remove(fault)
+                if fault.hold is not None:
+                    self.requests["held"] += 1
+                    await fault.hold.wait()
                 self.requests["faulted"] += 1
                 if fault.status == 0:
                     assert request.transport is not None
                     request.transport.close()
                     raise asyncio.CancelledError  # aiohttp stops handling a closed connection
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
-                reason = "TooManyRequests" if fault.status == 429 else "InternalError"
+                reason = {429: "TooManyRequests", 410: "Expired"}.get(fault.status,
+                                                                      "InternalError")
                 return web.json_response(
                     status_body(fault.status, reason, "injected fault"),
                     status=fault.status,
@@ -292,7 +328,7 @@ class FakeKube(FakeServer):
         return None
 
     async def _token_review(self, request: web.Request) -> web.StreamResponse:
-        refused = self._admit(request, "tokenreview")
+        refused = await self._admit(request, "tokenreview")
         if refused is not None:
             return refused
         review = await request.json()
@@ -305,7 +341,7 @@ class FakeKube(FakeServer):
         return web.json_response(review, status=201)
 
     async def _access_review(self, request: web.Request) -> web.StreamResponse:
-        refused = self._admit(request, "subjectaccessreview")
+        refused = await self._admit(request, "subjectaccessreview")
         if refused is not None:
             return refused
         review = await request.json()
@@ -321,7 +357,7 @@ class FakeKube(FakeServer):
         return web.json_response(review, status=201)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        refused = self._admit(request, "get")
+        refused = await self._admit(request, "get")
         if refused is not None:
             return refused
         obj = self._objects.get((request.match_info["namespace"], request.match_info["name"]))
@@ -332,7 +368,7 @@ class FakeKube(FakeServer):
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info.get("namespace")
         watching = request.query.get("watch") in ("true", "1")
-        refused = self._admit(request, "watch" if watching else "list")
+        refused = await self._admit(request, "watch" if watching else "list")
         if refused is not None:
             return refused
         if watching:
