@@ -651,3 +651,37 @@ def test_intake_passes_the_uid_of_a_deleted_object() -> None:
     obj["metadata"]["uid"] = "one"
     intake.event(WatchScope("argocd"), "DELETED", obj, threading.Event())
     assert jobs == [Deleted("argocd", "svc", uid="one")]
+
+
+async def test_a_lane_that_fell_behind_judges_each_view_as_of_its_arrival(
+    harness: Harness,
+) -> None:
+    """Redis stalls while a sync's later steps queue up behind another app's decision.
+
+    When the lane catches up the clock is past the sync's settle deadline; the
+    queued "Succeeded, not compared yet" view (still the old images) must not
+    be taken for a sync that never settled: the newer views right behind it
+    show it settled, with the new image.
+    """
+    clock = ManualClock()
+    app, other = LiveApp("svc"), LiveApp("other")
+    harness.apply(app.snapshot())
+    run = await harness.start("workers: 1, health_timeout: 5m", clock=clock)
+    steps = app.sync(sha("r1"), [image("svc", "r1")])
+    harness.apply(*steps[:2])  # running, history entry written: pending since now
+    await harness.settle()
+    await harness.redis.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    try:
+        harness.apply(other.snapshot())  # its first baseline waits on the paused Redis ...
+        harness.apply(*steps[2:])  # ... and the rest of the sync queues up behind it
+        target = harness.kube.resource_version
+        await eventually(lambda: run.source.caught_up(target) or harness.kube.bookmark(),
+                         what="every event handed to the lane")
+        clock.advance(timedelta(minutes=10))  # the lane catches up after the deadline
+    finally:
+        await harness.redis.execute_command("CLIENT", "UNPAUSE")
+    await harness.settle()
+    assert dumps(await harness.deployments()) == [
+        expected(app, component="svc", cluster="kubernetes.default.svc",
+                 images=[image("svc", "r1")], previous=[image("svc", "initial")])
+    ]

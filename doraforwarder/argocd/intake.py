@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from doraforwarder.argocd.decode import AppDocument, document_fingerprint, to_view
@@ -44,6 +45,13 @@ class Observed:
     """A changed Application to decide."""
 
     view: AppView
+    seen_at: datetime | None = None
+    """When the watch or list delivered ``view``: the decision is judged as of then.
+
+    A lane can fall behind (Redis down, a catch-up): deciding an old view with
+    the time it is decided would let a sync's settle deadline pass on a view
+    that a newer one, already queued behind it, supersedes (a deployment sent
+    with the images of before the sync)."""
 
     @property
     def key(self) -> str:
@@ -101,8 +109,11 @@ class Intake:
         metrics: Metrics,
         on_listed: OnListed,
         submit_many: SubmitMany | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """``submit_many`` hands a list page's jobs over at once (else one ``submit`` each)."""
+        """``submit_many`` hands a list page's jobs over at once (else one ``submit`` each);
+        ``clock`` dates each :class:`Observed` (``seen_at``)."""
+        self._clock = clock
         self._submit = submit
         self._submit_many = submit_many
         self._metrics = metrics
@@ -194,7 +205,7 @@ class Intake:
         self._warned.pop(key, None)
         self._fingerprints[key] = current
         self._metrics.apps_tracked.set(len(self._fingerprints))
-        return Observed(view)
+        return Observed(view, self._clock() if self._clock is not None else None)
 
     def _deleted(self, obj: Any, stop: threading.Event) -> bool:
         key = _raw_key(obj)

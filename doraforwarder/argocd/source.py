@@ -133,6 +133,7 @@ class ArgoCDSource:
             metrics,
             lambda scope, present: _call_soon(loop, self._on_listed, scope, present),
             lanes.submit_many_from_thread,
+            clock=self.clock,
         )
         self.intake = intake
         self.context.status.watched_namespaces = [scope.label for scope in self.scopes]
@@ -351,6 +352,7 @@ class ArgoCDSource:
             return None  # met since the scan found it gone: it exists
         now = self.clock()
         if isinstance(job, Observed):
+            now = min(now, job.seen_at or now)  # judged as of when the view was current
             view: AppView | None = job.view
             namespace, name = job.view.namespace, job.view.name
             self._classified(job.key, resolve_environment(job.view, self.config))
