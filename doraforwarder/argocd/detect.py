@@ -391,17 +391,21 @@ def _follow(
     if new_entries:
         last_history_id = new_entries[-1].id
 
-    # Failed attempts: ArgoCD writes no history entry for them.
+    # Failed attempts: ArgoCD writes no history entry for them. One is sent after the
+    # syncs before it (below), in the order they happened: a catch-up that finds
+    # syncs and then a failed operation must not give the failure their images.
     operation = view.operation
-    if (
-        operation is not None
+    failed = (
+        operation
+        if operation is not None
         and operation.failed_attempt
         and operation.finished_at is not None
         and (last_failure_at is None or operation.finished_at > last_failure_at)
-    ):
-        last_failure_at = operation.finished_at
-        deployments.append(_failed_attempt(view, identity, baseline, config, now))
-        reasons.append(f"operation {operation.phase} at {operation.finished_at.isoformat()}")
+        else None
+    )
+    failed_started = (
+        (failed.started_at or failed.finished_at) if failed is not None else None
+    )
 
     latest = view.latest
     settled = is_settled(view)
@@ -429,6 +433,13 @@ def _follow(
         elif latest is not None and latest.id > candidate.history_id:
             verdict = config.unsettled_result
             why = "superseded by a newer sync before it settled"
+        elif failed_started is not None and candidate.deployed_at <= failed_started:
+            # A later operation ran (and failed): this sync will never settle on its own.
+            # The app still runs what the failed operation could not replace.
+            verdict = config.unsettled_result
+            why = "a later sync operation failed before it settled"
+            if is_latest:
+                images = list(view.images)
         elif now >= candidate.deadline:
             verdict = config.unsettled_result
             why = f"operation did not settle within {config.health_timeout}"
@@ -459,6 +470,11 @@ def _follow(
             images=final_images,
             deployed_at=candidate.deployed_at,
         )
+
+    if failed is not None and failed.finished_at is not None:
+        last_failure_at = failed.finished_at
+        deployments.append(_failed_attempt(view, identity, baseline, config, now))
+        reasons.append(f"operation {failed.phase} at {failed.finished_at.isoformat()}")
 
     spell, incidents, spell_reasons = track_degraded(
         view,
