@@ -216,6 +216,29 @@ async def test_parked_entries_left_by_a_stopped_replica_are_delivered_by_the_nex
     assert accepted_ids(devlake, 6) == sorted(build_ids())
 
 
+async def test_entries_held_before_the_refusal_was_known_are_shed_to_the_cap(
+    redis_client: aioredis.Redis, devlake: FakeDevLake
+) -> None:
+    """Room for more than the cap: the first batch is read before the first 403."""
+    context = context_for(redis_client, devlake.url)
+    await stage(redis_client, context.keys,
+                [deployment_entry(f"build:{n}", BUILD) for n in range(REFUSED)])
+    pool = WatchedPool(context, consumer="a", max_held=REFUSED)
+    async with RunningService(pool):
+        await eventually(lambda: pool.parked.get(BUILD.key) == REFUSED - CAP,
+                         what="the surplus shed to Redis")
+        assert pool.schedule.count(BUILD.key) == CAP
+        # The newest were parked: the oldest stay in memory, for the rechecks.
+        kept = {held.item.entry.record_id for held in pool.schedule.held.values()
+                if held.item.entry is not None}
+        assert kept == {f"build:{n}" for n in range(CAP)}
+        assert await pending_by_member(redis_client, context) == {
+            "a": CAP, parking_member(BUILD.key): REFUSED - CAP}
+        devlake.add_api_key(BUILD_KEY, "/plugins/webhook/.*")
+        await eventually(lambda: all_delivered(redis_client, context), what="all delivered")
+    assert accepted_ids(devlake, 6) == sorted(build_ids())
+
+
 async def test_issues_of_a_refused_target_keep_their_order_through_parking(
     redis_client: aioredis.Redis, devlake: FakeDevLake
 ) -> None:
