@@ -649,6 +649,9 @@ class DeliveryConfig(Section):
     max_backoff: Duration = timedelta(minutes=5)
     """Longest retry delay of a DevLake delivery; deliveries never give up."""
     claim_idle: Duration = timedelta(seconds=60)
+    refused_max_held: int = Field(default=1000, ge=1)
+    """Entries of one refused (401/403) target kept in memory; the rest of its backlog
+    waits in Redis (parked in the consumer group) until DevLake accepts the target again."""
     resolvers: int = Field(default=2, ge=1, le=64)
     """Workers turning detected deployments into payloads (GitHub look-ups)."""
 

@@ -171,6 +171,12 @@ class Metrics:
             "1 while DevLake refuses a target (401/403), by target and cause.",
             ["target", "cause"], registry=r,
         )
+        self.refused_waiting = Gauge(
+            "doraforwarder_devlake_refused_entries",
+            "Entries of a refused (401/403) target waiting, by target and where: memory "
+            "(held by this replica, at most delivery.refused_max_held) or redis (parked).",
+            ["target", "where"], registry=r,
+        )
         self.deployments_without_commits = Counter(
             "doraforwarder_deployments_without_commits",
             "Deployments sent with no resolvable source commit, by reason.",

@@ -11,6 +11,14 @@ the outbox delivery share: it reads new entries (``XREADGROUP``), reclaims
 entries a crashed member left pending longer than the claim-idle time
 (``XAUTOCLAIM``), and keeps the entries it works on fresh (``XCLAIM ...
 JUSTID`` with idle 0) so a slow entry is not mistaken for a crashed one.
+
+It can also *park* entries under a member name no process uses
+(:meth:`GroupConsumer.hand_over`) and take them back later
+(:meth:`GroupConsumer.take_from`): a parked entry stays in the stream and in
+the group's pending list, so it is as safe as any pending entry while no
+process holds it in memory. :meth:`GroupConsumer.reclaim_from` reclaims only
+from the members it is given, so parked entries are not reclaimed as if
+their member had crashed (``XAUTOCLAIM`` cannot skip a member).
 """
 
 from __future__ import annotations
@@ -92,6 +100,11 @@ def read_group_entries(raw: Any) -> RawEntries:
     return entries
 
 
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """Stream entry fields as a Lua script returns them (a flat list) -> dict."""
+    return {str(flat[n]): str(flat[n + 1]) for n in range(0, len(flat) - 1, 2)}
+
+
 def consumer_name() -> str:
     """A consumer-group member name unique per process.
 
@@ -112,6 +125,41 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
 
 HEARTBEAT_BATCH = 500
 """Entry ids refreshed per ``XCLAIM`` call."""
+
+_HAND_OVER = """
+local moved = {}
+for i = 4, #ARGV do
+  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if found[1] and found[1][2] == ARGV[2] then
+    moved[#moved + 1] = ARGV[i]
+  end
+end
+if #moved > 0 then
+  local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], '0'}
+  for _, id in ipairs(moved) do claim[#claim + 1] = id end
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
+end
+return moved
+"""
+"""KEYS: stream. ARGV: group, from member, to member, entry ids. Moves only the ids
+pending for ``from``, in one step: an entry another member took meanwhile stays its."""
+
+_TAKE_FROM = """
+local found = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
+if #found == 0 then
+  return {}
+end
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], '0'}
+for _, pending in ipairs(found) do claim[#claim + 1] = pending[1] end
+return redis.call(unpack(claim))
+"""
+"""KEYS: stream. ARGV: group, from member, to member, count. The oldest ``count``
+entries pending for ``from``, moved to ``to`` and returned (deleted ones are dropped);
+two callers never get the same entry."""
+
+HAND_OVER_BATCH = 250
+"""Entry ids moved per script call (a Lua call's arguments stay small)."""
 
 
 @dataclass
@@ -141,11 +189,14 @@ class GroupConsumer:
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.stream, self.group)
 
-    async def read_new(self, count: int) -> RawEntries:
-        """Up to ``count`` entries never delivered to any member (waits up to the read block)."""
+    async def read_new(self, count: int, *, block: bool = True) -> RawEntries:
+        """Up to ``count`` entries never delivered to any member.
+
+        Waits up to the read block for one when ``block``, else answers at once.
+        """
         answer = await self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=count,
-            block=max(1, int(self.read_block_s * 1000)),
+            block=max(1, int(self.read_block_s * 1000)) if block else None,
         )
         return read_group_entries(answer)
 
@@ -168,6 +219,58 @@ class GroupConsumer:
             return claimed[0], True
         entries = await self.read_new(1)
         return (entries[0] if entries else None), False
+
+    async def members(self) -> dict[str, int]:
+        """Every member of the group (live, gone or parking) -> entries pending for it."""
+        info = await self.redis.xinfo_consumers(self.stream, self.group)
+        return {str(member["name"]): int(member["pending"]) for member in info}
+
+    async def reclaim_from(self, members: Iterable[str], count: int) -> RawEntries:
+        """Up to ``count`` entries left idle too long by ``members``, taken over.
+
+        ``XCLAIM`` with the claim-idle time checks the idle time again when it
+        claims, so an entry its holder refreshed meanwhile stays with it.
+        """
+        claimed: RawEntries = []
+        for member in members:
+            while len(claimed) < count:
+                wanted = min(100, count - len(claimed))
+                rows = await self.redis.xpending_range(
+                    self.stream, self.group, "-", "+", wanted, consumername=member,
+                    idle=self._claim_idle_ms)
+                ids: list[str | bytes | int | memoryview] = [
+                    str(row["message_id"]) for row in rows]
+                if not ids:
+                    break
+                taken = raw_entries(await self.redis.xclaim(
+                    self.stream, self.group, self.consumer, self._claim_idle_ms, ids))
+                claimed.extend(taken)
+                if not taken or len(ids) < wanted:
+                    break
+        return claimed
+
+    async def hand_over(self, entry_ids: Iterable[str], member: str) -> list[str]:
+        """Make entries pending for this consumer pending for ``member``; returns the ids moved.
+
+        Ids no longer pending for this consumer (another one reclaimed them)
+        are left where they are.
+        """
+        ids = list(entry_ids)
+        moved: list[str] = []
+        script = self.redis.register_script(_HAND_OVER)
+        for start in range(0, len(ids), HAND_OVER_BATCH):
+            answer = await script(keys=[self.stream], args=[
+                self.group, self.consumer, member, *ids[start:start + HAND_OVER_BATCH]])
+            moved.extend(str(entry_id) for entry_id in answer or [])
+        return moved
+
+    async def take_from(self, member: str, count: int) -> RawEntries:
+        """The oldest ``count`` entries pending for ``member``, now pending for this one."""
+        script = self.redis.register_script(_TAKE_FROM)
+        answer = await script(keys=[self.stream],
+                              args=[self.group, member, self.consumer, count])
+        return [(str(entry_id), _pairs(fields)) for entry_id, fields in answer or []
+                if fields is not None]
 
     async def refresh(self, entry_ids: Iterable[str]) -> None:
         """Reset the idle time of entries this member holds."""

@@ -11,9 +11,9 @@ from doraforwarder import outbox
 from doraforwarder.backoff import Backoff
 from doraforwarder.devlake.delivery import AckBatcher, Held, Schedule
 from doraforwarder.keys import OUTBOX_GROUP, Keys
-from doraforwarder.outbox import StreamItem
+from doraforwarder.outbox import StreamItem, Target
 from doraforwarder.testing.redis_server import RedisServer
-from tests.devlake_support import deployment_entry, eventually, stage
+from tests.devlake_support import GLOBAL, deployment_entry, eventually, stage
 
 
 def held(entry_id: str) -> Held:
@@ -104,6 +104,29 @@ async def test_release_forgets_a_waiting_entry() -> None:
     assert not waiting.done()
     schedule.close()
     assert await waiting is None
+
+
+def held_for(entry_id: str, target: Target) -> Held:
+    item = StreamItem.parse(entry_id, deployment_entry(entry_id, target).to_fields())
+    return Held(item=item, backoff=Backoff(0.001, 0.01))
+
+
+async def test_entries_are_counted_per_target_and_forgotten_without_a_trace() -> None:
+    schedule = Schedule()
+    other = Target(kind="connection_name", value="team-build", team="build")
+    schedule.put(held("1-0"))
+    schedule.park(held_for("2-0", other), "refused:x", recheck=60)
+    schedule.park(held_for("3-0", other), "refused:x", recheck=60)
+    schedule.put(schedule.held["2-0"])  # back again: not counted twice
+    assert (schedule.count(GLOBAL.key), schedule.count(other.key)) == (1, 2)
+    assert sorted(h.item.id for h in schedule.waiting_of(other.key)) == ["2-0", "3-0"]
+    schedule.release("3-0")  # parked in Redis, say
+    schedule.release("3-0")  # twice: harmless
+    assert (schedule.count(GLOBAL.key), schedule.count(other.key)) == (1, 1)
+    schedule.wake("refused:x")  # 3-0 is gone for good: only 2-0 comes back
+    assert await asyncio.wait_for(take_ids(schedule, 2), 5) == ["1-0", "2-0"]
+    assert "3-0" not in schedule
+    schedule.close()
 
 
 async def test_an_entry_handed_to_a_cancelled_worker_goes_back() -> None:

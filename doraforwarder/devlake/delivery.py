@@ -22,6 +22,27 @@ mistaken for a crashed one's.
 Ordered entries (issues and their close calls) go through
 :func:`doraforwarder.outbox.ordering.order_gate` and a short per-order-key
 lock; see the contract in :mod:`doraforwarder.outbox`.
+
+A target DevLake refuses (401/403) may stay refused for hours with a backlog
+of any size, ahead of other targets' entries in the stream. Its entries are
+kept in memory up to ``delivery.refused_max_held`` (one is retried every
+``refused_recheck``; they do not take the other targets' room); every further
+one is *parked*: handed over, in the consumer group, to the member
+``parked:<target key>`` that no process uses (:meth:`GroupConsumer.hand_over
+<doraforwarder.streams.GroupConsumer.hand_over>`). So the feeder reads on past
+the refused target's backlog holding a bounded number of its entries. A parked
+entry is still in the stream and pending in the group: as durable as any
+pending entry, still counted in the outbox, and still blocking later entries of
+its order key. Housekeeping reclaims only from real members, so nobody takes
+parked entries for a crashed replica's. Any replica that does not hold the
+target as refused takes parked entries back (:meth:`GroupConsumer.take_from
+<doraforwarder.streams.GroupConsumer.take_from>`, one script: two replicas
+never get the same entry) as room allows: after the recheck was accepted, or
+just after a start (a replica that did not know the target was refused learns
+it from the first answer and parks the surplus again: at most ``max_held``
+entries of churn per start). While refused, a replica takes parked entries
+back only to fill its in-memory share up to the cap, so the recheck never runs
+out of entries.
 """
 
 from __future__ import annotations
@@ -67,7 +88,7 @@ from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
 from doraforwarder.outbox.entries import OutboxEntry, StreamItem
 from doraforwarder.outbox.ordering import order_gate
-from doraforwarder.streams import GroupConsumer, consumer_name
+from doraforwarder.streams import GroupConsumer, RawEntries, consumer_name
 
 log = get_logger("devlake")
 
@@ -92,6 +113,32 @@ class RefusedTarget:
 def _refused_key(target_key: str) -> str:
     """The park key of a refused target's waiting entries."""
     return f"refused:{target_key}"
+
+
+PARKING_PREFIX = "parked:"
+"""Group members holding a refused target's surplus entries: ``parked:<target key>``."""
+
+
+def parking_member(target_key: str) -> str:
+    """The consumer-group member a refused target's surplus entries are parked under."""
+    return f"{PARKING_PREFIX}{target_key}"
+
+
+def parked_target(member: str) -> str | None:
+    """The target key of a parking member; None for a real consumer."""
+    return member[len(PARKING_PREFIX):] if member.startswith(PARKING_PREFIX) else None
+
+
+def take_back_allowance(refused: bool, held_of_target: int, cap: int, room: int) -> int:
+    """How many parked entries of a target this replica may take back now.
+
+    Not refused here (accepted again, or unknown since this replica started):
+    as many as there is room for. Refused: only enough to keep ``cap`` of its
+    entries in memory (they take no room), so one is always there for the recheck.
+    """
+    if refused:
+        return max(0, cap - held_of_target)
+    return max(0, room)
 
 
 @dataclass
@@ -143,6 +190,10 @@ class Schedule:
         self._timer: asyncio.TimerHandle | None = None
         self._takers: deque[asyncio.Future[Held | None]] = deque()
         self._parked: dict[str, set[str]] = {}
+        self._park_key: dict[str, str] = {}
+        """Entry id -> the key it is parked under (so forgetting it leaves no trace)."""
+        self._by_target: dict[str, int] = {}
+        """Target key -> how many entries of that target are held."""
         self._tokens = itertools.count()
         self._closed = False
 
@@ -152,9 +203,22 @@ class Schedule:
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self.held
 
+    def count(self, target_key: str) -> int:
+        """How many entries of ``target_key`` are held (waiting or in a worker)."""
+        return self._by_target.get(target_key, 0)
+
+    def waiting_of(self, target_key: str) -> list[Held]:
+        """The held entries of ``target_key`` not in a worker's hands (a scan: seldom)."""
+        return [self.held[entry_id] for entry_id in self._waiting
+                if _target_key(self.held[entry_id]) == target_key]
+
     def put(self, held: Held, delay: float = 0.0) -> None:
         """Hold ``held`` (new, or back from a worker) and make it due after ``delay``."""
         entry_id = held.item.id
+        if entry_id not in self.held:
+            target = _target_key(held)
+            if target is not None:
+                self._by_target[target] = self._by_target.get(target, 0) + 1
         self.held[entry_id] = held
         token = next(self._tokens)
         self._waiting[entry_id] = token
@@ -166,23 +230,31 @@ class Schedule:
 
     def park(self, held: Held, order_key: str, recheck: float) -> None:
         self._parked.setdefault(order_key, set()).add(held.item.id)
+        self._park_key[held.item.id] = order_key
         self.put(held, recheck)
-
-    def parked_waiting(self, order_key: str) -> int:
-        """How many entries parked under ``order_key`` are waiting here (not in a worker)."""
-        return sum(1 for entry_id in self._parked.get(order_key, ()) if entry_id in self._waiting)
 
     def wake(self, order_key: str) -> None:
         """Make entries parked under ``order_key`` due now."""
         for entry_id in self._parked.pop(order_key, set()):
+            self._park_key.pop(entry_id, None)
             held = self.held.get(entry_id)
             if held is not None and entry_id in self._waiting:
                 self.put(held)
 
     def release(self, entry_id: str) -> None:
-        """Forget an entry (acknowledged, dead-lettered, dropped)."""
-        self.held.pop(entry_id, None)
+        """Forget an entry (acknowledged, dead-lettered, dropped, parked in Redis)."""
+        held = self.held.pop(entry_id, None)
         self._waiting.pop(entry_id, None)
+        park_key = self._park_key.pop(entry_id, None)
+        if park_key is not None:
+            self._parked.get(park_key, set()).discard(entry_id)
+        target = _target_key(held) if held is not None else None
+        if target is not None:
+            left = self._by_target.get(target, 0) - 1
+            if left > 0:
+                self._by_target[target] = left
+            else:
+                self._by_target.pop(target, None)
 
     async def take(self) -> Held | None:
         """Wait for the next due entry; None once closed."""
@@ -240,6 +312,17 @@ class Schedule:
             if self._waiting.get(slot.entry_id) == slot.token:
                 self._make_due(slot.entry_id, slot.token)
         self._arm_timer()
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (milliseconds, sequence)."""
+    millis, _, seq = entry_id.partition("-")
+    return (int(millis), int(seq or 0)) if millis.isdigit() and seq.isdigit() else (0, 0)
+
+
+def _target_key(held: Held) -> str | None:
+    entry = held.item.entry
+    return entry.target.key if entry is not None else None
 
 
 class AckBatcher:
@@ -343,6 +426,12 @@ class DeliveryPool:
         self.refused_recheck = max(recheck.total_seconds(), 0.001)
         self.refused: dict[str, RefusedTarget] = {}
         """Targets DevLake refuses now, by target key."""
+        self.refused_cap = delivery.refused_max_held
+        """Entries of one refused target held in memory; the surplus is parked in Redis."""
+        self.parked: dict[str, int] = {}
+        """Target key -> entries parked under its member in Redis (as last seen)."""
+        self._waiting_shown: set[str] = set()
+        """Targets the waiting gauge shows (set back to 0 once they are gone)."""
         self.awaiting: set[str] = set()
         """Project targets whose ``<project>_deployments`` connection does not exist yet."""
         self._token_envs = _token_envs(devlake)
@@ -437,41 +526,114 @@ class DeliveryPool:
     # --- reading --------------------------------------------------------------------
 
     async def _feed(self, stop: asyncio.Event) -> None:
-        """Read new entries while there is room; Redis errors are retried, never fatal."""
+        """Read new entries while there is room; Redis errors are retried, never fatal.
+
+        Parked entries this replica may take back come first, a batch per
+        round, with a read of new entries that does not block in between, so
+        a drained backlog does not stop the other targets' new entries.
+        """
         backoff = Backoff(0.2, 10.0)
-        refill = max(1, self.max_held // 4)
         while not stop.is_set():
-            held = self._held_count()
-            room = self.max_held - held
-            # Read in batches: with a backlog, room comes back a few entries at a time,
-            # and one XREADGROUP per handful costs more than it brings.
-            if room <= 0 or (room < refill and held >= self.settings.delivery.workers):
+            take_back = self._take_back_candidate(self._batch_room())
+            if take_back is None and self._batch_room() == 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
             try:
-                entries = await self.stream.read_new(min(room, 250))
+                if take_back is not None:
+                    await self._take_back(*take_back)
+                room = self._batch_room()
+                if room > 0:
+                    entries = await self.stream.read_new(min(room, 250),
+                                                          block=take_back is None)
+                    await self._take_in(entries)
             except RedisError as exc:
                 await self._redis_trouble("xreadgroup", exc, backoff, stop)
                 continue
             backoff.reset()
-            for entry_id, fields in entries:
-                self._hold(StreamItem.parse(entry_id, fields))
+
+    def _batch_room(self) -> int:
+        """How many entries may be read now; 0 until a batch's worth is free.
+
+        With a backlog, room comes back a few entries at a time, and one
+        ``XREADGROUP`` per handful costs more than it brings.
+        """
+        held = self._held_count()
+        room = self.max_held - held
+        refill = max(1, self.max_held // 4)
+        if room <= 0 or (room < refill and held >= self.settings.delivery.workers):
+            return 0
+        return room
 
     def _held_count(self) -> int:
-        """Held entries that take room: a refused target's waiting entries do not.
+        """Held entries that take room: a refused target's entries do not.
 
         They may wait for hours (until the key is fixed), and they must not
-        keep the other targets' entries from being read.
+        keep the other targets' entries from being read; there are at most
+        ``refused_max_held`` of them per refused target.
         """
-        parked = sum(self.schedule.parked_waiting(_refused_key(key)) for key in self.refused)
-        return len(self.schedule) - parked
+        return len(self.schedule) - sum(self.schedule.count(key) for key in self.refused)
 
     def _hold(self, item: StreamItem) -> None:
         if item.id in self.schedule:
             return
         held = Held(item=item, backoff=Backoff(self.initial_backoff, self.max_backoff))
         self.schedule.put(held)
+
+    async def _take_in(self, entries: RawEntries, *, reclaimed: bool = False) -> None:
+        """Hold entries just read or reclaimed; a refused target's beyond the cap are parked."""
+        surplus: dict[str, list[str]] = {}
+        for entry_id, fields in entries:
+            if entry_id in self.schedule:
+                continue
+            item = StreamItem.parse(entry_id, fields)
+            target = item.entry.target.key if item.entry is not None else None
+            if target is not None and target in self.refused \
+                    and self.schedule.count(target) >= self.refused_cap:
+                surplus.setdefault(target, []).append(entry_id)
+                continue
+            if reclaimed:
+                log.info("reclaimed outbox entry left by another consumer", entry=entry_id)
+            self._hold(item)
+        for target, ids in surplus.items():
+            await self._park(target, ids)
+
+    async def _park(self, target: str, entry_ids: list[str]) -> None:
+        """Hand a refused target's surplus entries to its parking member in Redis.
+
+        Callers have stopped holding them (so no heartbeat claims them back).
+        If this fails they stay pending for this replica, held by nobody, and
+        are reclaimed after ``claim_idle``: nothing is lost either way.
+        """
+        moved = await self.stream.hand_over(entry_ids, parking_member(target))
+        if moved:
+            first = self.parked.get(target, 0) == 0
+            self.parked[target] = self.parked.get(target, 0) + len(moved)
+            log_event = log.info if first else log.debug
+            log_event(f"parked entries of refused target {target} in Redis: at most "
+                      f"{self.refused_cap} wait in memory", target=target, entries=len(moved),
+                      parked=self.parked[target])
+
+    def _take_back_candidate(self, room: int) -> tuple[str, int] | None:
+        """A target whose parked entries this replica may take back now, and how many."""
+        for target, parked in self.parked.items():
+            if parked <= 0:
+                continue
+            allowance = take_back_allowance(target in self.refused, self.schedule.count(target),
+                                            self.refused_cap, room)
+            if allowance > 0:
+                return target, min(allowance, parked, 250)
+        return None
+
+    async def _take_back(self, target: str, count: int) -> None:
+        """Take up to ``count`` parked entries of ``target`` back into memory."""
+        entries = await self.stream.take_from(parking_member(target), count)
+        left = max(0, self.parked.get(target, 0) - len(entries))
+        self.parked[target] = left if len(entries) == count else 0
+        if entries:
+            log.debug("took parked entries back", target=target, entries=len(entries),
+                      parked=self.parked[target], refused=target in self.refused)
+        await self._take_in(entries)
 
     async def _housekeep(self, stop: asyncio.Event) -> None:
         """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
@@ -490,17 +652,22 @@ class DeliveryPool:
                 return
 
     async def _reclaim(self) -> None:
-        cursor = "0-0"
-        while self._held_count() < self.max_held:
-            cursor, claimed = await self.stream.reclaim(
-                min(100, self.max_held - self._held_count()), cursor)
-            for entry_id, fields in claimed:
-                if entry_id in self.schedule:
-                    continue
-                log.info("reclaimed outbox entry left by another consumer", entry=entry_id)
-                self._hold(StreamItem.parse(entry_id, fields))
-            if cursor == "0-0":
-                return
+        """Take over entries real members left idle; note what waits parked per target.
+
+        Parking members are skipped: their entries wait on purpose, and are
+        taken back by :meth:`_take_back` only.
+        """
+        members = await self.stream.members()
+        parked = {target: pending for member, pending in members.items()
+                  if (target := parked_target(member)) is not None}
+        self.parked = {target: n for target, n in parked.items() if n > 0}
+        if self._take_back_candidate(self._batch_room()) is not None:
+            self._room.set()
+        room = self.max_held - self._held_count()
+        live = [member for member, pending in members.items()
+                if pending > 0 and parked_target(member) is None]
+        if room > 0 and live:
+            await self._take_in(await self.stream.reclaim_from(live, room), reclaimed=True)
 
     async def _update_gauges(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -515,6 +682,22 @@ class DeliveryPool:
         self.context.metrics.dead_letters.set(dead)
         self.context.status.outbox_depth = int(depth)
         self.context.status.dead_letters = int(dead)
+        self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        """Held and parked entries per refused (or still draining) target: status and gauge."""
+        gauge = self.context.metrics.refused_waiting
+        shown = set(self.refused) | {t for t, n in self.parked.items() if n > 0}
+        for target in shown | self._waiting_shown:
+            held = self.schedule.count(target) if target in self.refused else 0
+            parked = self.parked.get(target, 0)
+            gauge.labels(target, "memory").set(held)
+            gauge.labels(target, "redis").set(parked)
+            snapshot = self.context.status.devlake_targets.get(target)
+            if target in self.refused and snapshot is not None:
+                snapshot["held"] = held
+                snapshot["parked"] = parked
+        self._waiting_shown = shown
 
     async def _redis_trouble(self, operation: str, exc: Exception, backoff: Backoff,
                              stop: asyncio.Event) -> None:
@@ -564,7 +747,7 @@ class DeliveryPool:
         except ValueError as exc:
             await self._dead(held, "unroutable", str(exc))
             return
-        if self._waits_refused(held, entry):
+        if await self._waits_refused(held, entry):
             return
         if not item.ordered or entry.order_key is None:
             await self._send(held, sender, url, body)
@@ -602,7 +785,7 @@ class DeliveryPool:
         if verdict.action == "ack":
             await self._delivered(held, answer)
         elif verdict.action == "auth":
-            self._refuse(held, answer, url)
+            await self._refuse(held, answer, url)
         elif (verdict.reason == "not_found" and entry.target.kind == "project_name"
               and entry.kind != "deployment" and awaits_connection(answer)):
             await self._await_connection(held, answer, url)
@@ -716,15 +899,18 @@ class DeliveryPool:
 
     # --- refused targets and connections still to be created ------------------------
 
-    def _waits_refused(self, held: Held, entry: OutboxEntry) -> bool:
+    async def _waits_refused(self, held: Held, entry: OutboxEntry) -> bool:
         """Park ``held`` if its target is refused and this is not the time to try again.
 
         One entry per target is sent each ``refused_recheck`` (DevLake's key may
-        be fixed without a restart); the others wait, without a request.
+        be fixed without a restart); the others wait, without a request: in
+        memory up to ``refused_max_held``, parked in Redis beyond.
         """
         refused = self.refused.get(entry.target.key)
         if refused is None:
             return False
+        if await self._parks_surplus(held):
+            return True
         now = time.monotonic()
         if now >= refused.next_try:
             refused.next_try = now + self.refused_recheck
@@ -733,7 +919,7 @@ class DeliveryPool:
         self._room.set()
         return True
 
-    def _refuse(self, held: Held, answer: Answer, url: str) -> None:
+    async def _refuse(self, held: Held, answer: Answer, url: str) -> None:
         entry = held.item.entry
         assert entry is not None
         target = entry.target
@@ -756,19 +942,50 @@ class DeliveryPool:
                 next_try=time.monotonic() + self.refused_recheck)
             self.refused[target.key] = refused
             metrics.target_refused.labels(target.key, found.cause).set(1)
-            self.context.status.devlake_targets[target.key] = refused.snapshot()
+            self.context.status.devlake_targets[target.key] = {
+                **refused.snapshot(), "held": self.schedule.count(target.key),
+                "parked": self.parked.get(target.key, 0)}
             log.error(f"DevLake refuses target {target.key}: {explanation}",
                       target=target.key, team=target.team, cause=found.cause,
                       status=answer.status, token_env=env,
-                      hint="its entries wait in the outbox; after fixing the key, "
-                           "restart the daemon and they are delivered")
+                      hint="its entries wait in the outbox (at most delivery.refused_max_held "
+                           "in memory, the rest parked in Redis); one is retried every "
+                           "refused_recheck: once the key is fixed they are all delivered, "
+                           "no restart needed")
         else:
             log.debug("DevLake still refuses target", target=target.key, cause=found.cause,
                       entry=held.item.id)
         refused = self.refused[target.key]
+        self._room.set()
+        if await self._parks_surplus(held):
+            return
         self.schedule.park(held, _refused_key(target.key),
                            max(refused.next_try - time.monotonic(), 0.001))
-        self._room.set()
+
+    async def _parks_surplus(self, held: Held) -> bool:
+        """Bring a refused target back to the cap in memory; True if ``held`` was parked.
+
+        More than the cap are held when entries were read before the target
+        was known to be refused (one batch, or taken back after a start). The
+        newest waiting ones are parked, so the oldest stay in memory: an
+        issue's close then rarely waits in memory for its upsert parked in
+        Redis. ``held`` itself (in this worker) is parked only if that is not
+        enough.
+        """
+        target = _target_key(held)
+        if target is None or self.schedule.count(target) <= self.refused_cap:
+            return False
+        surplus = self.schedule.count(target) - self.refused_cap
+        newest = sorted(self.schedule.waiting_of(target), key=lambda h: _id_order(h.item.id))
+        shed = [h.item.id for h in newest[-surplus:]]
+        for entry_id in shed:
+            self.schedule.release(entry_id)
+        parks_held = self.schedule.count(target) > self.refused_cap
+        if parks_held:
+            self.schedule.release(held.item.id)
+            shed.append(held.item.id)
+        await self._park(target, shed)
+        return parks_held
 
     def _accepted(self, target: Target) -> None:
         """DevLake took an entry of ``target``: it is neither refused nor awaited any more."""
@@ -784,8 +1001,10 @@ class DeliveryPool:
         self.context.metrics.target_refused.labels(target.key, refused.refusal.cause).set(0)
         self.context.status.devlake_targets.pop(target.key, None)
         log.info(f"DevLake accepts target {target.key} again", target=target.key,
-                 team=target.team)
+                 team=target.team, held=self.schedule.count(target.key),
+                 parked=self.parked.get(target.key, 0))
         self.schedule.wake(_refused_key(target.key))
+        self._room.set()  # the feeder takes the parked entries back
 
     async def _await_connection(self, held: Held, answer: Answer, url: str) -> None:
         """Incidents for a project before its first deployment created the connection: wait."""
