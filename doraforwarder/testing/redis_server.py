@@ -51,6 +51,8 @@ class RedisServer:
         )
         self.directory = Path(directory) if directory else Path(self._tmp.name)  # type: ignore[union-attr]
         self.port = free_port()
+        self._started = False
+        """Started at least once: a restart keeps the port."""
         self.extra_args = list(extra_args or [])
         self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +68,13 @@ class RedisServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
-        """Start and wait for PING; a port taken meanwhile (the free-port race) is re-picked."""
+        """Start and wait for PING; a port taken meanwhile (the free-port race) is re-picked.
+
+        Only at the first start: a restart keeps its port, which Sentinels and
+        cluster peers know the server by.
+        """
+        if self._started:
+            return self._start_once()
         for _ in range(4):
             try:
                 return self._start_once()
@@ -98,6 +106,7 @@ class RedisServer:
         args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_until_listening()
+        self._started = True
         return self
 
     def _wait_until_listening(self, timeout: float = 10.0) -> None:
@@ -345,6 +354,10 @@ class SentinelGroup:
 
         wait_for(promoted_everywhere, f"the Sentinels to promote {promoted.address}", 60)
         if rejoin:
+            # As a Sentinel-managed pod does: start as the replica of the master the
+            # Sentinels name, never as the master it was (on a loaded machine the
+            # Sentinels could otherwise fail back to it, and its writes since be lost).
+            current.extra_args = ["--replicaof", "127.0.0.1", str(promoted.port)]
             current.start()
             wait_for(lambda: _info(current.client(), "replication").get(
                 "master_link_status") == "up" and _info(promoted.client(), "replication").get(

@@ -77,6 +77,7 @@ def cluster() -> Iterator[ClusterGroup]:
         yield group
 
 
+@pytest.mark.timeout(300)  # a failover plus a 120 s delivery wait, on a loaded machine
 def test_sentinel_failover_mid_run_loses_nothing(
     world: FakeWorld, daemons: DaemonFactory, clean_env: dict[str, str],
     sentinels: SentinelGroup,
@@ -114,6 +115,7 @@ def test_sentinel_failover_mid_run_loses_nothing(
     store.close()
 
 
+@pytest.mark.timeout(300)
 def test_cluster_node_restart_mid_run_loses_nothing(
     world: FakeWorld, daemons: DaemonFactory, cluster: ClusterGroup,
 ) -> None:
