@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel
+from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
@@ -407,3 +408,21 @@ class RedisWatch:
             if self._sentinel is not None:
                 for client in self._sentinel.sentinels:
                     await client.aclose()
+
+
+class LuaScript:
+    """A Lua script known by its SHA; loaded into Redis on first use (``EVALSHA``).
+
+    Within a pipeline the script is registered with the pipeline, which loads
+    it (``SCRIPT LOAD``) before executing if Redis does not know it yet.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._script = AsyncScript(None, text.encode())  # type: ignore[arg-type]
+
+    async def run(self, redis: aioredis.Redis, keys: list[str], args: list[str]) -> Any:
+        return await self._script(keys=keys, args=args, client=redis)
+
+    def queue(self, pipe: Pipeline, keys: list[str], args: list[str]) -> None:
+        pipe.scripts.add(self._script)  # type: ignore[arg-type]
+        pipe.evalsha(self._script.sha, len(keys), *keys, *args)

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from doraforwarder.backoff import wait_or_stop
 from doraforwarder.keys import Keys
 from doraforwarder.records import DetectedDeployment, DetectedIncident
+from doraforwarder.storage import LuaScript
 
 DEPLOYMENT_FIELD = "deployment"
 
@@ -126,7 +127,7 @@ async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
 HEARTBEAT_BATCH = 500
 """Entry ids refreshed per ``XCLAIM`` call."""
 
-_HAND_OVER = """
+_HAND_OVER = LuaScript("""
 local moved = {}
 for i = 4, #ARGV do
   local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -141,11 +142,11 @@ if #moved > 0 then
   redis.call(unpack(claim))
 end
 return moved
-"""
+""")
 """KEYS: stream. ARGV: group, from member, to member, entry ids. Moves only the ids
 pending for ``from``, in one step: an entry another member took meanwhile stays its."""
 
-_TAKE_FROM = """
+_TAKE_FROM = LuaScript("""
 local found = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
 if #found == 0 then
   return {}
@@ -153,7 +154,7 @@ end
 local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], '0'}
 for _, pending in ipairs(found) do claim[#claim + 1] = pending[1] end
 return redis.call(unpack(claim))
-"""
+""")
 """KEYS: stream. ARGV: group, from member, to member, count. The oldest ``count``
 entries pending for ``from``, moved to ``to`` and returned (deleted ones are dropped);
 two callers never get the same entry."""
@@ -257,18 +258,16 @@ class GroupConsumer:
         """
         ids = list(entry_ids)
         moved: list[str] = []
-        script = self.redis.register_script(_HAND_OVER)
         for start in range(0, len(ids), HAND_OVER_BATCH):
-            answer = await script(keys=[self.stream], args=[
+            answer = await _HAND_OVER.run(self.redis, [self.stream], [
                 self.group, self.consumer, member, *ids[start:start + HAND_OVER_BATCH]])
             moved.extend(str(entry_id) for entry_id in answer or [])
         return moved
 
     async def take_from(self, member: str, count: int) -> RawEntries:
         """The oldest ``count`` entries pending for ``member``, now pending for this one."""
-        script = self.redis.register_script(_TAKE_FROM)
-        answer = await script(keys=[self.stream],
-                              args=[self.group, member, self.consumer, count])
+        answer = await _TAKE_FROM.run(self.redis, [self.stream],
+                                      [self.group, member, self.consumer, str(count)])
         return [(str(entry_id), _pairs(fields)) for entry_id, fields in answer or []
                 if fields is not None]
 

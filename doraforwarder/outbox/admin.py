@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.outbox.entries import StreamItem
-from doraforwarder.outbox.ordering import LuaScript
+from doraforwarder.storage import LuaScript
 from doraforwarder.streams import ensure_group, raw_entries
 
 _REQUEUE = LuaScript("""

@@ -12,33 +12,14 @@ registered once and called by SHA (``EVALSHA``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.outbox.entries import StreamItem
-
-
-class LuaScript:
-    """A Lua script known by its SHA; loaded into Redis on first use (``EVALSHA``).
-
-    Within a pipeline the script is registered with the pipeline, which loads
-    it (``SCRIPT LOAD``) before executing if Redis does not know it yet.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._script = AsyncScript(None, text.encode())  # type: ignore[arg-type]
-
-    async def run(self, redis: aioredis.Redis, keys: list[str], args: list[str]) -> Any:
-        return await self._script(keys=keys, args=args, client=redis)
-
-    def queue(self, pipe: Pipeline, keys: list[str], args: list[str]) -> None:
-        pipe.scripts.add(self._script)  # type: ignore[arg-type]
-        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-
+from doraforwarder.storage import LuaScript
 
 STAGE_ORDERED = LuaScript("""
 local seq = redis.call('HINCRBY', KEYS[2], 'staged', 1)
