@@ -24,15 +24,18 @@ WORKDIR /src
 
 # Only what the wheel needs; .dockerignore keeps the rest of the tree out.
 COPY pyproject.toml README.md ./
+COPY requirements/runtime.lock requirements/runtime.lock
 COPY doraforwarder/ doraforwarder/
 
-# Build the project's wheel (hatchling comes from PyPI in pip's isolated build
-# environment), then install it and its dependencies into the venv. pip
+# Install the locked dependency set (requirements/runtime.lock: pinned, with hashes), then build
+# the project's wheel (hatchling comes from PyPI in pip's isolated build environment) and install
+# it without resolving anything again. pip
 # compiles the .pyc files at install time, so the read-only runtime never
 # needs to write them.
 RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/runtime.lock \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-cache-dir /wheels/doraforwarder-*.whl
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/doraforwarder-*.whl
 
 # --------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +189,10 @@ def sentinel_of(config: RedisConfig) -> Sentinel:
         sentinel_options["password"] = config.sentinel_password.get_secret_value()
         if config.username:
             sentinel_options["username"] = config.username
-    return Sentinel(  # type: ignore[no-untyped-call]
+    # Through a Callable: redis-py typed Sentinel's constructor only in later releases, and a
+    # ``type: ignore`` would be an error under the newer ones (and the lock moves between them).
+    make_sentinel: Callable[..., Sentinel] = Sentinel
+    return make_sentinel(
         config.server_addresses(),
         sentinel_kwargs=sentinel_options,
         db=config.database,
