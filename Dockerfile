@@ -35,7 +35,12 @@ COPY doraforwarder/ doraforwarder/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/runtime.lock \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/doraforwarder-*.whl
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/doraforwarder-*.whl \
+ && chmod -R g+rX,o+rX /opt/venv
+
+# OpenShift runs the image with an arbitrary uid whose group is 0, so every file must be
+# readable through its group bits: COPY --from makes the files root:root (gid 0) and keeps
+# their modes, and the chmod above covers a wheel that ships owner-only (0600) files.
 
 # --------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -62,7 +67,13 @@ COPY --from=builder /opt/venv /opt/venv
 # The example configuration, owned by root and readable by everyone: the
 # daemon only reads it. In Kubernetes a ConfigMap is mounted over
 # /etc/doraforwarder instead.
-COPY config/config.yaml /etc/doraforwarder/config.yaml
+COPY --chmod=0644 config/config.yaml /etc/doraforwarder/config.yaml
+
+# The reference's manifests (redhat-appstudio/dora-metrics) run `sh -c "... ./main"` in /app
+# with their ConfigMap mounted at /app/configs: ./main is a launcher that reads
+# /app/configs/config.yaml when it is there (docker/main), so swapping only the image works.
+WORKDIR /app
+COPY --chmod=0755 docker/main /app/main
 
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only in the cluster.
 # HOME=/tmp: libraries that look up "~" get a writable place (an emptyDir in

@@ -176,7 +176,8 @@ def test_config_is_copied_where_the_environment_points() -> None:
     _, stages = _stages()
     final = stages[-1]
     env = _env(final)
-    config_copies = [c.split() for c in final.all("COPY") if "config/config.yaml" in c]
+    config_copies = [[w for w in c.split() if not w.startswith("--")]
+                     for c in final.all("COPY") if "config/config.yaml" in c]
     assert config_copies == [["config/config.yaml", env["DORAFORWARDER_CONFIG"]]]
     assert env["PYTHONDONTWRITEBYTECODE"] == "1", "the root filesystem is read-only in the cluster"
     # Every path copied from the build context exists in the repository.
@@ -287,3 +288,95 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
                 continue
             relative = file.relative_to(ROOT).as_posix()
             assert not _ignored(relative), f"{relative} is copied but .dockerignore drops it"
+
+
+# --- The reference's manifests: ./main in /app, OpenShift's arbitrary uid ----------------
+
+LAUNCHER = ROOT / "docker" / "main"
+
+
+def _copy_of(stage: Stage, source: str) -> tuple[list[str], list[str]]:
+    """(flags, [source, destination]) of the one COPY of ``source`` from the build context."""
+    (copy,) = [c.split() for c in stage.all("COPY") if source in c.split()]
+    return [w for w in copy if w.startswith("--")], [w for w in copy if not w.startswith("--")]
+
+
+def test_image_answers_to_the_references_dot_slash_main_in_app() -> None:
+    """Their Deployment runs `sh -c "... ./main"` with no workingDir: the image's WORKDIR must
+    be /app and /app/main an executable launcher, whatever the build host's umask."""
+    _, stages = _stages()
+    final = stages[-1]
+    assert final.all("WORKDIR")[-1] == "/app"
+    flags, paths = _copy_of(final, "docker/main")
+    assert paths == ["docker/main", "/app/main"]
+    assert "--chmod=0755" in flags
+    assert os.access(LAUNCHER, os.X_OK)
+    mode = subprocess.run(["git", "ls-files", "-s", "docker/main"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.split()[:1]
+    assert mode in ([], ["100755"]), "docker/main is committed executable"
+    assert LAUNCHER.read_text().startswith("#!/bin/sh\n"), "the reference's manifests use sh"
+
+
+def test_image_files_are_readable_by_group_zero() -> None:
+    """OpenShift's restricted SCC runs an arbitrary uid in group 0: the files must be
+    readable through the group bits. COPY makes them root:root and keeps the modes, so the
+    venv is made g+rX in the builder and files from the context get an explicit --chmod."""
+    _, stages = _stages()
+    builder_runs = " ".join(r for s in stages[:-1] for r in s.all("RUN"))
+    assert re.search(r"chmod -R g\+rX\S* /opt/venv", builder_runs), builder_runs
+    final = stages[-1]
+    for copy in final.all("COPY"):
+        words = copy.split()
+        if copy.startswith("--from="):
+            assert words[1:] == ["/opt/venv", "/opt/venv"], copy
+            continue
+        (chmod,) = [w for w in words if w.startswith("--chmod=")]
+        mode = int(chmod.removeprefix("--chmod="), 8)
+        assert mode & 0o040, f"{copy}: not readable by group 0"
+        assert not mode & 0o022, f"{copy}: writable by group or others"
+
+
+def _launch(tmp_path: Path, cwd: Path, *args: str,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run docker/main as the reference's Deployment does (`sh -c "./main"` in the cwd),
+    with this venv's doraforwarder first on PATH."""
+    main = cwd / "main"
+    shutil.copy(LAUNCHER, main)
+    main.chmod(0o755)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    full_env = {"PATH": path, "HOME": str(tmp_path), **(env or {})}
+    return subprocess.run(["sh", "-c", " ".join(["./main", *map(shlex.quote, args)])],
+                          cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_launcher_reads_configs_config_yaml_in_the_working_directory(tmp_path: Path) -> None:
+    """The ConfigMap at /app/configs wins over the image's default config: a bad key in it
+    is what stops the daemon (exit 2, naming that file), proving it was read."""
+    app = tmp_path / "app"
+    (app / "configs").mkdir(parents=True)
+    (app / "configs" / "config.yaml").write_text("server:\n  prot: 8080\n")
+    default = tmp_path / "default.yaml"
+    default.write_text("server:\n  port: '8080'\n")
+    result = _launch(tmp_path, app, env={"DORAFORWARDER_CONFIG": str(default)})
+    assert result.returncode == 2, result.stderr
+    assert f"{app}/configs/config.yaml" in result.stderr
+    assert "prot" in result.stderr
+
+
+def test_launcher_without_configs_uses_the_images_default(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    default = tmp_path / "default.yaml"
+    default.write_text("storage:\n  redis:\n    adress: x\n")
+    result = _launch(tmp_path, app, env={"DORAFORWARDER_CONFIG": str(default)})
+    assert result.returncode == 2, result.stderr
+    assert str(default) in result.stderr and "adress" in result.stderr
+
+
+def test_launcher_runs_the_daemon_with_its_arguments(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    result = _launch(tmp_path, app, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: doraforwarder run" in result.stdout
