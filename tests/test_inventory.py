@@ -31,7 +31,7 @@ from doraforwarder.context import AppContext
 from doraforwarder.inventory import Inventory, inventory_document, inventory_toon
 from doraforwarder.server import bound_port, build_app
 from doraforwarder.testing.argocd_objects import LiveApp, image
-from doraforwarder.testing.fake_kube import FakeKube
+from doraforwarder.testing.fake_kube import SCOPES_EXTRA, FakeKube, KubeUser
 from tests.conftest import write_config
 from tests.test_argocd_watch import Harness, harness, kube  # noqa: F401 - fixtures
 
@@ -287,6 +287,49 @@ async def test_kubernetes_reviews(watched: tuple[Harness, AppContext]) -> None:
     assert h.kube.requests["subjectaccessreview"] == 6
     assert api_reads(h.kube) == before
     assert all(SECRET not in json.dumps(entry) for entry in h.kube.request_log)
+
+
+async def test_kubernetes_reviews_carry_the_groups_and_extra_of_the_token(
+    watched: tuple[Harness, AppContext],
+) -> None:
+    """The access review names the token's groups and extra, as the API server needs.
+
+    The API server judges a SubjectAccessReview only from what it names: without
+    the groups, a user allowed through a group (every ServiceAccount of a
+    namespace, an OIDC team) is refused; without the extra, an OpenShift token
+    scoped to ``user:info`` (or to one namespace's role) reads with all of its
+    user's rights.
+    """
+    h, context = watched
+    h.kube.reviewed_tokens = {
+        "dave-token": KubeUser("dave", uid="u-dave",
+                               groups=("system:authenticated", "release-team")),
+        "erin-info-token": KubeUser("erin", extra={SCOPES_EXTRA: ["user:info"]}),
+        "erin-team-b-token": KubeUser("erin", extra={SCOPES_EXTRA: ["role:view:team-b"]}),
+        "erin-full-token": KubeUser("erin", extra={SCOPES_EXTRA: ["user:full"]}),
+    }
+    h.kube.group_access = {"release-team": {"argocd"}}
+    h.kube.access = {"erin": {"argocd", "team-b"}}
+    authorizer = KubernetesAccess(
+        KubernetesReviews(lambda: build_api_client(context.settings.argocd))
+    )
+    runner, url = await serve(context, authorizer)
+    path = "/api/v1/argocd/applications"
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            answers = {token: await client.get(path, headers={"Authorization": f"Bearer {token}"})
+                       for token in h.kube.reviewed_tokens}
+    finally:
+        await runner.cleanup()
+    dave = answers["dave-token"]
+    assert dave.status_code == 200 and app_names(dave.json()) == ["api-prod"], \
+        "allowed through a group: the review must name the token's groups"
+    assert answers["erin-info-token"].status_code == 403, \
+        "a user:info token reads no Application: the review must carry the token's extra"
+    scoped = answers["erin-team-b-token"]
+    assert scoped.status_code == 200 and app_names(scoped.json()) == ["web-prod"]
+    full = answers["erin-full-token"]
+    assert full.status_code == 200 and app_names(full.json()) == ["api-prod", "web-prod"]
 
 
 async def test_kubernetes_review_unavailable_is_503(watched: tuple[Harness, AppContext]) -> None:

@@ -13,8 +13,15 @@ Speaks what the daemon uses of the real API, with its semantics:
 - Bearer token checked (401 otherwise).
 - ``POST /apis/authentication.k8s.io/v1/tokenreviews`` and
   ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews``: answered from
-  :attr:`FakeKube.reviewed_tokens` (token -> user) and
-  :attr:`FakeKube.access` (user -> namespaces where ``get applications`` is allowed).
+  :attr:`FakeKube.reviewed_tokens` (token -> user name or :class:`KubeUser`, with its
+  groups and extra), :attr:`FakeKube.access` (user -> namespaces where ``get
+  applications`` is allowed) and :attr:`FakeKube.group_access` (group -> namespaces).
+  An access review is judged like the real authorizers judge it: only from the
+  ``user``, ``groups`` and ``extra`` *in the review* (the API server looks
+  nothing up: a review that leaves out the groups loses what they grant), and
+  an ``extra`` holding OpenShift token scopes (:data:`SCOPES_EXTRA`) restricts
+  the answer as OpenShift's scope authorizer does (a review that leaves out
+  the extra gets the unscoped user's rights: the escalation it must not give).
 
 Scripting API (thread-safe, call it from tests or ``doraforwarder demo``):
 :meth:`FakeKube.apply` / :meth:`create` / :meth:`delete` (each bumps the
@@ -44,6 +51,45 @@ from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 API_PREFIX = "/apis/argoproj.io/v1alpha1"
 API_VERSION = "argoproj.io/v1alpha1"
+
+SCOPES_EXTRA = "scopes.authorization.openshift.io"
+"""The ``extra`` key under which OpenShift names an OAuth token's scopes."""
+
+
+@dataclass(frozen=True)
+class KubeUser:
+    """A user as a TokenReview returns it (``status.user``)."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ("system:authenticated",)
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    def user_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"username": self.username, "groups": list(self.groups)}
+        if self.uid:
+            info["uid"] = self.uid
+        if self.extra:
+            info["extra"] = {key: list(values) for key, values in self.extra.items()}
+        return info
+
+
+def scoped_namespaces(scopes: list[str], granted: set[str]) -> set[str]:
+    """Of the namespaces ``granted``, those a token limited to ``scopes`` may still read.
+
+    As OpenShift's scope authorizer: ``user:full`` keeps every grant,
+    ``role:<role>:<namespace>`` (optionally ending ``:!``) keeps that namespace
+    (``*``: all), and the other scopes (``user:info``, ``user:check-access``,
+    ``user:list-projects``...) allow no Application at all.
+    """
+    kept: set[str] = set()
+    for scope in scopes:
+        if scope == "user:full":
+            return set(granted)
+        parts = str(scope).split(":")
+        if parts[0] == "role" and len(parts) >= 3:
+            kept |= set(granted) if parts[2] == "*" else {parts[2]} & granted
+    return kept
 
 
 @dataclass
@@ -125,10 +171,13 @@ class FakeKube(FakeServer):
         self.requests: Counter[str] = Counter()
         """Requests by kind: ``list``, ``watch``, ``get``, ``unauthorized``, ``faulted``."""
         self.request_log: list[tuple[str, str]] = []
-        self.reviewed_tokens: dict[str, str] = {}
-        """Bearer tokens a TokenReview authenticates, and the user each names."""
+        self.reviewed_tokens: dict[str, str | KubeUser] = {}
+        """Bearer tokens a TokenReview authenticates, and the user each names (a bare
+        name is a user in the one group ``system:authenticated``, without extra)."""
         self.access: dict[str, set[str]] = {}
         """User -> namespaces where a SubjectAccessReview allows get applications.argoproj.io."""
+        self.group_access: dict[str, set[str]] = {}
+        """Group -> namespaces where a SubjectAccessReview naming that group allows it."""
         app = web.Application()
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         app.router.add_post(
@@ -333,8 +382,10 @@ class FakeKube(FakeServer):
             return refused
         review = await request.json()
         user = self.reviewed_tokens.get(str((review.get("spec") or {}).get("token", "")))
+        if isinstance(user, str):
+            user = KubeUser(user)
         review["status"] = (
-            {"authenticated": True, "user": {"username": user, "groups": ["system:authenticated"]}}
+            {"authenticated": True, "user": user.user_info()}
             if user is not None
             else {"authenticated": False, "error": "invalid bearer token"}
         )
@@ -351,10 +402,21 @@ class FakeKube(FakeServer):
             attributes.get("verb") == "get"
             and attributes.get("group") == "argoproj.io"
             and attributes.get("resource") == "applications"
-            and attributes.get("namespace") in self.access.get(str(spec.get("user")), set())
+            and attributes.get("namespace") in self._granted(spec)
         )
         review["status"] = {"allowed": allowed}
         return web.json_response(review, status=201)
+
+    def _granted(self, spec: dict[str, Any]) -> set[str]:
+        """Namespaces a review's subject may read: its user's and its groups' grants (only
+        the groups the review names), narrowed by the token scopes its extra names."""
+        granted = set(self.access.get(str(spec.get("user")), set()))
+        for group in spec.get("groups") or []:
+            granted |= self.group_access.get(str(group), set())
+        scopes = (spec.get("extra") or {}).get(SCOPES_EXTRA)
+        if scopes is not None:
+            granted &= scoped_namespaces(scopes, granted)
+        return granted
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         refused = await self._admit(request, "get")
