@@ -142,6 +142,9 @@ class ServerConfig(Section):
     api_auth: Literal["none", "token", "kubernetes"] | None = None
     """Who may read the application inventory; unset means ``none`` on a loopback
     host and ``token`` anywhere else (see :attr:`effective_api_auth`)."""
+    cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"])
+    """Origins whose browser pages may call the API (the reference allows any: ``*``);
+    an empty list sends no CORS headers."""
 
     @property
     def listens_on_loopback(self) -> bool:

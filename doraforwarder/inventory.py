@@ -13,10 +13,10 @@ status and image reference once.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from doraforwarder import toon
@@ -76,8 +76,8 @@ class Inventory:
             name=name,
             component=sys.intern(component),
             cluster=sys.intern(cluster),
-            health=sys.intern(health or "Unknown"),
-            sync=sys.intern(sync or "Unknown"),
+            health=sys.intern(health or ""),
+            sync=sys.intern(sync or ""),
             images=shared,
             forwarded=forwarded,
         )
@@ -99,54 +99,55 @@ class Inventory:
 
 
 def _app(entry: InventoryEntry) -> dict[str, Any]:
+    """One application, with the reference's keys in the reference's order."""
     return {
         "namespace": entry.namespace,
         "name": entry.name,
         "component": entry.component,
-        "health": entry.health,
+        "health_status": entry.health,
         "health_value": entry.health_value,
-        "sync": entry.sync,
+        "sync_status": entry.sync,
         "sync_value": entry.sync_value,
-        "forwarded": entry.forwarded,
         "images": list(entry.images),
     }
 
 
-def inventory_document(
-    entries: list[InventoryEntry], *, now: datetime | None = None
-) -> dict[str, Any]:
-    """The JSON answer: apps grouped by cluster, clusters and apps in a stable order."""
+def inventory_document(entries: list[InventoryEntry]) -> dict[str, Any]:
+    """The reference's answer: ``{"clusters": [{"cluster", "applications", "count"}],
+    "total_count"}``, clusters by name and apps by namespace and name (the reference's
+    cluster order changes from one request to the next; ours is stable).
+
+    With no application the reference answers ``"clusters": null``; we answer ``[]``,
+    which every client that copes with the reference's non-empty answers reads too.
+    """
     clusters: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         clusters.setdefault(entry.cluster, []).append(_app(entry))
-    moment = now or datetime.now(UTC)
     return {
-        "generated_at": moment.isoformat().replace("+00:00", "Z"),
-        "total": len(entries),
         "clusters": [
-            {"cluster": cluster, "total": len(apps), "applications": apps}
+            {"cluster": cluster, "applications": apps, "count": len(apps)}
             for cluster, apps in sorted(clusters.items())
         ],
+        "total_count": len(entries),
     }
+
+
+_GO_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                    "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def inventory_json(document: dict[str, Any]) -> bytes:
+    """The document as Go's ``encoding/json`` writes it (the reference's bytes).
+
+    Compact, keys in document order, non-ASCII as UTF-8, and ``<``, ``>``, ``&``,
+    U+2028 and U+2029 escaped as Go escapes them.
+    """
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    for char, escaped in _GO_HTML_ESCAPES.items():
+        text = text.replace(char, escaped)
+    return text.encode()
 
 
 def inventory_toon(document: dict[str, Any]) -> str:
-    """The JSON answer in TOON, each app one table row.
-
-    An app's image list becomes one space-separated string (image references
-    never contain spaces), so the applications stay a table instead of falling
-    back to one block per app.
-    """
-    flat = {
-        **document,
-        "clusters": [
-            {
-                **cluster,
-                "applications": [
-                    {**app, "images": " ".join(app["images"])} for app in cluster["applications"]
-                ],
-            }
-            for cluster in document["clusters"]
-        ],
-    }
-    return toon.encode(flat)
+    """The document in TOON as the reference writes it: length markers, images as a list."""
+    return toon.encode(document)

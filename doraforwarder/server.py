@@ -23,11 +23,17 @@ import time
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from doraforwarder import __version__
 from doraforwarder.apiauth import Authorizer, Refused, build_authorizer
 from doraforwarder.context import AppContext
-from doraforwarder.inventory import InventoryEntry, inventory_document, inventory_toon
+from doraforwarder.inventory import (
+    InventoryEntry,
+    inventory_document,
+    inventory_json,
+    inventory_toon,
+)
 from doraforwarder.metrics import CONTENT_TYPE
 
 CONTEXT_KEY = web.AppKey("context", AppContext)
@@ -135,21 +141,71 @@ async def applications(request: web.Request) -> web.Response:
     visible = await _visible_inventory(request)
     if isinstance(visible, web.Response):
         return visible
-    return web.json_response(inventory_document(visible))
+    return web.Response(body=inventory_json(inventory_document(visible)),
+                        content_type="application/json")
 
 
 async def applications_toon(request: web.Request) -> web.Response:
     visible = await _visible_inventory(request)
     if isinstance(visible, web.Response):
         return visible
-    return web.Response(
-        text=inventory_toon(inventory_document(visible)), content_type="text/toon",
-        charset="utf-8",
-    )
+    return web.Response(body=inventory_toon(inventory_document(visible)).encode(),
+                        content_type="text/plain")
+
+
+CORS_METHODS = "GET,OPTIONS"
+CORS_HEADERS = "Origin,Content-Type,Accept,Authorization"
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Middleware:
+    """CORS as the reference answers it (Fiber's middleware with ``AllowOrigins: "*"``).
+
+    A request without ``Origin`` is not a CORS request and passes untouched; a
+    preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered 204
+    on any path, before routing; any other request with an allowed ``Origin`` gets
+    ``Access-Control-Allow-Origin``. ``server.cors_allow_origins`` lists the
+    origins (``*``: any, the default; empty: no CORS headers at all).
+    """
+    allow_all = "*" in origins
+    allowed = {origin.lower().rstrip("/") for origin in origins}
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin", "").lower()
+        preflight = request.method == "OPTIONS"
+        if not origin or (preflight and "Access-Control-Request-Method" not in request.headers):
+            response = await handler(request)
+            if not allow_all or (origin and preflight):
+                _vary(response, "Origin")
+            return response
+        allow_origin = "*" if allow_all else origin if origin in allowed else ""
+        if not preflight:
+            response = await handler(request)
+            if not allow_all:
+                _vary(response, "Origin")
+            if allow_origin:
+                response.headers["Access-Control-Allow-Origin"] = allow_origin
+            return response
+        answer = web.Response(status=204)
+        for name in ("Access-Control-Request-Method", "Access-Control-Request-Headers", "Origin"):
+            _vary(answer, name)
+        if allow_origin:
+            answer.headers["Access-Control-Allow-Origin"] = allow_origin
+        answer.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        answer.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        return answer
+
+    return cors
+
+
+def _vary(response: web.StreamResponse, name: str) -> None:
+    present = response.headers.get("Vary")
+    response.headers["Vary"] = f"{present}, {name}" if present else name
 
 
 def build_app(context: AppContext, authorizer: Authorizer | None = None) -> web.Application:
-    app = web.Application()
+    origins = tuple(context.settings.server.cors_allow_origins)
+    app = web.Application(middlewares=[cors_middleware(origins)] if origins else [])
     app[CONTEXT_KEY] = context
     app[AUTHORIZER_KEY] = authorizer or build_authorizer(context.settings)
     app.router.add_get("/api/v1/argocd/applications", applications)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,108 +27,236 @@ from doraforwarder.apiauth import (
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
-from doraforwarder.inventory import Inventory, inventory_document, inventory_toon
-from doraforwarder.server import bound_port, build_app
+from doraforwarder.inventory import Inventory, inventory_document, inventory_json, inventory_toon
+from doraforwarder.server import bound_port, build_app, cors_middleware
 from doraforwarder.testing.argocd_objects import LiveApp, image
 from doraforwarder.testing.fake_kube import SCOPES_EXTRA, FakeKube, KubeUser
 from tests.conftest import write_config
 from tests.test_argocd_watch import Harness, harness, kube  # noqa: F401 - fixtures
 
-NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cret-token-value"
 
 
 # --- TOON -----------------------------------------------------------------------------
+# Each expected text is what toon-format/toon-go (the reference's library, at the version
+# its go.mod pins) writes with length markers for the JSON value; Go sorts a map's keys,
+# so the value is read with its keys sorted.
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        ({"a": 1, "b": "x"}, "a: 1\nb: x\n"),
-        ({"tags": ["a", "b"]}, "tags[2]: a,b\n"),
-        ({"tags": []}, "tags[0]:\n"),
-        ({"o": {"k": True, "n": None}}, "o:\n  k: true\n  n: null\n"),
-        ({"rows": [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]}, "rows[2]{a,b}:\n  1,x\n  2,y\n"),
-        ({"s": ""}, 's: ""\n'),
-        ({"s": "a,b"}, 's: "a,b"\n'),
-        ({"s": "true"}, 's: "true"\n'),
-        ({"s": "42"}, 's: "42"\n'),
-        ({"s": "-x"}, 's: "-x"\n'),
-        ({"s": "a:b"}, 's: "a:b"\n'),
-        ({"s": ' q"'}, 's: " q\\""\n'),
-        ({"s": "line\nbreak"}, 's: "line\\nbreak"\n'),
-        ({"s": "quay.io/org/app@sha256"}, "s: quay.io/org/app@sha256\n"),
-        ({"weird key": 1}, '"weird key": 1\n'),
-        ({"f": 1.5, "g": 2.0}, "f: 1.5\ng: 2\n"),
-        (
-            {"items": [{"a": 1, "l": [1, 2]}, {"a": 2}]},
-            "items[2]:\n  - a: 1\n    l[2]: 1,2\n  - a: 2\n",
-        ),
-        ([1, 2], "[2]: 1,2\n"),
+        ('{"a":1,"b":"x"}',
+         'a: 1\nb: x'),
+        ('{"tags":["a","b"]}',
+         'tags[#2]: a,b'),
+        ('{"tags":[]}',
+         'tags[#0]:'),
+        ('{"o":{"k":true,"n":null}}',
+         'o:\n  k: true\n  n: null'),
+        ('{"rows":[{"a":1,"b":"x"},{"a":2,"b":"y"}]}',
+         'rows[#2]{a,b}:\n  1,x\n  2,y'),
+        ('{"rows":[{"a":1,"b":"x"},{"b":"y","a":2}]}',
+         'rows[#2]{a,b}:\n  1,x\n  2,y'),
+        ('{"s":""}',
+         's: ""'),
+        ('{"s":"a,b"}',
+         's: "a,b"'),
+        ('{"s":"true"}',
+         's: "true"'),
+        ('{"s":"42"}',
+         's: "42"'),
+        ('{"s":"-x"}',
+         's: "-x"'),
+        ('{"s":"a:b"}',
+         's: "a:b"'),
+        ('{"s":" q\\""}',
+         's: " q\\""'),
+        ('{"s":"line\\nbreak"}',
+         's: "line\\nbreak"'),
+        ('{"s":"quay.io/org/app@sha256"}',
+         's: quay.io/org/app@sha256'),
+        ('{"s":"#hash"}',
+         's: #hash'),
+        ('{"s":"05"}',
+         's: "05"'),
+        ('{"s":"1e5"}',
+         's: "1e5"'),
+        ('{"s":"+1"}',
+         's: +1'),
+        ('{"s":"a b"}',
+         's: a b'),
+        ('{"s":"x\\u00a0"}',
+         's: "x\xa0"'),
+        ('{"s":"caf\\u00e9"}',
+         's: café'),
+        ('{"weird key":1}',
+         '"weird key": 1'),
+        ('{"1abc":1}',
+         '"1abc": 1'),
+        ('{"a.b":1}',
+         'a.b: 1'),
+        ('{"items":[{"a":1,"l":[1,2]},{"a":2}]}',
+         'items[#2]:\n  - a: 1\n    l[#2]: 1,2\n  - a: 2'),
+        ('{"items":[{"l":[1,2],"a":1}]}',
+         'items[#1]:\n  - a: 1\n    l[#2]: 1,2'),
+        ('{"items":[{"o":{"x":1},"a":1}]}',
+         'items[#1]:\n  - a: 1\n    o:\n      x: 1'),
+        ('{"items":[{}]}',
+         'items[#1]:\n  - {}'),
+        ('{"items":[[1,2],[]]}',
+         'items[#2]:\n  - [#2]: 1,2\n  - [#0]:'),
+        ('{"items":[[{"a":1},{"a":2}]]}',
+         'items[#1]:\n  - [#2]{a}:\n    1\n    2'),
+        ('{"items":[[[1],[2]]]}',
+         'items[#1]:\n  - [#2]:\n    - [#1]: 1\n    - [#1]: 2'),
+        ('{"items":[{"l":[{"a":1},{"a":2}],"z":3}]}',
+         'items[#1]:\n  - l[#2]{a}:\n    1\n    2\n    z: 3'),
+        ('{"items":[{"l":[[1]],"z":3}]}',
+         'items[#1]:\n  - l[#1]:\n    - [#1]: 1\n    z: 3'),
+        ('[1,2]',
+         '[#2]: 1,2'),
+        ('[{"a":1},{"a":2}]',
+         '[#2]{a}:\n  1\n  2'),
+        ('[{"a":1},3]',
+         '[#2]:\n  - a: 1\n  - 3'),
+        ('[]',
+         '[#0]:'),
+        ('{}',
+         ''),
+        ('{"e":{}}',
+         'e:'),
+        ('"x"',
+         'x'),
+        ('{"n":-3,"f":1.5,"z":0}',
+         'f: 1.5\nn: -3\nz: 0'),
     ],
 )
-def test_toon_encoding(value: Any, text: str) -> None:
-    assert toon.encode(value) == text
+def test_toon_encoding_matches_the_references_library(value: str, text: str) -> None:
+    assert toon.encode(json.loads(value, object_pairs_hook=lambda pairs: dict(sorted(pairs)))) \
+        == text
+
+
+def test_toon_refuses_control_characters() -> None:
+    with pytest.raises(ValueError, match="U\\+0001"):
+        toon.encode({"s": "a\x01"})
 
 
 # --- documents ------------------------------------------------------------------------
 def sample_inventory() -> Inventory:
+    """The apps of the expected answers below (written by the reference's own types)."""
     inventory = Inventory()
-    inventory.put(namespace="argocd", name="api-prod-east", component="api", cluster="prod-east",
-                  health="Healthy", sync="Synced", images=["quay.io/o/api:v1", "quay.io/o/s:v2"],
-                  forwarded=True)
-    inventory.put(namespace="team-b", name="web-prod-west", component="web", cluster="prod-west",
-                  health="Degraded", sync="OutOfSync", images=[], forwarded=True)
-    inventory.put(namespace="argocd", name="web-prod-east", component="web", cluster="prod-east",
-                  health=None, sync=None, images=["quay.io/o/api:v1", "quay.io/o/s:v2"],
-                  forwarded=False)
+    inventory.put(namespace="build-service", name="build-service-kflux-prd-rh02",
+                  component="build-service", cluster="kflux-prd-rh02", health="Healthy",
+                  sync="Synced", forwarded=True, images=[
+                      "quay.io/konflux-ci/build-service:0a1b2c3d4e5f60718293a4b5c6d7e8f901234567",
+                      "registry.redhat.io/openshift4/ose-kube-rbac-proxy@sha256:abc"])
+    inventory.put(namespace="integration-service", name="integration-service-stone-prd-m01",
+                  component="integration-service", cluster="stone-prd-m01", health=None,
+                  sync=None, images=["quay.io/x/y:v1"], forwarded=True)
+    inventory.put(namespace="build-service", name="release-service-kflux-prd-rh02",
+                  component="release-service", cluster="kflux-prd-rh02", health="Degraded",
+                  sync="OutOfSync", images=[], forwarded=False)
     return inventory
 
 
-def test_json_document_groups_by_cluster() -> None:
+# encoding/json and toon.Marshal(..., WithLengthMarkers(true)) of the reference's
+# ApplicationsResponse holding the same apps (apis/argocd/handler.go).
+REFERENCE_JSON = (
+    '{"clusters":[{"cluster":"kflux-prd-rh02","applications":[{"namespace":"build-service","n'
+    'ame":"build-service-kflux-prd-rh02","component":"build-service","health_status":"Healthy'
+    '","health_value":1,"sync_status":"Synced","sync_value":1,"images":["quay.io/konflux-ci/b'
+    'uild-service:0a1b2c3d4e5f60718293a4b5c6d7e8f901234567","registry.redhat.io/openshift4/os'
+    'e-kube-rbac-proxy@sha256:abc"]},{"namespace":"build-service","name":"release-service-kfl'
+    'ux-prd-rh02","component":"release-service","health_status":"Degraded","health_value":0,"'
+    'sync_status":"OutOfSync","sync_value":0,"images":[]}],"count":2},{"cluster":"stone-prd-m'
+    '01","applications":[{"namespace":"integration-service","name":"integration-service-stone'
+    '-prd-m01","component":"integration-service","health_status":"","health_value":0,"sync_st'
+    'atus":"","sync_value":0,"images":["quay.io/x/y:v1"]}],"count":1}],"total_count":3}'
+)
+REFERENCE_TOON = (
+    'clusters[#2]:\n'
+    '  - cluster: kflux-prd-rh02\n'
+    '    applications[#2]:\n'
+    '      - namespace: build-service\n'
+    '        name: build-service-kflux-prd-rh02\n'
+    '        component: build-service\n'
+    '        health_status: Healthy\n'
+    '        health_value: 1\n'
+    '        sync_status: Synced\n'
+    '        sync_value: 1\n'
+    '        images[#2]: "quay.io/konflux-ci/build-service:0a1b2c3d4e5f60718293a4b5c6d7e8f901234567","registry.redhat.io/openshift4/ose-kube-rbac-proxy@sha256:abc"\n'
+    '      - namespace: build-service\n'
+    '        name: release-service-kflux-prd-rh02\n'
+    '        component: release-service\n'
+    '        health_status: Degraded\n'
+    '        health_value: 0\n'
+    '        sync_status: OutOfSync\n'
+    '        sync_value: 0\n'
+    '        images[#0]:\n'
+    '    count: 2\n'
+    '  - cluster: stone-prd-m01\n'
+    '    applications[#1]:\n'
+    '      - namespace: integration-service\n'
+    '        name: integration-service-stone-prd-m01\n'
+    '        component: integration-service\n'
+    '        health_status: ""\n'
+    '        health_value: 0\n'
+    '        sync_status: ""\n'
+    '        sync_value: 0\n'
+    '        images[#1]: "quay.io/x/y:v1"\n'
+    '    count: 1\n'
+    'total_count: 3'
+)
+REFERENCE_ONE_JSON = (
+    '{"clusters":[{"cluster":"unknown","applications":[{"namespace":"ns","name":"app","compon'
+    'ent":"app","health_status":"Progressing","health_value":0,"sync_status":"Unknown","sync_'
+    'value":0,"images":[]}],"count":1}],"total_count":1}'
+)
+REFERENCE_ONE_TOON = (
+    'clusters[#1]:\n'
+    '  - cluster: unknown\n'
+    '    applications[#1]:\n'
+    '      - namespace: ns\n'
+    '        name: app\n'
+    '        component: app\n'
+    '        health_status: Progressing\n'
+    '        health_value: 0\n'
+    '        sync_status: Unknown\n'
+    '        sync_value: 0\n'
+    '        images[#0]:\n'
+    '    count: 1\n'
+    'total_count: 1'
+)
+
+
+def test_json_and_toon_are_the_references_bytes() -> None:
+    document = inventory_document(sample_inventory().snapshot())
+    assert inventory_json(document).decode() == REFERENCE_JSON
+    assert inventory_toon(document) == REFERENCE_TOON
+    one = Inventory()
+    one.put(namespace="ns", name="app", component="app", cluster="unknown",
+            health="Progressing", sync="Unknown", images=[], forwarded=True)
+    document = inventory_document(one.snapshot())
+    assert inventory_json(document).decode() == REFERENCE_ONE_JSON
+    assert inventory_toon(document) == REFERENCE_ONE_TOON
+
+
+def test_empty_inventory_and_go_escapes() -> None:
+    # The reference answers "clusters":null when nothing is watched (a nil Go slice);
+    # we answer [] (listed in docs/migration.md). Its TOON is the same: clusters[#0]:.
+    assert inventory_json(inventory_document([])) == b'{"clusters":[],"total_count":0}'
+    assert inventory_toon(inventory_document([])) == "clusters[#0]:\ntotal_count: 0"
+    assert inventory_json({"s": "<a&b>\u2028é"}) == \
+        b'{"s":"\\u003ca\\u0026b\\u003e\\u2028\xc3\xa9"}'
+
+
+def test_equal_image_lists_are_shared() -> None:
     inventory = sample_inventory()
-    entries = inventory.snapshot()
-    assert entries[0].images is entries[1].images  # equal image lists are shared
-    document = inventory_document(entries, now=NOW)
-    assert document == {
-        "generated_at": "2025-01-01T12:00:00Z",
-        "total": 3,
-        "clusters": [
-            {"cluster": "prod-east", "total": 2, "applications": [
-                {"namespace": "argocd", "name": "api-prod-east", "component": "api",
-                 "health": "Healthy", "health_value": 1, "sync": "Synced", "sync_value": 1,
-                 "forwarded": True, "images": ["quay.io/o/api:v1", "quay.io/o/s:v2"]},
-                {"namespace": "argocd", "name": "web-prod-east", "component": "web",
-                 "health": "Unknown", "health_value": 0, "sync": "Unknown", "sync_value": 0,
-                 "forwarded": False, "images": ["quay.io/o/api:v1", "quay.io/o/s:v2"]},
-            ]},
-            {"cluster": "prod-west", "total": 1, "applications": [
-                {"namespace": "team-b", "name": "web-prod-west", "component": "web",
-                 "health": "Degraded", "health_value": 0, "sync": "OutOfSync", "sync_value": 0,
-                 "forwarded": True, "images": []},
-            ]},
-        ],
-    }
-    inventory.remove("argocd", "web-prod-east")
-    assert len(inventory) == 2
-
-
-def test_toon_document_is_one_table_row_per_app() -> None:
-    text = inventory_toon(inventory_document(sample_inventory().snapshot(), now=NOW))
-    assert text == (
-        'generated_at: "2025-01-01T12:00:00Z"\n'
-        "total: 3\n"
-        "clusters[2]:\n"
-        "  - cluster: prod-east\n"
-        "    total: 2\n"
-        "    applications[2]{namespace,name,component,health,health_value,sync,sync_value,"
-        "forwarded,images}:\n"
-        "      argocd,api-prod-east,api,Healthy,1,Synced,1,true,\"quay.io/o/api:v1 quay.io/o/s:v2\"\n"
-        "      argocd,web-prod-east,web,Unknown,0,Unknown,0,false,\"quay.io/o/api:v1 quay.io/o/s:v2\"\n"
-        "  - cluster: prod-west\n"
-        "    total: 1\n"
-        "    applications[1]{namespace,name,component,health,health_value,sync,sync_value,"
-        "forwarded,images}:\n"
-        '      team-b,web-prod-west,web,Degraded,0,OutOfSync,0,true,""\n'
-    )
+    inventory.put(namespace="a", name="b", component="b", cluster="c", health="Healthy",
+                  sync="Synced", images=["quay.io/x/y:v1"], forwarded=True)
+    entries = {entry.name: entry for entry in inventory.snapshot()}
+    assert entries["b"].images is entries["integration-service-stone-prd-m01"].images
+    inventory.remove("a", "b")
+    assert len(inventory) == 3
 
 
 # --- auth units -----------------------------------------------------------------------
@@ -221,8 +348,9 @@ async def test_open_access_serves_json_and_toon_without_api_calls(
     assert (body["clusters"][0]["cluster"], api["health_value"], api["sync_value"]) == \
         ("prod-east", 1, 1)
     assert api["images"] == [image("api", "a" * 40)]
-    assert toon_answer.headers["content-type"].startswith("text/toon")
-    assert "applications[1]{namespace,name,component" in toon_answer.text
+    assert toon_answer.headers["content-type"] == "text/plain"
+    assert "  - cluster: prod-east\n    applications[#1]:\n      - namespace: argocd\n" \
+        in toon_answer.text
     assert api_reads(h.kube) == before
     assert h.kube.requests["tokenreview"] == 0
 
@@ -341,3 +469,68 @@ async def test_kubernetes_review_unavailable_is_503(watched: tuple[Harness, AppC
     with pytest.raises(Refused) as refused:
         await authorizer.allowed_namespaces("Bearer anything", ["argocd"])
     assert refused.value.status == 503
+
+
+# --- CORS (the reference's Fiber middleware: any origin) --------------------------------
+async def test_cors_as_the_reference(watched: tuple[Harness, AppContext]) -> None:
+    _, context = watched
+    runner, url = await serve(context, StaticTokens([SECRET]))
+    path = "/api/v1/argocd/applications"
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            plain = await client.get(path, headers={"Authorization": f"Bearer {SECRET}"})
+            browser = await client.get(path, headers={"Authorization": f"Bearer {SECRET}",
+                                                      "Origin": "https://console.example"})
+            refused = await client.get(path, headers={"Origin": "https://console.example"})
+            preflight = await client.options(path + ".toon", headers={
+                "Origin": "https://console.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization"})
+    finally:
+        await runner.cleanup()
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    assert browser.status_code == 200 and browser.headers["Access-Control-Allow-Origin"] == "*"
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    assert preflight.status_code == 204 and preflight.content == b""
+    assert {name: preflight.headers[name] for name in (
+        "Vary", "Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
+        "Access-Control-Allow-Headers")} == {
+        "Vary": "Access-Control-Request-Method, Access-Control-Request-Headers, Origin",
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET,OPTIONS",
+        "Access-Control-Allow-Headers": "Origin,Content-Type,Accept,Authorization"}
+
+
+@pytest.mark.parametrize(
+    ("origins", "origin", "allowed", "vary"),
+    [
+        ((), "https://a.example", None, None),  # cors_allow_origins: [] -> no CORS at all
+        (("https://a.example",), "https://a.example", "https://a.example", "Origin"),
+        (("https://a.example/",), "https://A.example", "https://a.example", "Origin"),
+        (("https://a.example",), "https://b.example", None, "Origin"),
+        (("*",), "https://b.example", "*", None),
+    ],
+)
+async def test_cors_origins_are_configurable(
+    tmp_path: Path, origins: tuple[str, ...], origin: str, allowed: str | None, vary: str | None,
+) -> None:
+    listed = ", ".join(f'"{o}"' for o in origins)
+    settings = load_config(write_config(
+        tmp_path, f"server: {{host: 127.0.0.1, cors_allow_origins: [{listed}]}}\n")).settings
+    assert tuple(settings.server.cors_allow_origins) == origins
+    app = web.Application(middlewares=[cors_middleware(origins)] if origins else [])
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app.router.add_get("/x", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound_port(runner)}") as c:
+            answer = await c.get("/x", headers={"Origin": origin})
+    finally:
+        await runner.cleanup()
+    assert answer.headers.get("Access-Control-Allow-Origin") == allowed
+    assert answer.headers.get("Vary") == vary
