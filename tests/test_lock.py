@@ -57,7 +57,7 @@ def test_every_declared_dependency_is_pinned_with_hashes_within_its_specifier(
     for requirement in wanted:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is declared but not in {lock.name}"
-        version, hashes = pins[name]
+        version, _hashes = pins[name]
         assert requirement.specifier.contains(version, prereleases=True), (
             f"{lock.name} pins {name}=={version}, outside {requirement.specifier}")
     assert all(hashes >= 1 for _, hashes in pins.values()), f"{lock.name}: a pin without a hash"
