@@ -173,6 +173,10 @@ class ServerConfig(Section):
         return int(self.port)
 
 
+REFERENCE_PRODUCTS = ("konflux",)
+"""The only product whose incidents the reference forwards (with component ``konflux``)."""
+
+
 class WebRCAConfig(Section):
     enabled: bool = False
     api_url: str = "https://api.openshift.com/api/web-rca/v1/incidents"
@@ -181,8 +185,15 @@ class WebRCAConfig(Section):
     """Accepted for compatibility with the reference file, never used: see ``OFFLINE_TOKEN``."""
     token_url: str = SSO_ENDPOINT
     client_id: str = "cloud-services"
-    products: list[str] = Field(default_factory=list)
-    """Empty means every incident; the reference behaviour is ``[konflux]``."""
+    products: list[str] = Field(default_factory=lambda: list(REFERENCE_PRODUCTS))
+    """Incidents of these products are forwarded, filed under the first one listed that
+    they touch. Absent: ``[konflux]``, what the reference hard-codes (its file has no such
+    key), so its users forward what they forwarded before. ``[]``: every incident."""
+
+    @property
+    def products_defaulted(self) -> bool:
+        """True when the file does not set ``products`` (the reference's ``konflux`` only)."""
+        return "products" not in self.model_fields_set
     incident_url: str = "https://web-rca.devshift.net/incident/{incident_id}"
     close_resolved: bool = False
     page_size: int = Field(default=100, ge=1, le=1000)

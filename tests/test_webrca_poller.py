@@ -37,14 +37,18 @@ def fake() -> Iterator[FakeWebRCA]:
 def make_context(redis: aioredis.Redis, fake: FakeWebRCA, *, offline: str | None = GOOD,
                  products: list[str] | None = None, page_size: int = 2,
                  close_resolved: bool = False, teams: list[dict[str, Any]] | None = None,
-                 devlake_enabled: bool = True, dry_run: bool = False) -> AppContext:
+                 devlake_enabled: bool = True, dry_run: bool = False,
+                 products_absent: bool = False) -> AppContext:
     devlake: dict[str, Any] = {"enabled": devlake_enabled, "teams": teams or []}
     if devlake_enabled:
         devlake.update(base_url="http://devlake.invalid", project_id="1")
+    webrca = {"enabled": True, "api_url": fake.api_url, "token_url": fake.token_url,
+              "products": products or [], "page_size": page_size,
+              "close_resolved": close_resolved, "timeout_seconds": 5}
+    if products_absent:
+        del webrca["products"]
     settings = validate_settings({
-        "webrca": {"enabled": True, "api_url": fake.api_url, "token_url": fake.token_url,
-                   "products": products or [], "page_size": page_size,
-                   "close_resolved": close_resolved, "timeout_seconds": 5},
+        "webrca": webrca,
         "argocd": {"enabled": False},
         "integration": {"devlake": devlake},
     }, "test")
@@ -260,6 +264,21 @@ async def test_no_product_filter_takes_every_incident(fake: FakeWebRCA,
     payloads = {e.record_id: e.payload for e in await outbox(poller)}
     assert payloads["ITN-1"]["component"] == "rhtap"
     assert "component" not in payloads["ITN-2"]
+
+
+async def test_products_absent_forwards_konflux_only_as_the_reference(
+        fake: FakeWebRCA, make_poller: PollerFactory) -> None:
+    # The reference's file has no webrca.products: it forwards konflux incidents only,
+    # each with component "konflux", whatever else the incident touches.
+    fake.add_incident("ITN-1", products=["konflux"])
+    fake.add_incident("ITN-2", products=["rhtap"])
+    fake.add_incident("ITN-3", products=["rhtap", "konflux"])
+    fake.add_incident("ITN-4", products=[])
+    poller = make_poller(products_absent=True)
+    assert poller.settings.products == ["konflux"] and poller.settings.products_defaulted
+    assert (await poller.poll_once()).changed == 2
+    components = {e.record_id: e.payload["component"] for e in await outbox(poller)}
+    assert components == {"ITN-1": "konflux", "ITN-3": "konflux"}
 
 
 async def test_updated_at_bumps_send_nothing(fake: FakeWebRCA,

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from doraforwarder.commands.common import add_command, warn_file_secrets
-from doraforwarder.config import load_config
+from doraforwarder.config import LoadedConfig, load_config
 
 DESCRIPTION = "Exit 0 and print the effective configuration, or exit 2 naming the problem."
 
@@ -18,11 +18,26 @@ def add_parser(subparsers: Any) -> None:
                 help="validate the configuration and print it (secrets as ***)")
 
 
+def behaviour_notes(config: LoadedConfig) -> list[str]:
+    """Defaults a reader of the file cannot see, one sentence each."""
+    notes = []
+    webrca = config.settings.webrca
+    if webrca.products_defaulted:
+        notes.append("webrca.products is not set: only incidents of product konflux are "
+                     "forwarded, with component konflux, as the reference does "
+                     "(set webrca.products: [] to forward every product's incidents)")
+    elif not webrca.products:
+        notes.append("webrca.products is []: every product's incidents are forwarded")
+    return notes
+
+
 def handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     warn_file_secrets(config)
     print(f"# configuration from {config.source} is valid; effective values:")
     for note in config.deprecations:
         print(f"# deprecated: {note}")
+    for note in behaviour_notes(config):
+        print(f"# note: {note}")
     print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
     return 0
