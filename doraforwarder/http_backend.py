@@ -38,6 +38,7 @@ import httpcore
 import httpx
 import sniffio
 
+from doraforwarder import bodies
 from doraforwarder.logging import get_logger
 
 log = get_logger("http")
@@ -298,12 +299,14 @@ def install(client: httpx.AsyncClient, backend: httpcore.AsyncNetworkBackend | N
 
 
 def async_client(**options: Any) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient(**options)`` on :class:`AsyncioBackend`.
+    """An ``httpx.AsyncClient(**options)`` on :class:`AsyncioBackend`, asking for no encoding.
 
     A ``transport`` given in ``options`` (a test's mock) is left as it is.
     Pools that cannot be switched are named in one warning.
     """
     client = httpx.AsyncClient(**options)
+    # Never httpx's "gzip, deflate, br, zstd": bodies are read with a bound (bodies.py).
+    client.headers["Accept-Encoding"] = bodies.ACCEPT_ENCODING
     if options.get("transport") is None:
         missed = install(client)
         if missed:

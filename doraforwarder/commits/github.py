@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
-from doraforwarder import http_backend
+from doraforwarder import bodies, http_backend
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.plan import Candidate, compare_pages
 from doraforwarder.commits.ratelimit import (
@@ -287,7 +287,8 @@ class GitHubClient:
 
     async def rate_limit(self) -> httpx.Response:
         """One ``GET /rate_limit`` with the daemon's headers: no retry, no cache (``doctor``)."""
-        return await self._http.get(self.api_url + "/rate_limit", headers=self._headers(None))
+        return await bodies.fetch(self._http, "GET", self.api_url + "/rate_limit",
+                                  limit=bodies.TOKEN_LIMIT, headers=self._headers(None))
 
     # --- transport ----------------------------------------------------------------------
     async def get_json(
@@ -326,8 +327,11 @@ class GitHubClient:
                 return stored
             if response.status_code == 200:
                 try:
-                    body = slim(kind, response.json())
-                except (ValueError, TypeError, AttributeError):
+                    body = slim(kind, bodies.whole(response, f"answer to {path}",
+                                                   bodies.DOCUMENT_LIMIT).json())
+                except bodies.TooLarge as exc:
+                    raise GitHubError(200, kind, str(exc)) from None
+                except (ValueError, TypeError, AttributeError, RecursionError):
                     raise GitHubError(200, kind, f"answer to {path} is not a JSON object"
                                       ) from None
                 self._healthy()
@@ -372,7 +376,8 @@ class GitHubClient:
 
     async def _send(self, url: str, headers: dict[str, str], call: Call) -> httpx.Response:
         """The request, abandoned as soon as ``call.stop`` is set."""
-        request = asyncio.ensure_future(self._http.get(url, headers=headers))
+        request = asyncio.ensure_future(bodies.fetch(
+            self._http, "GET", url, limit=bodies.DOCUMENT_LIMIT, headers=headers))
         stopping = asyncio.ensure_future(call.stop.wait())
         try:
             await asyncio.wait({request, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -422,8 +427,8 @@ class GitHubClient:
         status = response.status_code
         try:
             detail = str(response.json().get("message") or "")
-        except (ValueError, AttributeError):
-            detail = response.text[:200]
+        except (ValueError, AttributeError, RecursionError):
+            detail = bodies.note(response)[:200]
         if status == 404 or (status == 422 and "no commit found" in detail.lower()):
             return NotFound(status, kind, detail or "not found")
         return GitHubError(status, kind, detail or "error")

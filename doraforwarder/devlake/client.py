@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, TextIO
 import httpx
 from pydantic import SecretStr
 
-from doraforwarder import __version__, http_backend
+from doraforwarder import __version__, bodies, http_backend
 from doraforwarder.backoff import parse_retry_after
 from doraforwarder.outbox import BODY_LIMIT, OutboxEntry
 
@@ -189,7 +189,8 @@ class DevLakeClient:
     def __init__(self, token: SecretStr | None, timeout_seconds: float, *,
                  pool_size: int = 8,
                  target_keys: Mapping[str, SecretStr | None] | None = None) -> None:
-        headers = {"User-Agent": f"doraforwarder/{__version__}", "Accept": "application/json"}
+        headers = {"User-Agent": f"doraforwarder/{__version__}", "Accept": "application/json",
+                   "Accept-Encoding": bodies.ACCEPT_ENCODING}
         self.has_token = _usable(token)
         self.timeout_seconds = timeout_seconds
         # Built once as httpx.Headers: a request copies them instead of normalising dicts.
@@ -236,7 +237,7 @@ class DevLakeClient:
                                     extensions=self._extensions)
             response = await transport.handle_async_request(request)
             try:
-                raw = await _read(response)
+                read = await bodies.read_prefix(response, BODY_LIMIT * 4)
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
@@ -247,8 +248,8 @@ class DevLakeClient:
             return Answer(None, failure="network", error=f"{type(exc).__name__}: {exc}")
         return Answer(
             status=response.status_code,
-            body=_text(raw[:BODY_LIMIT * 4], _charset(response.headers.get("Content-Type"))
-                       )[:BODY_LIMIT],
+            body=(_text(read.data, _charset(response.headers.get("Content-Type")))[:BODY_LIMIT]
+                  or read.describe()),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
 
@@ -293,13 +294,6 @@ def _with_key(headers: dict[str, str], key: SecretStr | None) -> dict[str, str]:
     if key is None or not key.get_secret_value():
         return dict(headers)
     return {**headers, "Authorization": f"Bearer {key.get_secret_value()}"}
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The body; straight from the stream when it is not content-encoded (we never ask)."""
-    if "Content-Encoding" in response.headers:
-        return await response.aread()
-    return b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
 
 
 def _charset(content_type: str | None) -> str | None:

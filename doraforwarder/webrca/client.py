@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httpx
 from pydantic import SecretStr
 
-from doraforwarder import http_backend
+from doraforwarder import bodies, http_backend
 from doraforwarder.backoff import parse_retry_after
 from doraforwarder.config import LoadedConfig
 from doraforwarder.webrca.pages import PageRead, read_page
@@ -70,7 +70,7 @@ def _sso_error(response: httpx.Response) -> str:
     """Keycloak's error code (``invalid_grant``), without its free-text description."""
     try:
         document = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return f"HTTP {response.status_code}"
     error = document.get("error") if isinstance(document, dict) else None
     return str(error) if error else f"HTTP {response.status_code}"
@@ -136,7 +136,8 @@ class TokenSource:
             "refresh_token": self._offline_token.get_secret_value(),
         }
         try:
-            response = await self._http.post(self._token_url, data=form)
+            response = await bodies.fetch(self._http, "POST", self._token_url,
+                                          limit=bodies.TOKEN_LIMIT, data=form)
         except httpx.HTTPError as exc:
             raise TransientError(f"SSO token endpoint unreachable: {type(exc).__name__}") from None
         if response.status_code >= 500 or response.status_code == 429:
@@ -148,10 +149,12 @@ class TokenSource:
                 raise TokenRejected("offline token rejected (invalid_grant)", error)
             raise TokenRejected(f"SSO refused the token exchange ({error})", error)
         try:
-            document = response.json()
+            document = bodies.whole(response, "SSO answer", bodies.TOKEN_LIMIT).json()
             token = document["access_token"]
             expires_in = float(document.get("expires_in") or 300)
-        except (ValueError, KeyError, TypeError):
+        except bodies.TooLarge as exc:
+            raise TransientError(str(exc)) from None
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise TransientError("SSO answer has no usable access_token") from None
         if not isinstance(token, str) or not token:
             raise TransientError("SSO answer has an empty access_token")
@@ -172,8 +175,8 @@ class IncidentsClient:
 
     async def _get(self, number: int, size: int, token: str) -> httpx.Response:
         try:
-            return await self._http.get(
-                self._api_url,
+            return await bodies.fetch(
+                self._http, "GET", self._api_url, limit=bodies.DOCUMENT_LIMIT,
                 params={"page": number, "size": size},
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
             )
@@ -199,4 +202,8 @@ class IncidentsClient:
         if response.status_code != 200:
             raise AccessDenied(f"WebRCA answered {response.status_code} on page {number}: "
                                "check webrca.api_url")
+        try:
+            bodies.whole(response, f"WebRCA page {number}", bodies.DOCUMENT_LIMIT)
+        except bodies.TooLarge as exc:
+            return PageRead(number, problem="too_large", detail=str(exc))
         return read_page(response.text, number)
