@@ -26,6 +26,7 @@ from pydantic import (
     AliasChoices,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -666,6 +667,10 @@ class DeliveryConfig(Section):
     refused_max_held: int = Field(default=1000, ge=1)
     """Entries of one refused (401/403) target kept in memory; the rest of its backlog
     waits in Redis (parked in the consumer group) until DevLake accepts the target again."""
+    refused_max_held_bytes: ByteSize = Field(default=ByteSize(16 * 2**20), ge=1)
+    """And at most this much of their stored size (``16MiB``, ``512KiB`` or bytes): with
+    ``deployment_commits: range`` one entry may be 100 KB in Redis and 3.7 times that in
+    memory, so a count alone does not bound memory. One entry is always held."""
     resolvers: int = Field(default=2, ge=1, le=64)
     """Workers turning detected deployments into payloads (GitHub look-ups)."""
 

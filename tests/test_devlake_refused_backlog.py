@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ from doraforwarder.config import LoadedConfig, Secrets, Settings
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.delivery import (
     DeliveryPool,
+    Held,
     parked_target,
     parking_member,
     take_back_allowance,
@@ -32,6 +34,7 @@ from doraforwarder.testing.fake_devlake import FakeDevLake
 from tests.devlake_support import (
     RunningService,
     deployment_entry,
+    deployment_payload,
     eventually,
     issue_entries,
     stage,
@@ -52,7 +55,7 @@ def devlake() -> Iterator[FakeDevLake]:
         yield fake  # BUILD_KEY is unknown to it until a test adds it: 403 invalid key
 
 
-def context_for(redis: aioredis.Redis, base_url: str) -> AppContext:
+def context_for(redis: aioredis.Redis, base_url: str, **delivery: Any) -> AppContext:
     settings = Settings.model_validate({
         "integration": {"devlake": {
             "enabled": True, "base_url": base_url, "project_id": "1", "timeout_seconds": 2,
@@ -60,7 +63,7 @@ def context_for(redis: aioredis.Redis, base_url: str) -> AppContext:
             "teams": [{"name": "build", "connection_name": "team-build",
                        "token_env": "BUILD_KEY"}]}},
         "delivery": {"initial_backoff": "2ms", "max_backoff": "20ms", "claim_idle": "300ms",
-                     "refused_max_held": CAP},
+                     "refused_max_held": CAP, **delivery},
     })
     secrets = Secrets(devlake_webhook_token=SecretStr("admin-wide-key"),
                       devlake_keys={"BUILD_KEY": SecretStr(BUILD_KEY)})
@@ -69,13 +72,28 @@ def context_for(redis: aioredis.Redis, base_url: str) -> AppContext:
 
 
 class WatchedPool(DeliveryPool):
-    """Records the most entries of the refused target it ever held at once."""
+    """Records the most entries (and stored size) of the refused target it held at once.
+
+    Entries are held by reads, reclaims and take-backs, and before the first
+    403 by workers: the peak is taken after each of those and at every park.
+    """
 
     peak = 0
+    peak_bytes = 0
 
     def _hold(self, item: StreamItem) -> None:
         super()._hold(item)
-        self.peak = max(self.peak, self.schedule.count(BUILD.key))
+        self._note_peak()
+
+    async def _parks_surplus(self, held: Held) -> bool:
+        parked = await super()._parks_surplus(held)
+        self._note_peak()
+        return parked
+
+    def _note_peak(self) -> None:
+        if BUILD.key in self.refused:
+            self.peak = max(self.peak, self.schedule.count(BUILD.key))
+            self.peak_bytes = max(self.peak_bytes, self.schedule.size_of(BUILD.key))
 
 
 def pool_for(context: AppContext, consumer: str) -> WatchedPool:
@@ -259,6 +277,52 @@ async def test_issues_of_a_refused_target_keep_their_order_through_parking(
         assert sequence == [("issue", "TODO"), ("issue", "DONE"), ("close", None)], key
         issue = devlake.issue(6, key)
         assert issue is not None and issue["closed"] is True
+
+
+def big_entry(record_id: str, rows: int) -> OutboxEntry:
+    """A deployment the way ``deployment_commits: range`` makes them: one row per commit."""
+    payload = deployment_payload(record_id)
+    row = payload["deploymentCommits"][0]
+    payload["deploymentCommits"] = [{**row, "commitSha": f"{n:040x}"} for n in range(rows)]
+    return OutboxEntry(kind="deployment", target=BUILD, record_id=record_id, payload=payload)
+
+
+async def test_a_refused_backlog_is_bounded_by_size_as_well_as_by_count(
+    redis_client: aioredis.Redis, devlake: FakeDevLake
+) -> None:
+    """Entries of 100 commit rows: the size bound, not the count, decides what is held."""
+    entries = [big_entry(f"build:{n}", rows=100) for n in range(REFUSED)]
+    size = max(len(entry.model_dump_json()) for entry in entries) + len("entry")
+    per_size = 4  # entries that fit in the size bound: far fewer than CAP
+    context = context_for(redis_client, devlake.url, refused_max_held_bytes=per_size * size)
+    await stage(redis_client, context.keys, entries)
+    pool = WatchedPool(context, consumer="a", max_held=REFUSED)  # room for all: one read
+    async with RunningService(pool):
+        await eventually(lambda: pool.parked.get(BUILD.key, 0) >= REFUSED - per_size,
+                         what="everything beyond the size bound parked in Redis")
+        assert 1 <= pool.schedule.count(BUILD.key) <= per_size
+        assert pool.schedule.size_of(BUILD.key) <= per_size * size
+        rechecks = len(devlake.posts(status=403))
+        await eventually(lambda: len(devlake.posts(status=403)) >= rechecks + 3,
+                         what="three more rechecks (and take-back rounds)")
+        assert pool.peak <= per_size and pool.peak_bytes <= per_size * size
+        devlake.add_api_key(BUILD_KEY, "/plugins/webhook/.*")
+        await eventually(lambda: all_delivered(redis_client, context), what="all delivered")
+    assert accepted_ids(devlake, 6) == sorted(build_ids())  # each exactly once
+
+
+async def test_one_entry_larger_than_the_size_bound_is_still_held_for_the_recheck(
+    redis_client: aioredis.Redis, devlake: FakeDevLake
+) -> None:
+    context = context_for(redis_client, devlake.url, refused_max_held_bytes=100)
+    await stage(redis_client, context.keys, [big_entry(f"build:{n}", rows=5) for n in range(3)])
+    pool = WatchedPool(context, consumer="a", max_held=10)
+    async with RunningService(pool):
+        await eventually(lambda: pool.parked.get(BUILD.key) == 2, what="two parked")
+        assert pool.schedule.count(BUILD.key) == 1
+        devlake.add_api_key(BUILD_KEY, "/plugins/webhook/.*")
+        await eventually(lambda: all_delivered(redis_client, context), what="all delivered")
+    assert accepted_ids(devlake, 6) == [f"build:{n}" for n in range(3)]
 
 
 # --- the consumer-group moves parking rests on ---------------------------------------
