@@ -112,6 +112,11 @@ class Keys:
         """Set of deployment ids ``doraforwarder backfill`` staged (owner: backfill)."""
         return self._key("backfill", "staged")
 
+    # --- The reference's keys (read, never written: argocd/reference_marks.py) -------
+    def reference_revision_sent(self, revision: str, component: str) -> str:
+        """``devlake-revision:<revision>:<component>``: the reference sent that deployment."""
+        return self._key("devlake-revision", revision, component)
+
     # --- Replicas -----------------------------------------------------------------
     def lock(self, name: str) -> str:
         return self._key("lock", name)

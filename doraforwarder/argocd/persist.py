@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from doraforwarder.argocd.detect import Decision, apply_dedupe, deployment_dedupe_key
+from doraforwarder.argocd.reference_marks import (
+    mark_from_pttl,
+    may_be_marked,
+    reference_claim,
+    sent_by_reference,
+)
 from doraforwarder.argocd.state import AppState, CorruptState, load_state
 from doraforwarder.config import ArgoCDConfig
 from doraforwarder.keys import Keys
@@ -89,9 +95,10 @@ async def commit_decision(
                     redis_keys = [keys.dedupe(k) for k in scope_keys]
                     await pipe.watch(*redis_keys)
                     values = await pipe.mget(redis_keys)
-                    outcome = apply_dedupe(
-                        decision.deployments, _holders(scope_keys, values), config
+                    holders = await _with_reference_marks(
+                        pipe, keys, config, decision.deployments, _holders(scope_keys, values)
                     )
+                    outcome = apply_dedupe(decision.deployments, holders, config)
                     staged, claims, reasons = outcome.kept, outcome.claims, outcome.reasons
                 pipe.multi()  # type: ignore[no-untyped-call]
                 _stage_state(pipe, state_key, decision.state, config.state_ttl)
@@ -152,6 +159,34 @@ def _stage_state(
         pipe.set(key, state.dump(), ex=max(1, int(ttl.total_seconds())))
     else:
         pipe.set(key, state.dump())
+
+
+async def _with_reference_marks(
+    pipe: aioredis.client.Pipeline,
+    keys: Keys,
+    config: ArgoCDConfig,
+    deployments: list[DetectedDeployment],
+    holders: dict[str, str | None],
+) -> dict[str, str | None]:
+    """``holders`` plus a claim for each unclaimed scope whose deployment the reference sent.
+
+    After a switch from the reference, the rest of a rollout it began (the same revision
+    reaching more clusters within ``dedupe_window``) is the deployment it already sent,
+    not a second one. Its marks are read, never WATCHed: the stopped reference writes no
+    more of them. One ``PTTL`` per unclaimed deployment, on decisions with deployments only.
+    """
+    result = dict(holders)
+    now = datetime.now(UTC)
+    for deployment in deployments:
+        scope = deployment_dedupe_key(deployment, config)
+        if result.get(scope) is not None or not may_be_marked(deployment):
+            continue
+        pttl = await pipe.pttl(keys.reference_revision_sent(deployment.revision,
+                                                            deployment.component))
+        mark = mark_from_pttl(deployment.revision, int(pttl), now)
+        if sent_by_reference(deployment, mark, config):
+            result[scope] = reference_claim(deployment.revision)
+    return result
 
 
 def _holders(scope_keys: list[str], values: list[bytes | str | None]) -> dict[str, str | None]:

@@ -86,18 +86,18 @@ async def _backfill(config: LoadedConfig, args: argparse.Namespace) -> int:
               f"{len(duplicates)} duplicates", file=sys.stderr, flush=True)
         if args.dry_run:
             outcomes = await backfill.print_payloads(kept, stop)
-            print(summary(config, outcomes, duplicates), file=sys.stderr)
+            print(summary(config, outcomes, duplicates, backfill.by_reference), file=sys.stderr)
             return 0
         outcomes = await backfill.stage(kept)
         staged = sum(1 for o in outcomes if o.action == "staged")
         apps = len({o.deployment.app for o in outcomes})
         print(f"backfill: {apps}/{len(objects)} applications done, {staged} records staged",
               file=sys.stderr, flush=True)
-        print(render(outcomes, duplicates))
+        print(render(outcomes, duplicates, backfill.by_reference))
         drained = True
         if any(o.action == "staged" for o in outcomes):
             drained = await backfill.drain(stop, args.wait)
-        print(summary(config, outcomes, duplicates))
+        print(summary(config, outcomes, duplicates, backfill.by_reference))
         if not drained:
             print("delivery not finished: the rest stays queued in Redis for the daemon")
         return 0

@@ -12,6 +12,11 @@ Redis set remembers what backfill staged) on the ``deployments`` stream and
 goes through the same resolver and delivery as live syncs; backfill runs those
 workers itself until the queues drain, cooperating with a running daemon.
 
+After a switch from the reference, what it already sent is left out (its
+``devlake-revision`` marks under the same prefix, read by
+:mod:`~doraforwarder.argocd.reference_marks`): listed as ``by reference``, never
+staged.
+
 ``--dry-run`` reads the live dedupe claims but writes nothing under the real
 prefix: its resolver keeps the GitHub caches (commits, compares, searches,
 ETags, resolved lists) in a private :class:`~doraforwarder.dryrun.DryRunSpace`,
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,6 +42,12 @@ from doraforwarder.argocd.ids import claim_deployed_at
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import iter_applications
 from doraforwarder.argocd.model import MalformedApplication, parse_application
+from doraforwarder.argocd.reference_marks import (
+    ReferenceMark,
+    mark_from_pttl,
+    may_be_marked,
+    sent_by_reference,
+)
 from doraforwarder.commits.resolve import CommitResolver
 from doraforwarder.commits.stage import ResolverPool
 from doraforwarder.config import ArgoCDConfig, LoadedConfig
@@ -52,7 +63,7 @@ from doraforwarder.streams import stage_detected
 
 log = get_logger("backfill")
 
-Action = Literal["staged", "already staged", "duplicate", "printed", "no commits"]
+Action = Literal["staged", "already staged", "duplicate", "by reference", "printed", "no commits"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,8 @@ class Backfill:
     def __init__(self, context: AppContext, selection: Selection) -> None:
         self.context = context
         self.selection = selection
+        self.by_reference: set[str] = set()
+        """Ids of the deployments the reference already sent (after :meth:`plan`)."""
 
     async def plan(self, objects: Iterable[dict[str, Any]]) -> tuple[
             list[DetectedDeployment], list[DetectedDeployment]]:
@@ -144,7 +157,28 @@ class Backfill:
             if keys else []
         live = {key: str(value) if value is not None else None
                 for key, value in zip(keys, values, strict=True)}
-        return dedupe_within_window(found, config, live)
+        marks = await self._reference_marks(found)
+        self.by_reference = {d.id for d in found
+                             if sent_by_reference(d, marks.get(d.id), config)}
+        kept, duplicates = dedupe_within_window(
+            [d for d in found if d.id not in self.by_reference], config, live)
+        return kept, sorted(duplicates + [d for d in found if d.id in self.by_reference],
+                            key=lambda d: (d.deployed_at, d.app, d.id))
+
+    async def _reference_marks(self, found: Sequence[DetectedDeployment]
+                               ) -> dict[str, ReferenceMark | None]:
+        """The reference's ``devlake-revision`` mark of each deployment it could have sent."""
+        candidates = [d for d in found if may_be_marked(d)]
+        if not candidates:
+            return {}
+        keys = self.context.keys
+        async with self.context.redis.pipeline(transaction=False) as pipe:
+            for deployment in candidates:
+                pipe.pttl(keys.reference_revision_sent(deployment.revision, deployment.component))
+            answers = await pipe.execute()
+        now = datetime.now(UTC)
+        return {d.id: mark_from_pttl(d.revision, int(pttl), now)
+                for d, pttl in zip(candidates, answers, strict=True)}
 
     async def stage(self, deployments: Sequence[DetectedDeployment]) -> list[Outcome]:
         """Put each deployment on the ``deployments`` stream once, ever."""
@@ -226,9 +260,10 @@ class Backfill:
         return drained
 
 
-def render(outcomes: Sequence[Outcome], duplicates: Sequence[DetectedDeployment]) -> str:
+def render(outcomes: Sequence[Outcome], duplicates: Sequence[DetectedDeployment],
+           by_reference: Set[str] = frozenset()) -> str:
     rows = [(o.deployment, o.action) for o in outcomes]
-    rows += [(d, "duplicate") for d in duplicates]
+    rows += [(d, "by reference" if d.id in by_reference else "duplicate") for d in duplicates]
     rows.sort(key=lambda row: (row[0].deployed_at, row[0].app))
     lines = [f"{'deployed (UTC)':<19}  {'component':<20} {'cluster':<16} {'result':<8} "
              f"{'action':<14} id"]
@@ -241,11 +276,14 @@ def render(outcomes: Sequence[Outcome], duplicates: Sequence[DetectedDeployment]
 
 
 def summary(config: LoadedConfig, outcomes: Sequence[Outcome],
-            duplicates: Sequence[DetectedDeployment]) -> str:
+            duplicates: Sequence[DetectedDeployment], by_reference: Set[str] = frozenset()) -> str:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.action] = counts.get(outcome.action, 0) + 1
-    if duplicates:
-        counts["duplicate"] = len(duplicates)
+    sent = sum(1 for d in duplicates if d.id in by_reference)
+    if len(duplicates) > sent:
+        counts["duplicate"] = len(duplicates) - sent
+    if sent:
+        counts["already sent by the reference"] = sent
     parts = ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "nothing"
     return f"backfill from {config.source}: {parts}"
