@@ -16,7 +16,7 @@ from doraforwarder import __version__
 from doraforwarder.argocd.kube import KubeAccessError
 from doraforwarder.commands import COMMANDS
 from doraforwarder.commands.common import GLOBAL, Parser, fill_global_defaults
-from doraforwarder.config import ConfigError
+from doraforwarder.config import ConfigError, load_dotenv_file
 from doraforwarder.logging import redactor
 
 EXIT_CONFIG = 2
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fill_global_defaults(args)
     try:
+        args.dotenv = load_dotenv_file()
         code: int = args.handler(args)
     except (ConfigError, KubeAccessError) as exc:
         print(f"doraforwarder: {_one_line(str(exc))}", file=sys.stderr)

@@ -4,7 +4,8 @@ The file format of redhat-appstudio/dora-metrics loads unchanged, so its users
 switch without edits. Every section forbids unknown keys: a typo is an error
 naming the key and the file, never a silently ignored setting.
 
-Secrets never live in the file. They come from ``GITHUB_TOKEN``,
+Secrets belong in the environment (the one exception, as in the reference:
+``webrca.token`` when ``OFFLINE_TOKEN`` is unset, with a warning). They come from ``GITHUB_TOKEN``,
 ``DEVLAKE_WEBHOOK_TOKEN`` and ``OFFLINE_TOKEN`` (or ``*_FILE`` variables naming a
 mounted secret) and are held as :class:`pydantic.SecretStr`, so printing the
 configuration can never show them.
@@ -42,7 +43,10 @@ from doraforwarder.records import Environment as EnvironmentName
 from doraforwarder.webhook_paths import Prefix, check_name, normalize_prefix
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
+REFERENCE_CONFIG_PATH = "configs/config.yaml"
+"""Where the reference reads its file (from the working directory, always)."""
 CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
+DOTENV_FILE = ".env"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -183,7 +187,8 @@ class WebRCAConfig(Section):
     api_url: str = "https://api.openshift.com/api/web-rca/v1/incidents"
     interval: Duration = timedelta(minutes=30)
     token: str = Field(default="", repr=False, exclude=True)
-    """Accepted for compatibility with the reference file, never used: see ``OFFLINE_TOKEN``."""
+    """The reference's place for the WebRCA offline token: used only when ``OFFLINE_TOKEN``
+    (and ``OFFLINE_TOKEN_FILE``) is unset, with a warning; never printed."""
     token_url: str = SSO_ENDPOINT
     client_id: str = "cloud-services"
     products: list[str] = Field(default_factory=lambda: list(REFERENCE_PRODUCTS))
@@ -735,9 +740,12 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "REDIS_HOST": ("storage", "redis", "address"),
     "REDIS_PORT": ("storage", "redis", "address"),
     "REDIS_PASSWORD": ("storage", "redis", "password"),
+    "WEBRCA_INTERVAL": ("webrca", "interval"),
 }
 """The reference's variables and the file key each one overrides: a validation error
-of that key names the variable the operator set, not a key absent from their file."""
+of that key names the variable the operator set, not a key absent from their file.
+``WEBRCA_INTERVAL`` is the exception, as in the reference: it is used only when the
+file does not set ``webrca.interval``."""
 SECRET_OVERRIDES = frozenset({"REDIS_PASSWORD"})
 """Overrides whose value is never shown, not even in part, in an error."""
 
@@ -764,6 +772,7 @@ class EnvironmentOverrides(BaseSettings):
     devlake_webhook_token_file: str | None = None
     offline_token: str | None = None
     offline_token_file: str | None = None
+    webrca_interval: str | None = None
 
 
 class LoadedConfig(BaseModel):
@@ -776,6 +785,9 @@ class LoadedConfig(BaseModel):
     source: str
     deprecations: tuple[str, ...] = ()
     """Old keys that still load, each with what to write instead (logged once at start)."""
+    offline_token_from_file: bool = False
+    """The WebRCA token is ``webrca.token`` of the file (no ``OFFLINE_TOKEN``), as the
+    reference allows; a warning says it belongs in the environment."""
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret shown as ``***``."""
@@ -838,10 +850,14 @@ def _apply_overrides(data: dict[str, Any],
     _check_number("PORT", env.port)
     _check_number("REDIS_PORT", env.redis_port)
     origins: dict[tuple[str, ...], dict[str, str]] = {}
+    webrca = _section(data, "webrca")
+    interval_in_file = webrca is not None and webrca.get("interval") not in (None, "")
     for name, location in ENV_OVERRIDES.items():
         value = getattr(env, name.lower())
-        if value:
+        if value and not (name == "WEBRCA_INTERVAL" and interval_in_file):
             origins.setdefault(location, {})[name] = value
+    if webrca is not None and env.webrca_interval and not interval_in_file:
+        webrca["interval"] = env.webrca_interval
     server = _section(data, "server")
     if server is not None:
         for key in ("port", "log_level", "environment"):
@@ -860,9 +876,13 @@ def _apply_overrides(data: dict[str, Any],
 def file_secret_warnings(config: LoadedConfig) -> list[str]:
     """Secrets written in the configuration file, one sentence each (never the value)."""
     notes = []
-    if config.settings.webrca.token:
-        notes.append("webrca.token in the configuration file is ignored: secrets come only "
-                     "from the environment; set OFFLINE_TOKEN (or OFFLINE_TOKEN_FILE)")
+    if config.settings.webrca.token and config.offline_token_from_file:
+        notes.append("webrca.token in the configuration file is used because OFFLINE_TOKEN "
+                     "is not set: secrets belong in the environment; move it to OFFLINE_TOKEN "
+                     "(or OFFLINE_TOKEN_FILE, from a Secret)")
+    elif config.settings.webrca.token:
+        notes.append("webrca.token in the configuration file is ignored: OFFLINE_TOKEN "
+                     "(or OFFLINE_TOKEN_FILE) is set; remove the token from the file")
     redis = config.settings.storage.redis
     if redis.password and not os.environ.get("REDIS_PASSWORD"):
         notes.append("storage.redis.password is written in the configuration file: move it "
@@ -951,7 +971,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
 
     Raises :class:`ConfigError` with one clear message naming the key and the file.
     """
-    source = str(path or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    source = str(path or os.environ.get(CONFIG_ENV_VAR) or default_config_path())
     try:
         text = Path(source).read_text(encoding="utf-8")
     except OSError as exc:
@@ -980,15 +1000,52 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         name: default_key if name == DEFAULT_TOKEN_ENV else _read_named_secret(name)
         for name in settings.integration.devlake.token_envs()
     } if settings.integration.devlake.enabled else {}
+    offline_token = _read_secret(env, "offline_token")
+    from_file = offline_token is None and bool(settings.webrca.token)
+    if from_file:
+        offline_token = SecretStr(settings.webrca.token)
     secrets = Secrets(
         github_token=_read_secret(env, "github_token"),
         devlake_webhook_token=default_key,
         devlake_keys=devlake_keys,
-        offline_token=_read_secret(env, "offline_token"),
+        offline_token=offline_token,
         redis_password=SecretStr(settings.storage.redis.password)
         if settings.storage.redis.password
         else None,
         redis_sentinel_password=sentinel_password,
     )
     return LoadedConfig(settings=settings, secrets=secrets, source=source,
-                        deprecations=tuple(deprecations))
+                        deprecations=tuple(deprecations), offline_token_from_file=from_file)
+
+
+def default_config_path(cwd: Path | None = None) -> str:
+    """The file read when neither ``--config`` nor ``DORAFORWARDER_CONFIG`` names one:
+    ``configs/config.yaml`` in the working directory (where the reference reads it) when
+    it exists, else ``config/config.yaml`` (this repository's layout)."""
+    directory = cwd or Path.cwd()
+    if (directory / REFERENCE_CONFIG_PATH).is_file():
+        return REFERENCE_CONFIG_PATH
+    return DEFAULT_CONFIG_PATH
+
+
+def load_dotenv_file(cwd: Path | None = None) -> list[str]:
+    """Set the variables of ``.env`` in the working directory that are not set already,
+    as the reference does at start (godotenv); returns their names (never the values).
+
+    A variable set in the environment, even to an empty string, always wins.
+    """
+    from dotenv import dotenv_values
+
+    path = (cwd or Path.cwd()) / DOTENV_FILE
+    if not path.is_file():
+        return []
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    loaded = []
+    for name, value in values.items():
+        if name not in os.environ and value is not None:
+            os.environ[name] = value
+            loaded.append(name)
+    return loaded

@@ -126,6 +126,8 @@ BAD_ENV = [
     ("DEVLAKE_WEBHOOK_TOKEN_FILE", "/nonexistent/t", "DEVLAKE_WEBHOOK_TOKEN_FILE names"),
     ("OFFLINE_TOKEN_FILE", "/nonexistent/t", "OFFLINE_TOKEN_FILE names"),
     ("REDIS_SENTINEL_PASSWORD_FILE", "/nonexistent/t", "REDIS_SENTINEL_PASSWORD_FILE names"),
+    ("WEBRCA_INTERVAL", "soon",
+     "environment variable WEBRCA_INTERVAL='soon' (overrides webrca.interval)"),
 ]
 ANY_VALUE = {
     "ENVIRONMENT": "a free-form label (logged at start), as in the reference",

@@ -37,3 +37,36 @@ def test_check_config_says_which_incidents_are_forwarded(
                                                                notes[0].startswith(note))
     effective = "products:\n  - konflux\n" if note and "not set" in note else None
     assert effective is None or effective in result.stdout
+
+
+def test_config_is_found_where_the_reference_reads_it(tmp_path: Path,
+                                                      clean_env: dict[str, str]) -> None:
+    # The order: --config, DORAFORWARDER_CONFIG, configs/config.yaml (the reference's place,
+    # in the working directory), config/config.yaml.
+    for directory, port in (("configs", "4321"), ("config", "1111")):
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "config.yaml").write_text(f'server: {{port: "{port}"}}\n')
+    found = run_cli(tmp_path, clean_env, "check-config")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("# configuration from configs/config.yaml is valid")
+    assert "port: '4321'" in found.stdout
+    named = run_cli(tmp_path, {**clean_env, "DORAFORWARDER_CONFIG": "config/config.yaml"},
+                    "check-config")
+    assert "port: '1111'" in named.stdout
+    (tmp_path / "configs" / "config.yaml").unlink()
+    ours = run_cli(tmp_path, clean_env, "check-config")
+    assert ours.stdout.startswith("# configuration from config/config.yaml is valid")
+
+
+def test_dotenv_in_the_working_directory(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    secret = "dotenv-fake-secret-0007"
+    (tmp_path / "config.yaml").write_text("webrca: {}\n")
+    (tmp_path / ".env").write_text(f"PORT=7777\nWEBRCA_INTERVAL=9m\nOFFLINE_TOKEN={secret}\n")
+    read = run_cli(tmp_path, clean_env, "check-config", "--config", "config.yaml")
+    assert read.returncode == 0, read.stderr
+    assert "port: '7777'" in read.stdout and "interval: 9m" in read.stdout
+    assert "OFFLINE_TOKEN: '***'" in read.stdout
+    assert secret not in read.stdout + read.stderr
+    kept = run_cli(tmp_path, {**clean_env, "PORT": "8888"}, "check-config", "--config",
+                   "config.yaml")
+    assert "port: '8888'" in kept.stdout  # a variable already set wins over .env

@@ -32,7 +32,8 @@ def global_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
-        help="configuration file (default: $DORAFORWARDER_CONFIG, else config/config.yaml)",
+        help="configuration file (default: $DORAFORWARDER_CONFIG, else configs/config.yaml "
+             "in the working directory as the reference, else config/config.yaml)",
     )
     parent.add_argument(
         "--log-format", choices=["auto", "json", "console"], default=argparse.SUPPRESS,
@@ -98,4 +99,7 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
                                      config=config.source)
     for note in file_secret_warnings(config):
         get_logger("config").warning(note, config=config.source)
+    if getattr(args, "dotenv", None):
+        get_logger("config").info("environment variables read from .env in the working "
+                                  "directory (those already set win)", variables=args.dotenv)
     return config
