@@ -9,8 +9,22 @@ so the source never stands on the stage that consumes it.
 :class:`GroupConsumer` is the one consumer-group member the resolver stage and
 the outbox delivery share: it reads new entries (``XREADGROUP``), reclaims
 entries a crashed member left pending longer than the claim-idle time
-(``XAUTOCLAIM``), and keeps the entries it works on fresh (``XCLAIM ...
-JUSTID`` with idle 0) so a slow entry is not mistaken for a crashed one.
+(``XAUTOCLAIM``, or ``XCLAIM`` with that idle time, which Redis checks again
+as it claims), and keeps the entries it works on fresh so a slow entry is not
+mistaken for a crashed one.
+
+Ownership is explicit: an entry is this member's while it is pending for it
+in the group, and only then. A member that stalled longer than the claim-idle
+time (a paused VM, a starved CPU) may find its entries taken over by another;
+the heartbeat (:meth:`GroupConsumer.refresh`) refreshes only the entries still
+pending for this member and says which those are, so a stalled member learns
+it lost the others instead of taking them back (a plain ``XCLAIM ... JUSTID``
+would, and both members would then send them), and
+:meth:`GroupConsumer.ack_owned` acknowledges only entries still its own. Both
+are one Lua script each that checks the owner in ``XPENDING`` and writes only
+``XCLAIM``/``XACK``/``XDEL``: commands Redis runs over ``maxmemory`` (it judges
+a script by its first write command), so draining keeps working when Redis is
+full.
 
 It can also *park* entries under a member name no process uses
 (:meth:`GroupConsumer.hand_over`) and take them back later
@@ -159,7 +173,64 @@ return redis.call(unpack(claim))
 entries pending for ``from``, moved to ``to`` and returned (deleted ones are dropped);
 two callers never get the same entry."""
 
+_REFRESH_OWNED = LuaScript("""
+local owned = {}
+for i = 3, #ARGV do
+  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if found[1] and found[1][2] == ARGV[2] then
+    owned[#owned + 1] = ARGV[i]
+  end
+end
+if #owned > 0 then
+  local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}
+  for _, id in ipairs(owned) do claim[#claim + 1] = id end
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
+end
+return owned
+""")
+"""KEYS: stream. ARGV: group, member, entry ids. Resets the idle time of the ids still
+pending for ``member`` and returns them; an id another member took over is left to it."""
+
+_ACK_OWNED = LuaScript("""
+local owned = {}
+for i = 3, #ARGV do
+  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if found[1] and found[1][2] == ARGV[2] then
+    owned[#owned + 1] = ARGV[i]
+  end
+end
+if #owned == 0 then
+  return {0}
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(owned))
+local removed = redis.call('XDEL', KEYS[1], unpack(owned))
+local answer = {removed}
+for _, id in ipairs(owned) do answer[#answer + 1] = id end
+return answer
+""")
+"""KEYS: stream. ARGV: group, member, entry ids. Acknowledges and deletes the ids still
+pending for ``member``; returns ``{deleted, acknowledged ids...}``. ``XACK`` first: the
+script runs over ``maxmemory``."""
+
 HAND_OVER_BATCH = 250
+
+
+async def ack_owned(redis: aioredis.Redis, stream: str, group: str, consumer: str,
+                    entry_ids: Iterable[str]) -> tuple[int, set[str]]:
+    """Acknowledge and delete the entries still pending for ``consumer``.
+
+    Returns how many were deleted and the ids acknowledged; the others belong
+    to another member now (or are gone), which decides their fate.
+    """
+    ids = list(entry_ids)
+    deleted, acked = 0, set[str]()
+    for start in range(0, len(ids), HEARTBEAT_BATCH):
+        answer = await _ACK_OWNED.run(redis, [stream], [
+            group, consumer, *ids[start:start + HEARTBEAT_BATCH]])
+        deleted += int(answer[0])
+        acked.update(str(entry_id) for entry_id in answer[1:])
+    return deleted, acked
 """Entry ids moved per script call (a Lua call's arguments stay small)."""
 
 
@@ -271,12 +342,25 @@ class GroupConsumer:
         return [(str(entry_id), _pairs(fields)) for entry_id, fields in answer or []
                 if fields is not None]
 
-    async def refresh(self, entry_ids: Iterable[str]) -> None:
-        """Reset the idle time of entries this member holds."""
-        ids: list[str | bytes | int | memoryview] = list(entry_ids)
+    async def refresh(self, entry_ids: Iterable[str]) -> set[str]:
+        """Reset the idle time of the entries still this member's; returns those ids.
+
+        An id missing from the answer is no longer this member's (another
+        member took it over after this one stalled past the claim-idle time,
+        or it was acknowledged): it must not be sent, acknowledged or
+        refreshed by this member any more.
+        """
+        ids = list(entry_ids)
+        owned: set[str] = set()
         for start in range(0, len(ids), HEARTBEAT_BATCH):
-            await self.redis.xclaim(self.stream, self.group, self.consumer, 0,
-                                    ids[start:start + HEARTBEAT_BATCH], justid=True)
+            answer = await _REFRESH_OWNED.run(self.redis, [self.stream], [
+                self.group, self.consumer, *ids[start:start + HEARTBEAT_BATCH]])
+            owned.update(str(entry_id) for entry_id in answer or [])
+        return owned
+
+    async def ack_owned(self, entry_ids: Iterable[str]) -> tuple[int, set[str]]:
+        """:func:`ack_owned` for this member."""
+        return await ack_owned(self.redis, self.stream, self.group, self.consumer, entry_ids)
 
     @contextlib.asynccontextmanager
     async def kept_fresh(self, entry_id: str) -> AsyncIterator[None]:

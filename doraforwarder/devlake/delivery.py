@@ -16,12 +16,23 @@ without locks or polling (:class:`Schedule`).
 Retries never block other entries: a failed entry gets its own next-attempt
 time (exponential backoff with full jitter, ``Retry-After`` for 429) and
 workers go on with other due entries. Entries held here are kept fresh in
-Redis (``XCLAIM ... JUSTID``) so a healthy replica's retrying entries are not
-mistaken for a crashed one's.
+Redis so a healthy replica's retrying entries are not mistaken for a crashed
+one's.
 
-Ordered entries (issues and their close calls) go through
-:func:`doraforwarder.outbox.ordering.order_gate` and a short per-order-key
-lock; see the contract in :mod:`doraforwarder.outbox`.
+Ownership is explicit (see :mod:`doraforwarder.streams`): an entry is sent,
+acknowledged or dead-lettered only by the consumer it is pending for. A
+replica that stalled past ``claim_idle`` (its entries taken over by another)
+learns it from its heartbeat, which refreshes only what is still its own, or,
+before a send, from Redis itself when its last confirmation is older than two
+thirds of ``claim_idle``; it then lets the entry go. So two running replicas
+never both send an entry; a send already under way when its replica stalled
+(or was killed) may be sent again by the one that takes it over.
+
+Ordered entries (issues and their close calls) are sent under a short
+per-order-key lock that only the entry's owner can take
+(:class:`doraforwarder.outbox.ordering.OrderLock`), and the order check
+(:func:`doraforwarder.outbox.ordering.order_gate`) runs under that lock; see
+the contract in :mod:`doraforwarder.outbox`.
 
 A target DevLake refuses (401/403) may stay refused for hours with a backlog
 of any size, ahead of other targets' entries in the stream. Its entries are
@@ -61,7 +72,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
@@ -88,7 +99,7 @@ from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
 from doraforwarder.outbox.entries import OutboxEntry, StreamItem
-from doraforwarder.outbox.ordering import order_gate
+from doraforwarder.outbox.ordering import OrderLock, order_gate
 from doraforwarder.streams import GroupConsumer, RawEntries, consumer_name
 
 log = get_logger("devlake")
@@ -153,6 +164,12 @@ class Held:
     attempts: int = 0
     last_reason: str | None = None
     first_failure: float | None = None
+    confirmed: float = field(default_factory=time.monotonic)
+    """Monotonic time at or before which Redis last reset the entry's idle time while it
+    was this consumer's (read, reclaim, heartbeat, lock): nobody else can take it over
+    before ``confirmed + claim_idle``."""
+    lost: bool = False
+    """The heartbeat found the entry another consumer's: never send or acknowledge it."""
 
 
 def stored_size(fields: dict[str, str]) -> int:
@@ -218,6 +235,10 @@ class Schedule:
 
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self.held
+
+    def is_waiting(self, entry_id: str) -> bool:
+        """Held and not in a worker's hands (nor handed over for acknowledgement)."""
+        return entry_id in self._waiting
 
     def count(self, target_key: str) -> int:
         """How many entries of ``target_key`` are held (waiting or in a worker)."""
@@ -366,9 +387,11 @@ class AckBatcher:
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, on_acked: Callable[[list[Held]], None],
                  on_error: Callable[[Exception, Backoff, asyncio.Event], Awaitable[None]],
-                 max_batch: int = 500, linger_s: float = 0.02) -> None:
+                 max_batch: int = 500, linger_s: float = 0.02, *, consumer: str) -> None:
         self._redis = redis
         self._keys = keys
+        self._consumer = consumer
+        """Only entries still pending for this consumer are acknowledged."""
         self._on_acked = on_acked
         self._on_error = on_error
         self._max_batch = max_batch
@@ -414,7 +437,8 @@ class AckBatcher:
 
     async def _flush_batch(self) -> None:
         batch = self._pending[:self._max_batch]
-        await ack_delivered_many(self._redis, self._keys, [held.item.id for held in batch])
+        await ack_delivered_many(self._redis, self._keys, [held.item.id for held in batch],
+                                 consumer=self._consumer)
         del self._pending[:len(batch)]
         self._on_acked(batch)
 
@@ -442,6 +466,13 @@ class DeliveryPool:
             claim_idle_s=delivery.claim_idle.total_seconds(), read_block_s=read_block_s,
         )
         self.recheck = min(self.max_backoff, 1.0)
+        self.trust_s = delivery.claim_idle.total_seconds() * 2 / 3
+        """How long after Redis last confirmed an entry ours it is sent without asking again.
+        The heartbeat confirms every third of the claim-idle time, so a healthy process
+        never asks; one that stalled asks, and a send starts at least a third of the
+        claim-idle time before anyone may take the entry over."""
+        self.lost = 0
+        """Entries found taken over by another consumer (this one had stalled)."""
         """How soon a blocked or locked ordered entry is looked at again."""
         self.schedule = Schedule()
         self._acks = self._new_ack_batcher()
@@ -465,7 +496,8 @@ class DeliveryPool:
         self._token_envs = _token_envs(devlake)
 
     def _new_ack_batcher(self) -> AckBatcher:
-        return AckBatcher(self.redis, self.keys, self._acked, self._ack_trouble)
+        return AckBatcher(self.redis, self.keys, self._acked, self._ack_trouble,
+                          consumer=self.consumer)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -572,9 +604,10 @@ class DeliveryPool:
                     await self._take_back(*take_back)
                 room = self._batch_room()
                 if room > 0:
+                    started = time.monotonic()
                     entries = await self.stream.read_new(min(room, 250),
                                                           block=take_back is None)
-                    await self._take_in(entries)
+                    await self._take_in(entries, confirmed=started)
             except RedisError as exc:
                 await self._redis_trouble("xreadgroup", exc, backoff, stop)
                 continue
@@ -609,8 +642,13 @@ class DeliveryPool:
                     size=stored_size(item.fields))
         self.schedule.put(held)
 
-    async def _take_in(self, entries: RawEntries, *, reclaimed: bool = False) -> None:
-        """Hold entries just read or reclaimed; a refused target's beyond the cap are parked."""
+    async def _take_in(self, entries: RawEntries, *, reclaimed: bool = False,
+                       confirmed: float | None = None) -> None:
+        """Hold entries just read or reclaimed; a refused target's beyond the cap are parked.
+
+        ``confirmed``: a monotonic time taken before the read that made them ours.
+        """
+        since = time.monotonic() if confirmed is None else confirmed
         surplus: dict[str, list[str]] = {}
         for entry_id, fields in entries:
             if entry_id in self.schedule:
@@ -624,6 +662,9 @@ class DeliveryPool:
             if reclaimed:
                 log.info("reclaimed outbox entry left by another consumer", entry=entry_id)
             self._hold(item)
+            held = self.schedule.held.get(entry_id)
+            if held is not None:
+                held.confirmed = since
         for target, ids in surplus.items():
             await self._park(target, ids)
 
@@ -676,13 +717,14 @@ class DeliveryPool:
 
     async def _take_back(self, target: str, count: int) -> None:
         """Take up to ``count`` parked entries of ``target`` back into memory."""
+        started = time.monotonic()
         entries = await self.stream.take_from(parking_member(target), count)
         left = max(0, self.parked.get(target, 0) - len(entries))
         self.parked[target] = left if len(entries) == count else 0
         if entries:
             log.debug("took parked entries back", target=target, entries=len(entries),
                       parked=self.parked[target], refused=target in self.refused)
-        await self._take_in(entries)
+        await self._take_in(entries, confirmed=started)
 
     async def _housekeep(self, stop: asyncio.Event) -> None:
         """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
@@ -690,7 +732,7 @@ class DeliveryPool:
         backoff = Backoff(0.2, 10.0)
         while not stop.is_set():
             try:
-                await self.stream.refresh(list(self.schedule.held))
+                await self._heartbeat()
                 await self._reclaim()
                 await self._update_gauges()
                 backoff.reset()
@@ -716,7 +758,57 @@ class DeliveryPool:
         live = [member for member, pending in members.items()
                 if pending > 0 and parked_target(member) is None]
         if room > 0 and live:
-            await self._take_in(await self.stream.reclaim_from(live, room), reclaimed=True)
+            started = time.monotonic()
+            await self._take_in(await self.stream.reclaim_from(live, room), reclaimed=True,
+                                confirmed=started)
+
+    async def _heartbeat(self) -> None:
+        """Refresh the held entries still ours; let go of those another consumer took over.
+
+        Only a stall of this process longer than ``claim_idle`` lets another
+        consumer take an entry over. Such an entry is that consumer's now: a
+        waiting one is forgotten here, one in a worker's hands is marked so
+        the worker neither sends nor acknowledges it again.
+        """
+        ids = list(self.schedule.held)
+        if not ids:
+            return
+        started = time.monotonic()
+        owned = await self.stream.refresh(ids)
+        for entry_id in ids:
+            held = self.schedule.held.get(entry_id)
+            if held is None:
+                continue
+            if entry_id in owned:
+                held.confirmed = started
+            else:
+                held.lost = True
+                if self.schedule.is_waiting(entry_id):
+                    self._let_go(held)
+
+    async def _still_ours(self, held: Held) -> bool:
+        """Whether ``held`` may be sent: Redis confirmed it ours recently enough, or now."""
+        if held.lost:
+            return False
+        if time.monotonic() - held.confirmed < self.trust_s:
+            return True
+        started = time.monotonic()
+        if held.item.id in await self.stream.refresh([held.item.id]):
+            held.confirmed = started
+            return True
+        held.lost = True
+        return False
+
+    def _let_go(self, held: Held) -> None:
+        """Forget an entry another consumer took over: it is that one's to deliver."""
+        self.lost += 1
+        log.info("outbox entry taken over by another consumer while this one stalled; "
+                 "leaving it to that one", entry=held.item.id, consumer=self.consumer)
+        self.schedule.release(held.item.id)
+        self._room.set()
+        entry = held.item.entry
+        if entry is not None and entry.order_key is not None:
+            self.schedule.wake(entry.order_key)
 
     async def _update_gauges(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -779,6 +871,9 @@ class DeliveryPool:
     async def _attempt(self, held: Held, sender: Sender) -> None:
         item = held.item
         entry = item.entry
+        if not await self._still_ours(held):
+            self._let_go(held)
+            return
         if entry is None:
             await self._dead(held, "unreadable", item.error or "unreadable entry")
             return
@@ -801,27 +896,44 @@ class DeliveryPool:
         if not item.ordered or entry.order_key is None:
             await self._send(held, sender, url, body)
             return
-        gate = await order_gate(self.redis, self.keys, item)
-        if gate.verdict == "obsolete":
-            log.info("dropping obsolete entry: a later state was already delivered",
-                     entry=item.id, order_key=entry.order_key, seq=item.seq,
-                     delivered_seq=gate.delivered)
-            await self._finish(held)
+        await self._attempt_ordered(held, sender, url, body)
+
+    async def _attempt_ordered(self, held: Held, sender: Sender, url: str,
+                               body: dict[str, Any] | None) -> None:
+        """Send an ordered entry under its key's lock, taken only while the entry is ours.
+
+        The order check runs under the lock: a state another consumer delivered
+        since (after taking the entry over from this one) is then seen, and the
+        older state is not sent over it.
+        """
+        item = held.item
+        entry = item.entry
+        assert entry is not None and entry.order_key is not None
+        lock = OrderLock(self.redis, self.keys, entry.order_key, self.consumer,
+                         ttl_s=self.settings.integration.devlake.timeout_seconds * 2 + 5)
+        started = time.monotonic()
+        locked = await lock.acquire(item)
+        if locked == "not_owned":
+            held.lost = True
+            self._let_go(held)
             return
-        if gate.verdict == "blocked":
-            self.schedule.park(held, entry.order_key, self.recheck)
-            return
-        lock = self.redis.lock(
-            self.keys.delivery_lock(entry.order_key),
-            timeout=devlake.timeout_seconds * 2 + 5, blocking=False,
-        )
-        if not await lock.acquire():
+        if locked == "busy":
             self.schedule.put(held, self.recheck)
             return
+        held.confirmed = started
         try:
-            await self._send(held, sender, url, body)
+            gate = await order_gate(self.redis, self.keys, item)
+            if gate.verdict == "obsolete":
+                log.info("dropping obsolete entry: a later state was already delivered",
+                         entry=item.id, order_key=entry.order_key, seq=item.seq,
+                         delivered_seq=gate.delivered)
+                await self._finish(held)
+            elif gate.verdict == "blocked":
+                self.schedule.park(held, entry.order_key, self.recheck)
+            else:
+                await self._send(held, sender, url, body)
         finally:
-            with contextlib.suppress(LockError):
+            with contextlib.suppress(RedisError):
                 await lock.release()
 
     async def _send(self, held: Held, sender: Sender, url: str,
@@ -874,7 +986,7 @@ class DeliveryPool:
         if not held.item.ordered:
             self._acks.add(held)
             return
-        await ack_delivered(self.redis, self.keys, held.item)
+        await ack_delivered(self.redis, self.keys, held.item, consumer=self.consumer)
         self._acked([held])
 
     def _acked(self, batch: list[Held]) -> None:
@@ -897,7 +1009,11 @@ class DeliveryPool:
         dead_id = await dead_letter(
             self.redis, self.keys, item, reason=f"{reason}: {detail}",
             status=answer.status if answer else None, body=answer.body if answer else "",
+            consumer=self.consumer,
         )
+        if dead_id is None:
+            self._let_go(held)
+            return
         self.schedule.release(item.id)
         self._room.set()
         self.context.metrics.dead_lettered.labels(reason).inc()
