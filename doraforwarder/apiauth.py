@@ -7,6 +7,9 @@
   a warning is logged at start.
 - ``token``: a bearer token among ``API_TOKENS`` (comma-separated) or the
   lines of the file named by ``API_TOKENS_FILE``, compared in constant time.
+- ``openshift``: as the reference, the bearer token is shown to the OpenShift user
+  API (``server.openshift.api_url``), and only users with an e-mail address of
+  ``server.openshift.email_domains`` (default ``redhat.com``) are admitted.
 - ``kubernetes``: the bearer token is checked with a TokenReview, and the
   user it names with a SubjectAccessReview for ``get`` on
   ``applications.argoproj.io`` in each namespace of the inventory; the
@@ -21,8 +24,10 @@ Refusals are 401 (no token, a malformed header, a token not accepted) or 403
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import time
@@ -31,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
 
 from doraforwarder.config import Settings
 from doraforwarder.logging import get_logger
@@ -255,6 +262,99 @@ class KubernetesAccess:
             raise Refused(503, "the Kubernetes API cannot review the token now") from None
 
 
+def _jwt_email(token: str) -> str | None:
+    """The ``email`` (else ``preferred_username``) claim of a JWT, unverified.
+
+    Read only after the user API accepted the token, as the reference does when the
+    user object's name is not an e-mail address (an SSO token names its user there).
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for claim in ("email", "preferred_username"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class OpenShiftUsers:
+    """Admit a bearer token whose OpenShift user has an e-mail address of an allowed domain.
+
+    ``GET {api_url}/apis/user.openshift.io/v1/users/~`` with the caller's token names its
+    user: 401/403 there is a 401 here, a user without an allowed address a 403, an API that
+    does not answer in time a 503. The address is the user's name when it holds an ``@``
+    (OCM names users by address), else the token's ``email`` claim. Admitted tokens are
+    remembered for ``cache_ttl`` by their digest (never the token itself); refusals are not,
+    so a user fixed upstream is admitted at once.
+    """
+
+    mode = "openshift"
+
+    def __init__(
+        self,
+        user_url: str,
+        email_domains: Iterable[str],
+        *,
+        timeout: float = 10.0,
+        ttl: float = 60.0,
+        size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = user_url
+        self._domains = tuple(domain.lower() for domain in email_domains)
+        self._timeout = timeout
+        self._admitted = _TTLCache(ttl, size, clock)
+        self.lookups = 0
+        """Requests sent to the user API (cache misses)."""
+
+    async def allowed_namespaces(
+        self, header: str | None, namespaces: Iterable[str]
+    ) -> frozenset[str] | None:
+        token = bearer_token(header)
+        digest = hashlib.sha256(token.encode()).digest()
+        known, _ = self._admitted.get(digest)
+        if known:
+            return None
+        email = await self._email(token)
+        domain = email.rpartition("@")[2].lower() if "@" in email else ""
+        if domain not in self._domains:
+            allowed = ", ".join(f"@{d}" for d in self._domains)
+            raise Refused(403, f"access denied: only {allowed} e-mail addresses are allowed")
+        self._admitted.put(digest, True)
+        return None
+
+    async def _email(self, token: str) -> str:
+        self.lookups += 1
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout) as client:
+                answer = await client.get(self._url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("the OpenShift user API did not answer", error=type(exc).__name__)
+            raise Refused(503, "the OpenShift user API cannot check the token now") from None
+        if answer.status_code in (401, 403):
+            raise Refused(401, "the bearer token is not accepted")
+        if answer.status_code != 200:
+            log.warning("the OpenShift user API failed", status=answer.status_code)
+            raise Refused(503, "the OpenShift user API cannot check the token now")
+        try:
+            user = answer.json()
+        except ValueError:
+            user = None
+        metadata = user.get("metadata") if isinstance(user, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        if isinstance(name, str) and "@" in name:
+            return name
+        return _jwt_email(token) or ""
+
+
 def build_authorizer(settings: Settings) -> Authorizer:
     """The configured mode, with a warning when the inventory is open or unusable."""
     server = settings.server
@@ -280,6 +380,11 @@ def build_authorizer(settings: Settings) -> Authorizer:
                 set=f"{TOKENS_ENV} or {TOKENS_FILE_ENV}",
             )
         return tokens
+    if mode == "openshift":
+        openshift = server.openshift
+        return OpenShiftUsers(openshift.user_url, openshift.email_domains,
+                              timeout=openshift.timeout.total_seconds(),
+                              ttl=openshift.cache_ttl.total_seconds())
     from doraforwarder.argocd.kube import build_api_client
 
     return KubernetesAccess(KubernetesReviews(lambda: build_api_client(settings.argocd)))

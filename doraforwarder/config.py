@@ -135,6 +135,42 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+OPENSHIFT_USER_PATH = "/apis/user.openshift.io/v1/users/~"
+
+
+class OpenShiftAuthConfig(Section):
+    """``server.api_auth: openshift``: who the bearer token belongs to, as the reference asks."""
+
+    api_url: str = "https://api.openshift.com"
+    """The API whose ``/apis/user.openshift.io/v1/users/~`` names the token's user (the
+    reference's is OCM's, api.openshift.com; a cluster's API server answers it too)."""
+    email_domains: list[str] = Field(default_factory=lambda: ["redhat.com"], min_length=1)
+    """The e-mail domains admitted (the reference admits ``@redhat.com`` only)."""
+    timeout: Duration = timedelta(seconds=10)
+    cache_ttl: Duration = timedelta(seconds=60)
+    """How long an admitted token is remembered (refusals are never cached)."""
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("email_domains")
+    @classmethod
+    def _plain_domains(cls, value: list[str]) -> list[str]:
+        domains = [domain.strip().lower().removeprefix("@") for domain in value]
+        for domain in domains:
+            if not domain or "@" in domain or " " in domain:
+                raise ValueError(f"{domain!r} is not an e-mail domain (write redhat.com)")
+        return domains
+
+    @property
+    def user_url(self) -> str:
+        return self.api_url + OPENSHIFT_USER_PATH
+
+
 class ServerConfig(Section):
     port: StrOrInt = "8080"
     environment: str = "production"
@@ -144,9 +180,10 @@ class ServerConfig(Section):
     shutdown_timeout: Duration = timedelta(seconds=20)
     ready_grace: Duration = timedelta(seconds=30)
     """How long Redis may be unreachable before ``/readyz`` answers 503."""
-    api_auth: Literal["none", "token", "kubernetes"] | None = None
+    api_auth: Literal["none", "token", "kubernetes", "openshift"] | None = None
     """Who may read the application inventory; unset means ``none`` on a loopback
     host and ``token`` anywhere else (see :attr:`effective_api_auth`)."""
+    openshift: OpenShiftAuthConfig = Field(default_factory=OpenShiftAuthConfig)
     cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"])
     """Origins whose browser pages may call the API (the reference allows any: ``*``);
     an empty list sends no CORS headers."""
@@ -156,7 +193,7 @@ class ServerConfig(Section):
         return self.host in ("localhost", "::1") or self.host.startswith("127.")
 
     @property
-    def effective_api_auth(self) -> Literal["none", "token", "kubernetes"]:
+    def effective_api_auth(self) -> Literal["none", "token", "kubernetes", "openshift"]:
         if self.api_auth is not None:
             return self.api_auth
         return "none" if self.listens_on_loopback else "token"
