@@ -193,6 +193,8 @@ class StatusBoard:
     """Topology, current master or node, last error and reconnects (see storage.RedisWatch)."""
     devlake_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
+    redis_data_lost: dict[str, Any] | None = None
+    """The last time this process found Redis had lost its data (see storage.report_data_lost)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -207,6 +209,7 @@ class StatusBoard:
             "sources": dict(self.sources),
             **({"redis": dict(self.redis)} if self.redis is not None else {}),
             "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
+            "redis_data_lost": dict(self.redis_data_lost) if self.redis_data_lost else None,
         }
 
 

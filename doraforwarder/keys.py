@@ -121,6 +121,12 @@ class Keys:
     def lock(self, name: str) -> str:
         return self._key("lock", name)
 
+    @property
+    def redis_marker(self) -> str:
+        """Hash written once and never deleted: its absence means Redis lost its data
+        (owner: storage.RedisWatch)."""
+        return self._key("marker")
+
 
 def glob_escape(text: str) -> str:
     """``text`` as a literal inside a Redis glob pattern (SCAN ``MATCH``)."""

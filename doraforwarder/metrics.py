@@ -221,6 +221,13 @@ class Metrics:
         self.redis_errors = Counter(
             "doraforwarder_redis_errors", "Redis operations that failed.", ["operation"], registry=r
         )
+        self.redis_data_lost = Counter(
+            "doraforwarder_redis_data_lost",
+            "Times this process found that Redis lost its data (restart without persistence, "
+            "FLUSHALL, failover to an empty replica), by what showed it: marker (the key "
+            "written at start is gone or new) or group (a consumer group was missing and was "
+            "recreated).", ["evidence"], registry=r,
+        )
 
     def mark_success(self, source: str) -> None:
         """Record that ``source`` (argocd, webrca, devlake, github) just worked."""

@@ -31,9 +31,13 @@ see :class:`ReplicatedPipeline`.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -358,13 +362,44 @@ async def current_address(context: AppContext, sentinel: Sentinel | None = None)
     return config.address if not config.url else config.display_url()
 
 
+def report_data_lost(context: AppContext, evidence: str, detail: str) -> None:
+    """Say loudly that Redis lost its data: an error log line, a metric, the status.
+
+    ``evidence`` is what showed it (``marker``, ``group``). What was staged
+    and not yet delivered before the loss is gone; what is detected and
+    staged from now on is delivered as usual (the consumer groups are
+    recreated on ``NOGROUP``).
+    """
+    previous = context.status.redis_data_lost or {}
+    context.status.redis_data_lost = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"), "evidence": evidence,
+        "detail": detail, "times": int(previous.get("times", 0)) + 1}
+    context.metrics.redis_data_lost.labels(evidence).inc()
+    log.error("redis lost its data", evidence=evidence, detail=detail,
+              hint="records staged and not yet delivered before the loss are gone, and "
+                   "applications look new (their next sync is a baseline); run Redis with "
+                   "appendonly and a replica, see docs/redis.md")
+
+
+def read_marker(raw: str | bytes | None) -> dict[str, Any] | None:
+    """The marker (see :meth:`RedisWatch.check_marker`) as stored; None if absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class RedisWatch:
     """Checks Redis every second and keeps :class:`RedisHealth` up to date.
 
     The check reads one of the daemon's own keys, so in cluster mode it goes
     to the node serving the keys' slot and in sentinel mode to the master.
     It logs each change an operator cares about once: Redis unreachable,
-    Redis back, a new master after a failover (or the slot on a new node).
+    Redis back, a new master after a failover (or the slot on a new node),
+    and Redis losing its data (:meth:`check_marker`).
     """
 
     name = "redis-watch"
@@ -376,6 +411,48 @@ class RedisWatch:
         self.health = RedisHealth(mode=config.mode)
         self._sentinel = sentinel_of(config) if config.mode == "sentinel" else None
         context.status.redis = self.health.snapshot()
+        self._epoch: str | None = None
+        """The marker's epoch as this process last saw it (None before the first look)."""
+        self._missing_reported = False
+
+    async def check_marker(self) -> None:
+        """Find out whether Redis lost its data since the last look.
+
+        A small marker (``keys.redis_marker``: an epoch, when it was written,
+        and when a loss was found) is written once (``SET NX``) and never
+        deleted or expired. Gone, or back with another epoch (another replica
+        found it gone first and wrote a new one), means Redis lost its data:
+        a restart without persistence, ``FLUSHALL``, a failover to an empty
+        replica. Absent at the first look is a first start on this Redis (or
+        a loss while no replica ran: nothing can tell them apart). A refused
+        write (a full Redis) is tried again on the next look.
+        """
+        redis, key = self.context.redis, self.context.keys.redis_marker
+        marker = read_marker(await redis.get(key))
+        if marker is None:
+            lost = self._epoch is not None
+            if lost and not self._missing_reported:
+                self._missing_reported = True
+                report_data_lost(self.context, "marker",
+                                 "the marker key written at start is gone")
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            fresh = {"epoch": uuid.uuid4().hex, "since": now,
+                     "lost_at": now if lost else None,
+                     "detected_by": socket.gethostname() if lost else None}
+            try:
+                await redis.set(key, json.dumps(fresh), nx=True)
+            except aioredis.ResponseError as exc:  # OOM: a full Redis; try again next look
+                log.debug("could not write the redis marker", error=str(exc))
+                return
+            marker = read_marker(await redis.get(key))
+            if marker is None:
+                return
+        epoch = str(marker.get("epoch"))
+        if self._epoch is not None and epoch != self._epoch and not self._missing_reported:
+            report_data_lost(self.context, "marker",
+                             "the marker key was written again by another replica")
+        self._missing_reported = False
+        self._epoch = epoch
 
     async def check(self) -> None:
         health = self.health
@@ -400,6 +477,10 @@ class RedisWatch:
                 log.warning("redis master changed", mode=health.mode,
                             previous=health.address, address=address)
             health.address = address
+            try:
+                await self.check_marker()
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.debug("could not check the redis marker", error=f"{type(exc).__name__}: {exc}")
         self.context.status.redis = health.snapshot()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -129,13 +129,37 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
-    """Create the consumer group (and the stream) if missing; reads start at the beginning."""
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> bool:
+    """Create the consumer group (and the stream) if missing; True when it had to.
+
+    Reads of a new group start at the beginning of the stream. The group is
+    looked up first (``XINFO GROUPS``, a read): Redis refuses ``XGROUP
+    CREATE`` over ``maxmemory`` even when the group exists, and a full Redis
+    must not keep the workers from starting and draining it.
+    """
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except aioredis.ResponseError:
+        groups = []  # no such key: the stream is missing too
+    if any(str(found.get("name")) == group for found in groups):
+        return False
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except aioredis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+        return False
+    return True
+
+
+def missing_group(exc: BaseException) -> bool:
+    """Whether Redis answered that the stream or its consumer group does not exist.
+
+    ``NOGROUP`` (from a command, or from one inside a script) once the group
+    was created means Redis lost its data: a restart without persistence,
+    ``FLUSHALL``, a failover to an empty replica.
+    """
+    return isinstance(exc, aioredis.ResponseError) and "NOGROUP" in str(exc)
 
 
 HEARTBEAT_BATCH = 500
@@ -258,8 +282,23 @@ class GroupConsumer:
     def heartbeat_s(self) -> float:
         return self.claim_idle_s / 3
 
-    async def ensure_group(self) -> None:
-        await ensure_group(self.redis, self.stream, self.group)
+    async def ensure_group(self) -> bool:
+        return await ensure_group(self.redis, self.stream, self.group)
+
+    async def recover(self, exc: BaseException) -> bool:
+        """Recreate the group if ``exc`` says it is missing; True when it was recreated.
+
+        Entries staged after the loss are then read as usual; what the loss
+        took (entries, pending lists) is gone and cannot be rebuilt here. A
+        failure to recreate (Redis down again, or full) is left to the
+        caller's next retry, which lands here again.
+        """
+        if not missing_group(exc):
+            return False
+        try:
+            return await self.ensure_group()
+        except RedisError:
+            return False
 
     async def read_new(self, count: int, *, block: bool = True) -> RawEntries:
         """Up to ``count`` entries never delivered to any member.

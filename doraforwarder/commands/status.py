@@ -1,7 +1,8 @@
 """``doraforwarder status``: what ``/api/v1/status`` shows, read from Redis.
 
 Works without the daemon: outbox depth and oldest age, dead letters, the last
-WebRCA poll and the applications with stored state. What only a running
+WebRCA poll, the applications with stored state, and whether Redis lost its
+data (the daemon's marker, see :class:`doraforwarder.storage.RedisWatch`). What only a running
 daemon knows (readiness, dependencies, recent deliveries) is named as not
 available here.
 """
@@ -20,7 +21,7 @@ from doraforwarder import outbox
 from doraforwarder.commands.common import add_command, print_json
 from doraforwarder.config import load_config
 from doraforwarder.keys import Keys
-from doraforwarder.storage import connect
+from doraforwarder.storage import connect, read_marker
 
 OFFLINE = ["ready", "dependencies", "last_deployments", "sources"]
 """Fields of ``/api/v1/status`` only the running daemon knows."""
@@ -55,6 +56,7 @@ async def read_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     try:
         stats = await outbox.outbox_stats(redis, keys)
         last_poll = await redis.get(keys.webrca_last_poll)
+        marker = read_marker(await redis.get(keys.redis_marker))
         apps = 0
         async for _ in redis.scan_iter(match=keys.app_state_pattern(), count=1000):
             apps += 1
@@ -67,8 +69,26 @@ async def read_status(redis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         "dead_letters": stats.dead,
         "last_webrca_poll": json.loads(last_poll) if last_poll else None,
         "apps_with_state": apps,
+        "redis_data": _redis_data(marker),
         "not_available_offline": OFFLINE,
     }
+
+
+def _redis_data(marker: dict[str, Any] | None) -> dict[str, Any]:
+    """What the daemon's marker says about Redis keeping its data (see storage.RedisWatch)."""
+    if marker is None:
+        return {"kept_since": None, "lost_at": None, "detected_by": None}
+    return {"kept_since": marker.get("since"), "lost_at": marker.get("lost_at"),
+            "detected_by": marker.get("detected_by")}
+
+
+def _redis_data_text(data: dict[str, Any]) -> str:
+    if data["lost_at"]:
+        return (f"LOST at {data['lost_at']} (found by {data['detected_by']}): what was staged "
+                "and not delivered before then is gone")
+    if data["kept_since"]:
+        return f"kept since {data['kept_since']}"
+    return "no marker (no daemon ran on this Redis yet, or its data was lost since)"
 
 
 def render(status: dict[str, Any]) -> str:
@@ -77,6 +97,7 @@ def render(status: dict[str, Any]) -> str:
         f"{poll.get('at', '?')}: {poll.get('outcome', '?')}, {poll.get('incidents', '?')} incidents"
     return "\n".join([
         f"redis:            {status['redis']}",
+        f"redis data:       {_redis_data_text(status['redis_data'])}",
         f"outbox:           {status['outbox_depth']} waiting "
         f"({status['outbox_in_delivery']} being delivered), oldest "
         f"{status['outbox_oldest_age_seconds']:.0f}s",

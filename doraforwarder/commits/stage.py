@@ -33,6 +33,7 @@ from doraforwarder.logging import get_logger
 from doraforwarder.outbox.entries import dead_fields
 from doraforwarder.outbox.staging import stage_dead, stage_entries
 from doraforwarder.records import DetectedDeployment, DetectedIncident, ResolvedCommit
+from doraforwarder.storage import report_data_lost
 from doraforwarder.streams import GroupConsumer, consumer_name, read_detected, stage_detected
 
 log = get_logger("pipeline")
@@ -161,6 +162,11 @@ class ResolverPool:
                 done = await self._process(resolver, entry_id, fields, stop)
             except RedisError as exc:
                 self.context.metrics.redis_errors.labels("resolve").inc()
+                if await self.stream.recover(exc):
+                    report_data_lost(self.context, "group",
+                                     f"the consumer group {DEPLOYMENTS_GROUP} of the deployments "
+                                     "stream was missing; recreated it")
+                    continue
                 delay = backoff.next_delay()
                 log.warning("redis error in resolver, retrying",
                             error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))

@@ -100,6 +100,7 @@ from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
 from doraforwarder.outbox.entries import OutboxEntry, StreamItem
 from doraforwarder.outbox.ordering import OrderLock, order_gate
+from doraforwarder.storage import report_data_lost
 from doraforwarder.streams import GroupConsumer, RawEntries, consumer_name
 
 log = get_logger("devlake")
@@ -727,14 +728,19 @@ class DeliveryPool:
         await self._take_in(entries, confirmed=started)
 
     async def _housekeep(self, stop: asyncio.Event) -> None:
-        """Keep held entries fresh, reclaim a crashed consumer's entries, update gauges."""
+        """Update gauges, keep held entries fresh, reclaim a crashed consumer's entries.
+
+        The gauges come first: they read only the streams, so a consumer-group
+        step that fails (a group Redis lost, until it is recreated) cannot
+        freeze the outbox-age gauge the stale-outbox alert watches.
+        """
         interval = min(max(self.stream.heartbeat_s, 0.02), 5.0)
         backoff = Backoff(0.2, 10.0)
         while not stop.is_set():
             try:
+                await self._update_gauges()
                 await self._heartbeat()
                 await self._reclaim()
-                await self._update_gauges()
                 backoff.reset()
             except RedisError as exc:
                 await self._redis_trouble("housekeeping", exc, backoff, stop)
@@ -840,8 +846,20 @@ class DeliveryPool:
                 snapshot["parked"] = parked
         self._waiting_shown = shown
 
+    async def _recovered(self, exc: Exception) -> bool:
+        """Recreate the outbox's consumer group if ``exc`` is ``NOGROUP``; True if it was."""
+        if not await self.stream.recover(exc):
+            return False
+        report_data_lost(self.context, "group",
+                         f"the consumer group {OUTBOX_GROUP} of the outbox stream was missing; "
+                         "recreated it")
+        return True
+
     async def _redis_trouble(self, operation: str, exc: Exception, backoff: Backoff,
                              stop: asyncio.Event) -> None:
+        if await self._recovered(exc):
+            backoff.reset()
+            return
         delay = backoff.next_delay()
         self.context.metrics.redis_errors.labels(operation).inc()
         log.warning("redis error in delivery, retrying", operation=operation,
@@ -856,7 +874,7 @@ class DeliveryPool:
                 await self._attempt(held, sender)
             except RedisError as exc:
                 self.context.metrics.redis_errors.labels("delivery").inc()
-                delay = held.backoff.next_delay()
+                delay = 0.0 if await self._recovered(exc) else held.backoff.next_delay()
                 log.warning("redis error while delivering, will retry", entry=held.item.id,
                             error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 3))
                 self.schedule.put(held, delay)
