@@ -143,6 +143,30 @@ def test_incident_in_another_project_counts_through_the_shared_id(
     assert DoraModel(devlake, github).project("P").change_failure_rate == 1.0
 
 
+def test_recovery_counts_every_project_link_to_the_projects_deployments(
+        world: tuple[FakeDevLake, FakeGitHub]) -> None:
+    """DevLake v1.0.3's recovery panel joins incident links of every project to this
+    project's deployments by id (seen on the real server): Team's median takes P's link."""
+    devlake, github = world
+    (c0,) = github.add_repo("org/svc", 1)
+    devlake.add_connection(2, "team")
+    devlake.add_project("Team", connections=[2])
+    body = deployment("shared", c0, at(2, 7), at(2, 8))
+    for connection in (1, 2):
+        assert httpx.post(f"{devlake.url}/plugins/webhook/connections/{connection}/deployments",
+                          json=body).status_code == 200
+    for connection, key, resolved in ((1, "P-1", at(2, 9, 30)), (2, "T-1", at(2, 13))):
+        assert httpx.post(f"{devlake.url}/plugins/webhook/connections/{connection}/issues", json={
+            "issueKey": key, "title": "t", "status": "DONE", "originalStatus": "resolved",
+            "type": "INCIDENT", "createdDate": iso(at(2, 9)),
+            "resolutionDate": iso(resolved)}).status_code == 200
+    team = DoraModel(devlake, github).project("Team")
+    assert [link.recovery for link in team.incident_links] == [300]
+    assert team.failed_deployment_recovery_minutes == 90  # lower median of [90, 300]
+    assert team.time_to_restore_minutes == 240  # its own incidents only: [240]
+    assert DoraModel(devlake, github).project("P").failed_deployment_recovery_minutes == 90
+
+
 @pytest.mark.parametrize(("values", "median"), [
     ([], None), ([7], 7), ([1, 2], 1), ([1, 2, 3], 2), ([1, 2, 3, 4], 2), ([5, 5, 9], 5),
     ([9, 1, 5, 3, 7], 5),

@@ -21,7 +21,10 @@ the numbers users see instead of payloads:
 6. incidents (INCIDENT issues on the project's boards) link to the latest
    SUCCESS PRODUCTION row of the project finished before the incident was
    created; the change failure rate counts deployments with a linked incident
-   from any project (the dashboard joins by deployment id only);
+   from any project (the dashboard joins by deployment id only), and so does
+   the failed deployment recovery time: every project's resolved incident
+   linked to one of this project's deployments (time to restore counts the
+   project's own incidents only);
 7. medians are the dashboard's: the largest value whose percent rank is at
    most 0.5.
 """
@@ -89,6 +92,7 @@ class IncidentLink:
     time_to_restore: int | None
     recovery: int | None
     """Failed deployment recovery time: resolution minus the deployment's finish."""
+    resolved: datetime | None = None
 
 
 @dataclass
@@ -238,14 +242,21 @@ class DoraModel:
         return PullRequestTimes(pull.repo, pull.number, row["cicd_deployment_id"], coding,
                                 pickup, review, deploy, cycle)
 
+    @staticmethod
+    def finished_of(rows: Iterable[dict[str, Any]]) -> dict[str, datetime]:
+        """Deployment id -> the latest finish of its SUCCESS PRODUCTION rows (``_deployments``)."""
+        finished: dict[str, datetime] = {}
+        for row in rows:
+            if _is_prod_success(row):
+                held = finished.get(row["cicd_deployment_id"])
+                finished[row["cicd_deployment_id"]] = max(held or row["finished_date"],
+                                                          row["finished_date"])
+        return finished
+
     def incident_links(self, project: str, warnings: list[str]) -> list[IncidentLink]:
         """Each incident of the project linked to the latest earlier SUCCESS PRODUCTION row."""
         rows = [r for r in self._rows(project) if _is_prod_success(r)]
-        finished_of: dict[str, datetime] = {}
-        for row in rows:
-            held = finished_of.get(row["cicd_deployment_id"])
-            finished_of[row["cicd_deployment_id"]] = max(held or row["finished_date"],
-                                                         row["finished_date"])
+        finished_of = self.finished_of(rows)
         links = []
         for connection, issue in sorted(self._incidents(project),
                                         key=lambda pair: (pair[0], pair[1]["issueKey"])):
@@ -278,7 +289,7 @@ class DoraModel:
             if resolved is None:
                 restore = None  # the dashboard filters on resolution_date
             links.append(IncidentLink(connection, issue["issueKey"], deployment_id, restore,
-                                      recovery))
+                                      recovery, resolved))
         return links
 
     # --- the numbers ------------------------------------------------------------------------
@@ -297,11 +308,16 @@ class DoraModel:
                  for pull in pulls
                  if pull.merged_at is not None and pull.merge_commit_sha in credited]
         links = self.incident_links(name, warnings)
-        linked_anywhere = {link.deployment_id for project in self.devlake.project_names()
-                           for link in (links if project == name
-                                        else self.incident_links(project, []))
+        every_link = [link for project in self.devlake.project_names()
+                      for link in (links if project == name
+                                   else self.incident_links(project, []))]
+        linked_anywhere = {link.deployment_id for link in every_link
                            if link.deployment_id is not None}
         with_incident = sum(1 for deployment_id in days if deployment_id in linked_anywhere)
+        finished = self.finished_of(rows)
+        recoveries = [_trunc_minutes(finished[link.deployment_id], link.resolved)
+                      for link in every_link
+                      if link.deployment_id in finished and link.resolved is not None]
         return ProjectNumbers(
             project=name,
             deployments=len(days),
@@ -313,8 +329,7 @@ class DoraModel:
             incidents=len(links),
             time_to_restore_minutes=lower_median(
                 link.time_to_restore for link in links if link.time_to_restore is not None),
-            failed_deployment_recovery_minutes=lower_median(
-                link.recovery for link in links if link.recovery is not None),
+            failed_deployment_recovery_minutes=lower_median(recoveries),
             pull_requests=times,
             incident_links=links,
             warnings=warnings,
