@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote, unquote_plus
 
 import yaml
 from pydantic import (
@@ -505,7 +505,60 @@ class RedisConfig(Section):
         if self.mode == "cluster":
             scheme = "rediss" if self.tls.enabled else "redis"
             return f"{scheme}+cluster://{','.join(self.cluster.addresses)}"
-        return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", self.connection_url())
+        return masked_url(self.connection_url())
+
+    def url_passwords(self) -> list[str]:
+        """The passwords written inside ``url`` (for the log redactor), as written and decoded."""
+        return url_passwords(self.url or "")
+
+
+_URL_SECRET_PARAMS = frozenset({"password", "sentinel_password"})
+"""Query parameters of a Redis URL that redis-py reads as passwords."""
+
+
+def _url_parts(url: str) -> tuple[str, str, str, str]:
+    """``scheme://``, userinfo, the rest up to the query, and the query of ``url``.
+
+    The userinfo ends at the *last* ``@`` before the query, as redis-py
+    (``urlparse``) reads it, so an unencoded ``@`` or ``/`` in a password
+    stays in the userinfo rather than showing as part of the host.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url, ""
+    before_query, qmark, query = rest.partition("?")
+    userinfo, at, location = before_query.rpartition("@")
+    return scheme + sep, (userinfo + at), location, (qmark + query)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its userinfo and any ``password=`` parameter as ``***``."""
+    scheme, userinfo, location, query = _url_parts(url)
+    if userinfo:
+        user, colon, _ = userinfo[:-1].partition(":")
+        userinfo = f"{user}:***@" if colon else f"{user}@"
+    if query:
+        params = []
+        for param in query[1:].split("&"):
+            name, eq, _ = param.partition("=")
+            params.append(f"{name}=***" if eq and unquote(name).lower() in _URL_SECRET_PARAMS
+                          else param)
+        query = "?" + "&".join(params)
+    return scheme + userinfo + location + query
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password inside ``url``: the userinfo's and ``password=``'s, raw and decoded."""
+    _, userinfo, _, query = _url_parts(url)
+    found: list[str] = []
+    if userinfo:
+        found.append(userinfo[:-1].partition(":")[2])
+    for param in query[1:].split("&") if query else ():
+        name, eq, value = param.partition("=")
+        if eq and unquote(name).lower() in _URL_SECRET_PARAMS:
+            found.append(value)
+    decoded = [unquote(value) for value in found] + [unquote_plus(value) for value in found]
+    return list(dict.fromkeys(value for value in found + decoded if value))
 
 
 class StorageConfig(Section):
@@ -745,6 +798,8 @@ class Secrets(BaseModel):
     offline_token: SecretStr | None = None
     redis_password: SecretStr | None = None
     redis_sentinel_password: SecretStr | None = None
+    redis_url_passwords: tuple[SecretStr, ...] = ()
+    """Passwords written inside ``storage.redis.url`` (userinfo or ``?password=``)."""
     devlake_keys: dict[str, SecretStr | None] = Field(default_factory=dict)
     """DevLake API keys by the ``token_env`` naming them (``integration.devlake`` and teams)."""
 
@@ -763,6 +818,7 @@ class Secrets(BaseModel):
             self.offline_token,
             self.redis_password,
             self.redis_sentinel_password,
+            *self.redis_url_passwords,
             *self.devlake_keys.values(),
         ):
             if secret is not None and secret.get_secret_value():
@@ -1050,6 +1106,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         if settings.storage.redis.password
         else None,
         redis_sentinel_password=sentinel_password,
+        redis_url_passwords=tuple(
+            SecretStr(value) for value in settings.storage.redis.url_passwords()),
     )
     return LoadedConfig(settings=settings, secrets=secrets, source=source,
                         deprecations=tuple(deprecations), offline_token_from_file=from_file)
