@@ -31,6 +31,17 @@ SECRET_ENV = ("GITHUB_TOKEN", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "REDIS_P
               "WEBRCA_INTERVAL")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "after_everything: run after every other test of the session "
+        "(it reads what they recorded, e.g. the fake API server's call ledger)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``after_everything`` go last, in their collected order."""
+    items.sort(key=lambda item: item.get_closest_marker("after_everything") is not None)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's tokens or overrides."""

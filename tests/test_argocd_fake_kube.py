@@ -100,7 +100,7 @@ async def test_doctor_probe(kube: FakeKube, tmp_path: Path) -> None:
     checks = await probe_kubernetes(load_config(config_path))
     assert [(c.name, c.outcome) for c in checks] == [
         ("kubernetes config", "pass"), ("applications in argocd", "pass"),
-        ("applications in empty", "warn")]
+        ("applications in empty", "warn"), ("kubernetes permissions", "pass")]
     kube.fail_next(1, 403, kind="list")
     checks = await probe_kubernetes(load_config(config_path))
     assert checks[1].outcome == "fail" and "applications.argoproj.io" in checks[1].hint

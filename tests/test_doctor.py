@@ -12,6 +12,7 @@ import pytest
 
 from doraforwarder.config import load_config
 from doraforwarder.ops.doctor import Check, parse_version, render, run_checks
+from doraforwarder.ops.permissions import Permission
 from doraforwarder.testing.http_fake import free_port
 from doraforwarder.testing.redis_server import RedisServer
 from doraforwarder.testing.world import FakeWorld
@@ -53,6 +54,7 @@ async def test_everything_passes(world: FakeWorld) -> None:
         "configuration": "pass",
         "kubernetes config": "pass",
         "applications in argocd": "pass",
+        "kubernetes permissions": "pass",
         "redis reachable": "pass",
         "redis writable": "pass",
         "redis persistence": "pass",
@@ -91,7 +93,69 @@ async def test_kubernetes_token_rejected(world: FakeWorld, tmp_path: Path) -> No
     checks = await checks_for(world, {"argocd": {"kubeconfig": str(kubeconfig)}})
     check = checks["applications in argocd"]
     assert check.outcome == "fail" and "401" in check.detail
-    assert "get, list and watch" in check.hint
+    assert "list and watch" in check.hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_kubernetes_permissions_asked_and_missing_ones_named(world: FakeWorld) -> None:
+    """Each needed permission is one SelfSubjectAccessReview; the missing ones are named.
+
+    A list cannot show that watch is missing, nor that api_auth kubernetes cannot
+    review tokens: only the access reviews do.
+    """
+    world.kube.reset_counts()
+    world.kube.permissions = {
+        Permission("list", "argoproj.io", "applications", "argocd"),
+        Permission("list", "argoproj.io", "applications", "team-b"),
+        Permission("watch", "argoproj.io", "applications", "team-b"),
+        Permission("create", "authorization.k8s.io", "subjectaccessreviews", None),
+    }
+    try:
+        checks = await checks_for(world, {"argocd": {"namespaces": ["argocd", "team-b"]},
+                                          "server": {"api_auth": "kubernetes"}})
+        asked = [call for call in world.kube.calls if call.resource == "selfsubjectaccessreviews"]
+        # a wildcard grant covers every namespace, as RBAC's ClusterRoleBinding does
+        world.kube.permissions |= {
+            Permission("watch", "argoproj.io", "applications", None),
+            Permission("create", "authentication.k8s.io", "tokenreviews", None)}
+        fixed = await checks_for(world, {"argocd": {"namespaces": ["argocd", "team-b"]},
+                                         "server": {"api_auth": "kubernetes"}})
+    finally:
+        world.kube.permissions = None
+    assert checks["applications in argocd"].outcome == "pass"  # the list alone works
+    check = checks["kubernetes permissions"]
+    assert check.outcome == "fail"
+    assert check.detail == ("missing: watch applications.argoproj.io in namespace argocd; "
+                            "create tokenreviews.authentication.k8s.io (cluster-wide)")
+    assert "kubectl auth can-i watch applications.argoproj.io -n argocd" in check.hint
+    assert len(asked) == 6  # list+watch in each namespace, two review kinds
+    assert fixed["kubernetes permissions"].outcome == "pass"
+    assert "all 6 allowed" in fixed["kubernetes permissions"].detail
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_kubernetes_permissions_all_namespaces_and_forbidden_list(world: FakeWorld) -> None:
+    world.kube.permissions = set()
+    try:
+        checks = await checks_for(world, {"argocd": {"namespaces": ["*"]}})
+    finally:
+        world.kube.permissions = None
+    listed = checks["applications in *"]
+    assert listed.outcome == "fail" and "403" in listed.detail
+    assert checks["kubernetes permissions"].detail == (
+        "missing: list applications.argoproj.io in every namespace; "
+        "watch applications.argoproj.io in every namespace")
+    assert "kubectl auth can-i list applications.argoproj.io --all-namespaces" in \
+        checks["kubernetes permissions"].hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_api_auth_kubernetes_without_argocd_still_checks_reviews(world: FakeWorld) -> None:
+    checks = await checks_for(world, {"argocd": {"enabled": False},
+                                      "server": {"api_auth": "kubernetes"}})
+    assert "applications in argocd" not in checks
+    assert checks["kubernetes permissions"].outcome == "pass"
+    assert "tokenreviews" in checks["kubernetes permissions"].detail
 
 
 @pytest.mark.usefixtures("secrets_env")

@@ -209,8 +209,8 @@ def test_expected_objects_present(rendered: tuple[str, tuple[Obj, ...]]) -> None
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for expected in [
         ("Namespace", NAMESPACE), ("ServiceAccount", "doraforwarder"),
-        ("ClusterRole", "doraforwarder-application-reader"),
-        ("ClusterRoleBinding", "doraforwarder-application-reader"),
+        ("Role", "doraforwarder-application-reader"),
+        ("RoleBinding", "doraforwarder-application-reader"),
         ("Deployment", "doraforwarder"), ("Service", "doraforwarder"),
         ("StatefulSet", "redis"), ("Service", "redis"), ("Service", "redis-headless"),
         ("NetworkPolicy", "default-deny"), ("NetworkPolicy", "doraforwarder"),
@@ -224,38 +224,22 @@ def test_expected_objects_present(rendered: tuple[str, tuple[Obj, ...]]) -> None
 def test_namespaced_objects_live_in_the_namespace(rendered: tuple[str, tuple[Obj, ...]]) -> None:
     name, objects = rendered
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    # The Role that reads Applications lives where they are (argocd.namespaces).
+    elsewhere = {"Role", "RoleBinding"}
     for o in objects:
-        if o["kind"] not in cluster_scoped:
+        if o["kind"] in elsewhere:
+            assert o["metadata"].get("namespace") == "argocd", f"{name}: {o['kind']}"
+        elif o["kind"] not in cluster_scoped:
             assert o["metadata"].get("namespace") == NAMESPACE, f"{name}: {o['kind']}"
 
 
 # --- RBAC ------------------------------------------------------------------------
 
 
-def test_rbac_reads_argocd_applications_only(rendered: tuple[str, tuple[Obj, ...]]) -> None:
-    name, objects = rendered
-    assert not _of_kind(objects, "Role") and not _of_kind(objects, "RoleBinding")
-    (role,) = _of_kind(objects, "ClusterRole")
-    assert role["rules"] == [
-        {"apiGroups": ["argoproj.io"], "resources": ["applications"],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-         "verbs": ["create"]},
-        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
-         "verbs": ["create"]},
-    ], (f"{name}: the ClusterRole must grant get/list/watch on argoproj.io applications, "
-        "and create on token and subject access reviews (the inventory's kubernetes auth), "
-        "nothing else")
-    assert "aggregationRule" not in role
-
-    (binding,) = _of_kind(objects, "ClusterRoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "doraforwarder", "namespace": NAMESPACE},
-    ]
+def test_service_account(rendered: tuple[str, tuple[Obj, ...]]) -> None:
+    """What the ServiceAccount may do is tests/test_rbac.py's; here: who uses it."""
+    _, objects = rendered
+    _one(objects, "ServiceAccount", "doraforwarder")
     _, pod, _ = _daemon(objects)
     assert pod["serviceAccountName"] == "doraforwarder"
     # Redis never talks to the API server: no token in its pods.

@@ -319,7 +319,7 @@ async def check_webrca(config: LoadedConfig) -> list[Check]:
 async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) -> list[Check]:
     """Every check the configuration calls for, in the order an operator fixes them."""
     checks = [Check("configuration", "pass", f"{config.source} is valid")]
-    if config.settings.argocd.enabled:
+    if config.settings.argocd.enabled or config.settings.server.effective_api_auth == "kubernetes":
         checks += await (kube_probe or probe_kubernetes)(config)
     else:
         checks.append(Check("kubernetes", "skip", "argocd.enabled is false"))

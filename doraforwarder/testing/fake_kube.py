@@ -10,7 +10,16 @@ Speaks what the daemon uses of the real API, with its semantics:
   ``timeoutSeconds``; a version older than the compaction horizon gets one
   ``ERROR`` event with a 410 Status, then the stream closes.
 - ``GET .../namespaces/{ns}/applications/{name}``: get.
-- Bearer token checked (401 otherwise).
+- Bearer token checked (401 otherwise); with :attr:`FakeKube.permissions`
+  set, every request authorized against them as RBAC would (403 with the real
+  server's message otherwise).
+- ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews``: answered
+  from :attr:`FakeKube.permissions` (everything allowed when None), as a real
+  server answers from the caller's RBAC; every authenticated user may ask.
+- Every request is recorded as the authorization question it asks (verb,
+  group, resource, namespace or cluster scope) in :attr:`FakeKube.calls` and in
+  the process-wide :data:`LEDGER`, so the RBAC tests can check that the
+  manifests grant every call the test suite made, and nothing more.
 - ``POST /apis/authentication.k8s.io/v1/tokenreviews`` and
   ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews``: answered from
   :attr:`FakeKube.reviewed_tokens` (token -> user name or :class:`KubeUser`, with its
@@ -47,10 +56,37 @@ from typing import Any
 
 from aiohttp import web
 
+from doraforwarder.ops.permissions import APPLICATIONS, APPLICATIONS_GROUP, Permission, granted
 from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
 API_PREFIX = "/apis/argoproj.io/v1alpha1"
 API_VERSION = "argoproj.io/v1alpha1"
+SERVICE_ACCOUNT_USER = "system:serviceaccount:doraforwarder:doraforwarder"
+"""Who the fake's bearer token authenticates as (in 403 messages)."""
+TOKEN_REVIEW = Permission("create", "authentication.k8s.io", "tokenreviews", None)
+ACCESS_REVIEW = Permission("create", "authorization.k8s.io", "subjectaccessreviews", None)
+SELF_ACCESS_REVIEW = Permission("create", "authorization.k8s.io", "selfsubjectaccessreviews", None)
+
+LEDGER: dict[Permission, str] = {}
+"""Every authorization question the daemon (its client's ``User-Agent``
+``doraforwarder/...``) asked any FakeKube of this process, with the first
+request (method and path) that asked it: the daemon's API calls over the whole
+test session, read by ``tests/test_rbac.py``. Tests that call the fake with
+clients of their own are left out."""
+DAEMON_AGENT = "doraforwarder/"
+
+
+def _applications(verb: str, namespace: str | None) -> Permission:
+    return Permission(verb, APPLICATIONS_GROUP, APPLICATIONS, namespace)
+
+
+def forbidden_message(call: Permission, user: str = SERVICE_ACCOUNT_USER) -> str:
+    """The message a real API server gives with its 403."""
+    resource = f"{call.resource}.{call.group}" if call.group else call.resource
+    where = (f'in the namespace "{call.namespace}"' if call.namespace is not None
+             else "at the cluster scope")
+    return (f'{resource} is forbidden: User "{user}" cannot {call.verb} resource '
+            f'"{call.resource}" in API group "{call.group}" {where}')
 
 SCOPES_EXTRA = "scopes.authorization.openshift.io"
 """The ``extra`` key under which OpenShift names an OAuth token's scopes."""
@@ -171,6 +207,10 @@ class FakeKube(FakeServer):
         self.requests: Counter[str] = Counter()
         """Requests by kind: ``list``, ``watch``, ``get``, ``unauthorized``, ``faulted``."""
         self.request_log: list[tuple[str, str]] = []
+        self.calls: list[Permission] = []
+        """Every request as the authorization question it asks, in order."""
+        self.permissions: set[Permission] | None = None
+        """What the token's user may do (RBAC as :func:`granted` reads it); None: anything."""
         self.reviewed_tokens: dict[str, str | KubeUser] = {}
         """Bearer tokens a TokenReview authenticates, and the user each names (a bare
         name is a user in the one group ``system:authenticated``, without extra)."""
@@ -182,6 +222,9 @@ class FakeKube(FakeServer):
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         app.router.add_post(
             "/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review
+        )
+        app.router.add_post(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._self_access_review
         )
         app.router.add_get(f"{API_PREFIX}/applications", self._collection)
         app.router.add_get(f"{API_PREFIX}/namespaces/{{namespace}}/applications", self._collection)
@@ -311,6 +354,12 @@ class FakeKube(FakeServer):
     def reset_counts(self) -> None:
         self.requests.clear()
         self.request_log.clear()
+        self.calls.clear()
+
+    def allows(self, call: Permission) -> bool:
+        """Whether :attr:`permissions` grant ``call`` (SelfSubjectAccessReviews: always)."""
+        return call == SELF_ACCESS_REVIEW or self.permissions is None or granted(
+            call, self.permissions)
 
     # --- storage (server loop only) ---------------------------------------------------
     def _bump(self) -> int:
@@ -348,13 +397,23 @@ class FakeKube(FakeServer):
             watch.wake.set()
 
     # --- HTTP -------------------------------------------------------------------------
-    async def _admit(self, request: web.Request, kind: str) -> web.StreamResponse | None:
-        """Count the request; answer it here when it is unauthorized or faulted."""
+    async def _admit(
+        self, request: web.Request, kind: str, call: Permission
+    ) -> web.StreamResponse | None:
+        """Count the request; answer it here when it is unauthorized, forbidden or faulted."""
         self.requests[kind] += 1
         self.request_log.append((kind, request.path_qs))
+        self.calls.append(call)
+        if request.headers.get("User-Agent", "").startswith(DAEMON_AGENT):
+            LEDGER.setdefault(call, f"{request.method} {request.path}")
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             self.requests["unauthorized"] += 1
             return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+        if not self.allows(call):
+            self.requests["forbidden"] += 1
+            body = status_body(403, "Forbidden", forbidden_message(call))
+            body["details"] = {"group": call.group, "kind": call.resource}
+            return web.json_response(body, status=403)
         for fault in list(self._faults):
             if fault.matches(kind, request):
                 self._faults.remove(fault)
@@ -377,7 +436,7 @@ class FakeKube(FakeServer):
         return None
 
     async def _token_review(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._admit(request, "tokenreview")
+        refused = await self._admit(request, "tokenreview", TOKEN_REVIEW)
         if refused is not None:
             return refused
         review = await request.json()
@@ -392,7 +451,7 @@ class FakeKube(FakeServer):
         return web.json_response(review, status=201)
 
     async def _access_review(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._admit(request, "subjectaccessreview")
+        refused = await self._admit(request, "subjectaccessreview", ACCESS_REVIEW)
         if refused is not None:
             return refused
         review = await request.json()
@@ -418,8 +477,25 @@ class FakeKube(FakeServer):
             granted &= scoped_namespaces(scopes, granted)
         return granted
 
+    async def _self_access_review(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._admit(request, "selfsubjectaccessreview", SELF_ACCESS_REVIEW)
+        if refused is not None:
+            return refused
+        review = await request.json()
+        attributes = (review.get("spec") or {}).get("resourceAttributes")
+        if not isinstance(attributes, dict):  # nonResourceAttributes: not modelled
+            return web.json_response(
+                status_body(400, "BadRequest", "resourceAttributes is required"), status=400)
+        asked = Permission(str(attributes.get("verb") or ""), str(attributes.get("group") or ""),
+                           str(attributes.get("resource") or ""),
+                           str(attributes.get("namespace") or "") or None)
+        allowed = self.allows(asked)
+        review["status"] = {"allowed": allowed} if allowed else {"allowed": False, "reason": ""}
+        return web.json_response(review, status=201)
+
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._admit(request, "get")
+        refused = await self._admit(
+            request, "get", _applications("get", request.match_info["namespace"]))
         if refused is not None:
             return refused
         obj = self._objects.get((request.match_info["namespace"], request.match_info["name"]))
@@ -430,7 +506,8 @@ class FakeKube(FakeServer):
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info.get("namespace")
         watching = request.query.get("watch") in ("true", "1")
-        refused = await self._admit(request, "watch" if watching else "list")
+        verb = "watch" if watching else "list"
+        refused = await self._admit(request, verb, _applications(verb, namespace))
         if refused is not None:
             return refused
         if watching:
