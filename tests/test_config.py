@@ -275,17 +275,22 @@ def test_cli_version(clean_env: dict[str, str]) -> None:
     assert result.returncode == 0 and result.stdout.startswith("doraforwarder ")
 
 
-def test_token_in_file_is_ignored_with_a_warning(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_token_in_file_is_used_without_offline_token_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
     from doraforwarder.commands.common import load_and_configure
+    from doraforwarder.logging import get_logger
 
     path = write_config(tmp_path, "webrca:\n  token: offline-in-file-1234\n")
     config = load_and_configure(argparse.Namespace(config=str(path), log_format="json",
                                                    log_level="info"))
-    assert config.secrets.offline_token is None
+    # As the reference: the file's token serves when OFFLINE_TOKEN is unset.
+    assert config.secrets.offline_token is not None
+    assert config.secrets.offline_token.get_secret_value() == "offline-in-file-1234"
+    get_logger("test").info("token is offline-in-file-1234")  # masked like any secret
     out = capsys.readouterr().out
-    assert "webrca.token in the configuration file is ignored" in out
+    assert "webrca.token in the configuration file is used because OFFLINE_TOKEN" in out
+    assert "secrets belong in the environment" in out
     assert "offline-in-file-1234" not in out
     assert "offline-in-file-1234" not in str(config.redacted())
