@@ -759,6 +759,9 @@ class DeliveryConfig(Section):
     max_backoff: Duration = timedelta(minutes=5)
     """Longest retry delay of a DevLake delivery; deliveries never give up."""
     claim_idle: Duration = timedelta(seconds=60)
+    max_retry_after: Duration = timedelta(minutes=15)
+    """Longest wait a DevLake ``Retry-After`` (429) is obeyed for: a peer asking for days
+    (``Retry-After: 999999999``) must not park its target until a restart."""
     refused_max_held: int = Field(default=1000, ge=1)
     """Entries of one refused (401/403) target kept in memory; the rest of its backlog
     waits in Redis (parked in the consumer group) until DevLake accepts the target again."""

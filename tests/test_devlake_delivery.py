@@ -118,18 +118,59 @@ async def test_429_waits_for_retry_after(redis_client, devlake) -> None:
     assert counter(context, "doraforwarder_delivery_retries_total", reason="rate_limited") == 1
 
 
-async def test_a_retrying_entry_does_not_hold_up_the_others(redis_client, devlake) -> None:
-    context = make_context(redis_client, devlake_section(devlake.url),
-                           delivery={"workers": 1, "max_backoff": "1h"})
+async def test_a_rate_limited_target_does_not_hold_up_the_others(redis_client, devlake) -> None:
+    context = make_context(redis_client, devlake_section(devlake.url, teams=[
+        {"name": "build", "connection_name": "team-build", "argocd_components": ["svc"]}]),
+        delivery={"workers": 1, "max_backoff": "1h"})
     ids = [f"svc:{n}" for n in range(6)]
-    await stage(redis_client, context.keys, [deployment_entry(i) for i in ids])
+    await stage(redis_client, context.keys, [deployment_entry(ids[0])]
+                + [deployment_entry(i, TEAM) for i in ids[1:]])
     devlake.rate_limit_next(1, retry_after=3600)
     async with RunningService(DeliveryPool(context)):
-        await eventually(lambda: len(devlake.deployment_ids(1)) == 5, what="five delivered")
+        await eventually(lambda: len(devlake.deployment_ids(6)) == 5, what="five delivered")
         # acknowledgements follow the 2xx in batches: wait for them, not just the posts
         await eventually(lambda: outbox_length(redis_client, context, 1),
                          what="the five acknowledged, the limited one kept")
-    assert devlake.deployment_ids(1) == set(ids[1:])
+    assert devlake.deployment_ids(6) == set(ids[1:])
+    assert devlake.deployment_ids(1) == set()
+
+
+async def test_retry_after_is_capped_by_max_retry_after(redis_client, devlake) -> None:
+    """``Retry-After: 999999999`` once parked the entry (and its target) until a restart."""
+    context = make_context(redis_client, devlake_section(devlake.url),
+                           delivery={"max_retry_after": "300ms"})
+    await stage(redis_client, context.keys, [deployment_entry("svc:1")])
+    devlake.rate_limit_next(1, retry_after=999999999)
+    async with RunningService(DeliveryPool(context)):
+        await eventually(lambda: outbox_empty(redis_client, context), timeout=10)
+    limited, accepted = devlake.posts()
+    assert limited.status == 429 and accepted.status == 200
+    assert 0.29 <= accepted.at - limited.at < 5
+
+
+async def test_a_429_pauses_every_entry_of_its_target(redis_client, devlake) -> None:
+    """Entries of the limited target wait out Retry-After, unsent; another target goes on."""
+    context = make_context(redis_client, devlake_section(devlake.url, teams=[
+        {"name": "build", "connection_name": "team-build", "argocd_components": ["svc"]}]),
+        delivery={"workers": 2})
+    limited_ids = [f"svc:{n}" for n in range(5)]
+    other_ids = [f"other:{n}" for n in range(5)]
+    await stage(redis_client, context.keys, [deployment_entry(limited_ids[0])])
+    devlake.rate_limit_next(1, retry_after=1)
+    async with RunningService(DeliveryPool(context)):
+        await eventually(lambda: len(devlake.posts(status=429)) == 1, what="the 429")
+        await stage(redis_client, context.keys,
+                    [deployment_entry(i) for i in limited_ids[1:]]
+                    + [deployment_entry(i, TEAM) for i in other_ids])
+        await eventually(lambda: outbox_empty(redis_client, context), timeout=20)
+    (limited,) = devlake.posts(status=429)
+    to_global = [p for p in devlake.posts(status=200) if p.connection_id == 1]
+    to_team = [p for p in devlake.posts(status=200) if p.connection_id == 6]
+    assert {p.record_id for p in to_global} == set(limited_ids)
+    assert {p.record_id for p in to_team} == set(other_ids)
+    assert min(p.at for p in to_global) - limited.at >= 0.99  # no request to it meanwhile
+    assert max(p.at for p in to_team) - limited.at < 0.99  # the other target went on
+    assert len(devlake.posts()) == 11
 
 
 async def test_timeouts_are_retried(redis_client, devlake) -> None:

@@ -495,6 +495,10 @@ class DeliveryPool:
         self.awaiting: set[str] = set()
         """Project targets whose ``<project>_deployments`` connection does not exist yet."""
         self._token_envs = _token_envs(devlake)
+        self.max_retry_after = max(delivery.max_retry_after.total_seconds(), 0.0)
+        """The longest ``Retry-After`` obeyed (``delivery.max_retry_after``)."""
+        self.paused: dict[str, float] = {}
+        """Target key -> monotonic time before which none of its entries is sent (a 429)."""
 
     def _new_ack_batcher(self) -> AckBatcher:
         return AckBatcher(self.redis, self.keys, self._acked, self._ack_trouble,
@@ -895,6 +899,8 @@ class DeliveryPool:
         if entry is None:
             await self._dead(held, "unreadable", item.error or "unreadable entry")
             return
+        if self._waits_paused(held, entry):
+            return
         try:
             body: dict[str, Any] | None = contract_body(entry.kind, entry.payload)
         except (ValidationError, KeyError) as exc:
@@ -1056,10 +1062,14 @@ class DeliveryPool:
         if held.first_failure is None:
             held.first_failure = time.monotonic()
         if answer.retry_after is not None and verdict.reason == "rate_limited":
-            delay = answer.retry_after
+            delay = min(answer.retry_after, self.max_retry_after)
             held.backoff.next_delay()
         else:
             delay = held.backoff.next_delay()
+        if verdict.reason == "rate_limited":
+            # DevLake (or a proxy) limits the client, not one record: the whole target waits.
+            until = time.monotonic() + delay
+            self.paused[entry.target.key] = max(until, self.paused.get(entry.target.key, 0.0))
         self.context.metrics.delivery_retries.labels(verdict.reason).inc()
         if verdict.reason in ("network", "timeout", "server_error", "unexpected_status"):
             self.context.metrics.mark_failure("devlake", _cause(verdict.reason, answer))
@@ -1079,6 +1089,18 @@ class DeliveryPool:
         )
         self.schedule.put(held, delay)
 
+
+    def _waits_paused(self, held: Held, entry: OutboxEntry) -> bool:
+        """Put ``held`` back, unsent, while its target is paused by a 429."""
+        until = self.paused.get(entry.target.key)
+        if until is None:
+            return False
+        left = until - time.monotonic()
+        if left <= 0:
+            del self.paused[entry.target.key]
+            return False
+        self.schedule.put(held, left)
+        return True
 
     # --- refused targets and connections still to be created ------------------------
 
