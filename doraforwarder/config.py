@@ -1116,6 +1116,23 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
                         deprecations=tuple(deprecations), offline_token_from_file=from_file)
 
 
+def missing_devlake_keys(config: LoadedConfig) -> dict[str, list[str]]:
+    """Variables that name no DevLake API key, each with the targets that need it.
+
+    Empty when DevLake is disabled. The reference refuses to send without
+    ``DEVLAKE_WEBHOOK_TOKEN``; ``run`` stops at start instead of filling the outbox.
+    """
+    devlake = config.settings.integration.devlake
+    if not devlake.enabled:
+        return {}
+    users: dict[str, list[str]] = {devlake.token_env: ["integration.devlake"]}
+    for index, team in enumerate(devlake.teams):
+        users.setdefault(devlake.team_token_env(team), []).append(
+            f"integration.devlake.teams[{index}] ({team.name})")
+    return {name: targets for name, targets in users.items()
+            if config.secrets.devlake_key(name) is None}
+
+
 def default_config_path(cwd: Path | None = None) -> str:
     """The file read when neither ``--config`` nor ``DORAFORWARDER_CONFIG`` names one:
     ``configs/config.yaml`` in the working directory (where the reference reads it) when

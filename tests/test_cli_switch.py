@@ -70,3 +70,42 @@ def test_dotenv_in_the_working_directory(tmp_path: Path, clean_env: dict[str, st
     kept = run_cli(tmp_path, {**clean_env, "PORT": "8888"}, "check-config", "--config",
                    "config.yaml")
     assert "port: '8888'" in kept.stdout  # a variable already set wins over .env
+
+
+DEVLAKE = ('integration: {devlake: {enabled: true, base_url: "http://127.0.0.1:1", '
+           'project_id: "1", teams: [{name: build, project_id: "6", token_env: BUILD_KEY}, '
+           '{name: web, project_id: "7"}]}}\n')
+
+
+def test_run_without_a_devlake_key_exits_2_naming_the_variables(
+        tmp_path: Path, clean_env: dict[str, str]) -> None:
+    (tmp_path / "c.yaml").write_text('server: {port: "0"}\n' + DEVLAKE)
+    result = run_cli(tmp_path, clean_env, "run", "--config", "c.yaml")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "doraforwarder: integration.devlake is enabled but no DevLake API key is set: "
+        "DEVLAKE_WEBHOOK_TOKEN (or DEVLAKE_WEBHOOK_TOKEN_FILE) for integration.devlake, "
+        "integration.devlake.teams[1] (web); BUILD_KEY (or BUILD_KEY_FILE) for "
+        "integration.devlake.teams[0] (build); set it from a Secret, or run with --dry-run"]
+    one = run_cli(tmp_path, {**clean_env, "DEVLAKE_WEBHOOK_TOKEN": "k-fake-0008"}, "run",
+                  "--config", "c.yaml")
+    assert one.returncode == 2 and "BUILD_KEY (or BUILD_KEY_FILE)" in one.stderr
+    assert "DEVLAKE_WEBHOOK_TOKEN" not in one.stderr and "k-fake" not in one.stderr
+
+
+def test_run_warns_at_start_when_devlake_is_disabled(tmp_path: Path,
+                                                      clean_env: dict[str, str]) -> None:
+    (tmp_path / "c.yaml").write_text(
+        'server: {port: "0", host: 127.0.0.1, log_format: json}\n'
+        'storage: {redis: {address: "127.0.0.1:1"}}\nargocd: {enabled: false}\n')
+    daemon = subprocess.Popen([sys.executable, "-m", "doraforwarder", "run", "--config",
+                               "c.yaml"], cwd=tmp_path, env=clean_env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert daemon.stdout is not None
+        first = daemon.stdout.readline()  # the very first line, before anything else
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    assert "integration.devlake.enabled is false: nothing will be forwarded to DevLake" \
+        in first and '"level": "warning"' in first
