@@ -10,7 +10,12 @@ import pytest
 from pydantic import SecretStr
 
 from doraforwarder.backoff import parse_retry_after
-from doraforwarder.devlake.client import Answer, DevLakeClient, classify
+from doraforwarder.devlake.client import (
+    Answer,
+    DevLakeClient,
+    classify,
+    connection_just_created,
+)
 from doraforwarder.testing.fake_devlake import FakeDevLake, parse_devlake_date
 from tests.devlake_support import TOKEN, deployment_entry, deployment_payload, issue_payload
 
@@ -32,6 +37,23 @@ CLASSIFY = [
     (Answer(405), "dead", "client_error"),
     (Answer(302), "retry", "unexpected_status"),
 ]
+
+
+V103_NOT_FOUND = ('{"code":0,"success":false,"message":"record not found (404)\\nWraps: (2) '
+                  'record not found\\nError types: (1) *hintdetail.withDetail (2) '
+                  '*errors.errorString","causes":null,"data":null}')
+"""DevLake v1.0.3's answer to the project route's call that creates the connection."""
+
+
+@pytest.mark.parametrize(("answer", "again"), [
+    (Answer(404, body=V103_NOT_FOUND), True),
+    (Answer(404, body='{"success":false,"message":"could not find project [P] in DB (404)'
+                      '\\nWraps: (2) record not found (404)"}'), False),
+    (Answer(404, body="404 page not found"), False),  # no project route (before 1.0.3)
+    (Answer(400, body='{"message":"record not found"}'), False),
+])
+def test_connection_just_created(answer: Answer, again: bool) -> None:
+    assert connection_just_created(answer) is again
 
 
 @pytest.mark.parametrize(("answer", "action", "reason"), CLASSIFY)
@@ -89,6 +111,9 @@ ROUTES = [
 @pytest.mark.parametrize("path", ROUTES)
 async def test_fake_serves_every_deployment_route(devlake: FakeDevLake, path: str) -> None:
     answer = await post(devlake.url + path, deployment_payload("d1"))
+    if "/projects/" in path:  # the call that creates P_deployments answers 404 (v1.0.3)
+        assert answer.status_code == 404
+        answer = await post(devlake.url + path, deployment_payload("d1"))
     assert answer.status_code == 200
     assert len(devlake.accepted("deployment")) == 1
 

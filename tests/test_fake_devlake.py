@@ -86,6 +86,13 @@ EXPECTED = {
 }
 
 
+def _create_project_connection(devlake: FakeDevLake, kind: str) -> None:
+    """The project route's first call creates ``P_deployments`` and answers 404."""
+    if kind == "project deployments":
+        assert call(devlake, "POST", "/plugins/webhook/projects/P/deployments",
+                    deployment_payload("d0"))[0] == 404
+
+
 @pytest.mark.parametrize("prefix", ["/rest", "/api/rest"])
 @pytest.mark.parametrize("which", ["global", "wide", "own", "other", "expired", "invalid",
                                    "missing", "malformed"])
@@ -93,6 +100,7 @@ EXPECTED = {
 def test_every_route_with_every_key(devlake: FakeDevLake, prefix: str, which: str,
                                     kind: str) -> None:
     route, body = ROUTE_KINDS[kind]
+    _create_project_connection(devlake, kind)
     key, header = _key(devlake, which)
     status, answer, _ = call(devlake, "POST", f"{prefix}/plugins/webhook/{route}", body,
                              key=key, header=header)
@@ -112,6 +120,7 @@ def test_every_route_with_every_key(devlake: FakeDevLake, prefix: str, which: st
 @pytest.mark.parametrize("kind", list(ROUTE_KINDS))
 def test_no_key_check_outside_rest(devlake: FakeDevLake, prefix: str, kind: str) -> None:
     route, body = ROUTE_KINDS[kind]
+    _create_project_connection(devlake, kind)
     assert call(devlake, "POST", f"{prefix}/plugins/webhook/{route}", body)[0] == 200
 
 
@@ -146,7 +155,11 @@ def test_close_sets_no_resolution_date(devlake: FakeDevLake) -> None:
 
 
 def test_project_route_creates_its_connection_before_validating(devlake: FakeDevLake) -> None:
+    """v1.0.3 (seen on the real server): the call that creates ``P_deployments`` and
+    attaches it answers 404 ``record not found`` and stores nothing, whatever its body."""
     path = "/rest/plugins/webhook/projects/P/deployments"
+    status, answer, _ = call(devlake, "POST", path, deployment_payload("d0"), key=GLOBAL_KEY)
+    assert status == 404 and answer["message"] == "record not found (404)"
     status, _, _ = call(devlake, "POST", path, {}, key=GLOBAL_KEY)
     assert status == 400  # the body is refused ...
     created = devlake.project_connection("P")  # ... after the connection was created

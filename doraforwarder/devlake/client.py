@@ -156,6 +156,21 @@ def _message(body: str) -> str:
     return parsed[:200] if isinstance(parsed, str) else " ".join(body.split())[:200]
 
 
+def connection_just_created(answer: Answer) -> bool:
+    """A project route's 404 after DevLake created ``<project>_deployments``: send again.
+
+    DevLake v1.0.3 (and its main branch at 420e494) creates the project's
+    connection, attaches it to the project's blueprint, then answers the
+    lookup's ``record not found`` (a shadowed error in the webhook plugin's
+    ``getOrCreateConnection``) without storing the deployment; the next call
+    finds the connection and stores it. A missing project says ``could not
+    find project [name] in DB``, and an unknown route (DevLake before 1.0.3)
+    is gin's plain ``404 page not found``: those stay refusals.
+    """
+    return (answer.status == 404
+            and _message(answer.body).lower().startswith("record not found"))
+
+
 def awaits_connection(answer: Answer) -> bool:
     """A 404 for a project's ``<project>_deployments`` connection that does not exist yet.
 

@@ -838,7 +838,10 @@ class FakeDevLake(FakeServer):
         connection_id = max(self.connections, default=0) + 1
         self.connections[connection_id] = wanted  # no key of its own
         project.connection_ids.append(connection_id)
-        return connection_id
+        # DevLake v1.0.3 (and 420e494) returns the lookup's not-found error after creating
+        # and attaching the connection (a shadowed ``err`` in getOrCreateConnection): the
+        # call that creates it stores nothing and answers 404; the next one is stored.
+        raise _HandlerError(404, "record not found")
 
     def _serve(self, route: _Route, body: dict[str, Any] | None
                ) -> tuple[web.Response, _Route, int | None]:
