@@ -34,8 +34,10 @@ from doraforwarder.config import load_config
 from tests.conftest import ROOT
 
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ("base", "production", "local")
-OVERLAYS = ("production", "local")
+KUSTOMIZATIONS = ("base", "production", "local", "openshift")
+OVERLAYS = ("production", "local", "openshift")
+NO_FIXED_IDS = ("openshift",)
+"""Overlays whose pods run with the uid the platform assigns (OpenShift's SCC)."""
 MONITORING = "monitoring"
 NAMESPACE = "doraforwarder"
 # DevLake's namespace and the pod ports the daemon may reach there (base/networkpolicy.yaml).
@@ -263,7 +265,10 @@ def test_every_container_is_locked_down(rendered: tuple[str, tuple[Obj, ...]]) -
             merged = {**pod_sc, **sc}
             assert merged.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
             user = merged.get("runAsUser")
-            assert isinstance(user, int) and user > 0, f"{where}: numeric non-root runAsUser"
+            if name in NO_FIXED_IDS:
+                assert user is None, f"{where}: the platform assigns the uid"
+            else:
+                assert isinstance(user, int) and user > 0, f"{where}: numeric non-root runAsUser"
             assert sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
             assert sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation"
             assert not sc.get("privileged"), f"{where}: privileged"
@@ -349,7 +354,7 @@ def test_daemon_environment_and_secrets(rendered: tuple[str, tuple[Obj, ...]]) -
 def test_secret_holds_placeholders_only(rendered: tuple[str, tuple[Obj, ...]]) -> None:
     name, objects = rendered
     secrets = _of_kind(objects, "Secret")
-    if name == "production":
+    if name in ("production", "openshift"):
         assert not secrets, "production must not ship a Secret: the real one is made out of band"
         return
     (secret,) = secrets
@@ -433,7 +438,8 @@ def test_redis_is_durable(rendered: tuple[str, tuple[Obj, ...]]) -> None:
     claim = claims[mount["name"]]["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"]
     assert _storage_bytes(claim["resources"]["requests"]["storage"]) > 0
-    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The volume is writable for Redis's group (OpenShift's SCC assigns both).
+    assert pod["securityContext"].get("fsGroup") == pod["securityContext"].get("runAsGroup")
 
 
 def _redis_environment(objects: tuple[Obj, ...], container: Obj) -> dict[str, Obj]:
@@ -558,6 +564,10 @@ def test_network_policies_allow_only_what_is_needed(rendered: tuple[str, tuple[O
         ports = {(p["port"], p["protocol"]) for p in rule["ports"]}
         if ports == {(6379, "TCP")}:
             assert rule["to"] == [{"podSelector": {"matchLabels": redis_labels}}]
+        elif name == "openshift" and ports == {(5353, "UDP"), (5353, "TCP")}:
+            # OpenShift's DNS pods listen on 5353 behind the Service's 53.
+            assert rule["to"] == [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "openshift-dns"}}}], f"{name}: {rule['to']}"
         elif "to" in rule:
             assert rule["to"] == [{"namespaceSelector": {"matchLabels": {
                 "kubernetes.io/metadata.name": DEVLAKE_NAMESPACE}}}], f"{name}: {rule['to']}"
