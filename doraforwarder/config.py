@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, unquote_plus
 
-import yaml
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -39,6 +38,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from doraforwarder.config_file import read_document
 from doraforwarder.records import Environment as EnvironmentName
 from doraforwarder.webhook_paths import Prefix, check_name, normalize_prefix
 
@@ -1068,21 +1068,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     Raises :class:`ConfigError` with one clear message naming the key and the file.
     """
     source = str(path or os.environ.get(CONFIG_ENV_VAR) or default_config_path())
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {source}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"configuration file {source} must hold a mapping of sections")
+    data = read_document(source, ConfigError)
     env = EnvironmentOverrides()
     data, origins = _apply_overrides(data, env)
     settings, deprecations = _validate(data, source, origins)

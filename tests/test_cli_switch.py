@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from doraforwarder.config_file import read_document
+
 
 def run_cli(cwd: Path, env: dict[str, str], *argv: str,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -109,3 +111,42 @@ def test_run_warns_at_start_when_devlake_is_disabled(tmp_path: Path,
         daemon.wait(timeout=30)
     assert "integration.devlake.enabled is false: nothing will be forwarded to DevLake" \
         in first and '"level": "warning"' in first
+
+
+BAD_FILES = [
+    ("empty", b"", "configuration file c.yaml is empty: write at least {} to run with every "
+                   "default"),
+    ("comments only", b"# server:\n#   port: 8080\n", "configuration file c.yaml is empty"),
+    ("section twice", b'server: {port: "1"}\nwebrca: {}\nserver: {port: "2"}\n',
+     "c.yaml:3:1: not valid YAML: key 'server' appears twice (first on line 1)"),
+    ("key twice", b"argocd:\n  namespaces: [a]\n  namespaces: [b]\n",
+     "c.yaml:3:3: not valid YAML: key 'namespaces' appears twice (first on line 2)"),
+    ("binary", bytes(range(256)) * 4,
+     "configuration file c.yaml is not text (byte 128 is not UTF-8): is it the YAML file?"),
+    ("gzip", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff",
+     "configuration file c.yaml is not text (byte 1 is not UTF-8)"),
+    ("control character", b"server:\x00 {}\n",
+     "configuration file c.yaml is not text (special characters are not allowed at "
+     "character 7)"),
+]
+
+
+@pytest.mark.parametrize(("content", "line"), [case[1:] for case in BAD_FILES],
+                         ids=[case[0] for case in BAD_FILES])
+def test_check_config_refuses_what_yaml_would_silently_accept(
+        tmp_path: Path, clean_env: dict[str, str], content: bytes, line: str) -> None:
+    (tmp_path / "c.yaml").write_bytes(content)
+    result = run_cli(tmp_path, clean_env, "check-config", "--config", "c.yaml")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [printed] = result.stderr.splitlines()
+    assert printed.startswith(f"doraforwarder: {line}"), printed
+
+
+def test_merge_keys_and_an_explicit_empty_mapping_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("a: &x {k: 1, j: 2}\nb:\n  <<: *x\n  k: 3\n")
+    assert read_document(str(path), ValueError) == {"a": {"k": 1, "j": 2},
+                                                    "b": {"k": 3, "j": 2}}
+    path.write_text("{}\n")
+    assert read_document(str(path), ValueError) == {}

@@ -207,7 +207,7 @@ def test_redis_password_with_url_characters_stays_out_of_the_host(
     import redis.asyncio as aioredis
 
     monkeypatch.setenv("REDIS_PASSWORD", "pw/with@odd:chars%#?")
-    redis = load_config(write_config(tmp_path, "")).settings.storage.redis
+    redis = load_config(write_config(tmp_path, "{}\n")).settings.storage.redis
     client = aioredis.Redis.from_url(redis.connection_url())
     options = client.connection_pool.connection_kwargs
     assert (options["host"], options["port"]) == ("localhost", 6379)
@@ -220,7 +220,7 @@ def test_secrets_from_env_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     token_file.write_text("devlake-secret-value\n")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_example_value")
     monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN_FILE", str(token_file))
-    config = load_config(write_config(tmp_path, ""))
+    config = load_config(write_config(tmp_path, "{}\n"))
     assert config.secrets.github_token is not None
     assert config.secrets.github_token.get_secret_value() == "ghp_example_value"
     assert config.secrets.devlake_webhook_token is not None
@@ -233,7 +233,7 @@ def test_secrets_from_env_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_missing_secret_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFLINE_TOKEN_FILE", str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="OFFLINE_TOKEN_FILE names"):
-        load_config(write_config(tmp_path, ""))
+        load_config(write_config(tmp_path, "{}\n"))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
