@@ -10,15 +10,21 @@
 - ``openshift``: as the reference, the bearer token is shown to the OpenShift user
   API (``server.openshift.api_url``), and only users with an e-mail address of
   ``server.openshift.email_domains`` (default ``redhat.com``) are admitted.
-- ``kubernetes``: the bearer token is checked with a TokenReview, and the
-  user it names with a SubjectAccessReview for ``get`` on
-  ``applications.argoproj.io`` in each namespace of the inventory; the
-  answer holds only the namespaces allowed. Results are cached briefly (by a
-  digest of the token, never the token itself), so a polling agent costs the
-  API server a couple of requests a minute.
+- ``kubernetes``: the bearer token is checked with a TokenReview for the
+  audiences of ``server.kubernetes.audiences`` (default ``doraforwarder``: a
+  token that reads the inventory is no key to the API server), and the user
+  it names with a SubjectAccessReview for ``list`` (the inventory is a list)
+  on ``applications.argoproj.io`` in each namespace of the inventory; the
+  answer holds only the namespaces allowed. Each review waits at most
+  ``server.kubernetes.timeout``. Results are cached briefly (by a digest of
+  the token, never the token itself), so a polling agent costs the API
+  server a couple of requests a minute; failed TokenReviews are limited to
+  ``unknown_tokens_per_minute``, past which an unknown token gets 429
+  without a review (random tokens cannot flood the API server).
 
-Refusals are 401 (no token, a malformed header, a token not accepted) or 403
-(a known user allowed nowhere); their bodies never contain the token.
+Refusals are 401 (no token, a malformed header, a token not accepted), 403
+(a known user allowed nowhere), 429 (too many unknown tokens) or 503 (the
+reviewer did not answer); their bodies never contain the token.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import time
@@ -50,12 +57,14 @@ _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)")
 
 
 class Refused(Exception):
-    """A request that may not read the inventory; ``status`` is 401, 403 or 503."""
+    """A request that may not read the inventory; ``status`` is 401, 403, 429 or 503."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+        """Seconds to wait (429), sent as ``Retry-After``."""
 
 
 def bearer_token(header: str | None) -> str:
@@ -137,15 +146,29 @@ class _User:
 class _Reviews(Protocol):
     def token_review(self, token: str) -> _User | None: ...
 
-    def may_get_applications(self, user: _User, namespace: str) -> bool: ...
+    def may_list_applications(self, user: _User, namespace: str) -> bool: ...
+
+
+API_SERVER_AUDIENCES: tuple[str, ...] = ()
+"""``audiences`` for a TokenReview that accepts what the API server itself accepts."""
 
 
 class KubernetesReviews:
-    """TokenReview and SubjectAccessReview through the official client (blocking calls)."""
+    """TokenReview and SubjectAccessReview through the official client (blocking calls).
 
-    def __init__(self, client_factory: Callable[[], Any]) -> None:
+    ``audiences`` go into every TokenReview; a review that authenticates the
+    token without naming one of them back (``status.audiences``) is taken as a
+    refusal, as the API documents for audience-aware clients. Each call waits
+    at most ``timeout_s`` (the client's ``_request_timeout``).
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], *,
+                 audiences: Iterable[str] = ("doraforwarder",),
+                 timeout_s: float = 10.0) -> None:
         self._factory = client_factory
         self._client: Any = None
+        self.audiences = tuple(audiences)
+        self.timeout_s = timeout_s
 
     def _api_client(self) -> Any:
         if self._client is None:
@@ -156,11 +179,15 @@ class KubernetesReviews:
         from kubernetes.client import AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
 
         review = AuthenticationV1Api(self._api_client()).create_token_review(
-            V1TokenReview(spec=V1TokenReviewSpec(token=token))
+            V1TokenReview(spec=V1TokenReviewSpec(token=token,
+                                                 audiences=list(self.audiences) or None)),
+            _request_timeout=self.timeout_s,
         )
         status = review.status
         if status is None or not status.authenticated or status.user is None:
             return None
+        if self.audiences and not set(status.audiences or ()) & set(self.audiences):
+            return None  # a reviewer blind to audiences: the token may be for anyone
         user = status.user
         return _User(
             username=user.username or "",
@@ -169,7 +196,7 @@ class KubernetesReviews:
             extra=dict(user.extra or {}),
         )
 
-    def may_get_applications(self, user: _User, namespace: str) -> bool:
+    def may_list_applications(self, user: _User, namespace: str) -> bool:
         from kubernetes.client import (
             AuthorizationV1Api,
             V1ResourceAttributes,
@@ -185,11 +212,12 @@ class KubernetesReviews:
                     groups=list(user.groups) or None,
                     extra=user.extra or None,
                     resource_attributes=V1ResourceAttributes(
-                        verb="get", group="argoproj.io", resource="applications",
+                        verb="list", group="argoproj.io", resource="applications",
                         namespace=namespace,
                     ),
                 )
-            )
+            ),
+            _request_timeout=self.timeout_s,
         )
         return bool(review.status is not None and review.status.allowed)
 
@@ -213,8 +241,43 @@ class _TTLCache:
             self._items.popitem(last=False)
 
 
+class _Bucket:
+    """A token bucket: ``per_minute`` takes a minute, bursts of as many."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self.capacity = float(max(1, per_minute))
+        self.rate = self.capacity / 60.0
+        self.clock = clock
+        self._level = self.capacity
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._level = min(self.capacity, self._level + (now - self._at) * self.rate)
+        self._at = now
+
+    def empty(self) -> bool:
+        self._refill()
+        return self._level < 1.0
+
+    def take(self) -> None:
+        self._refill()
+        self._level = max(0.0, self._level - 1.0)
+
+    def seconds_to_one(self) -> int:
+        self._refill()
+        return max(1, math.ceil((1.0 - self._level) / self.rate))
+
+
 class KubernetesAccess:
-    """TokenReview + SubjectAccessReview per namespace, cached for ``ttl`` seconds."""
+    """TokenReview + SubjectAccessReview per namespace, cached for ``ttl`` seconds.
+
+    Failed TokenReviews draw on a bucket of ``unknown_per_minute``; once it
+    is empty, a token the cache does not know is refused (429) without a
+    review until the bucket refills, so a caller trying random tokens costs
+    the API server at most that many reviews a minute. Known tokens (cached)
+    are answered as before.
+    """
 
     mode = "kubernetes"
 
@@ -224,11 +287,13 @@ class KubernetesAccess:
         *,
         ttl: float = 30.0,
         size: int = 1024,
+        unknown_per_minute: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reviews = reviews
         self._users = _TTLCache(ttl, size, clock)
         self._decisions = _TTLCache(ttl, size * 8, clock)
+        self._unknown = _Bucket(unknown_per_minute, clock)
 
     async def allowed_namespaces(
         self, header: str | None, namespaces: Iterable[str]
@@ -237,26 +302,35 @@ class KubernetesAccess:
         digest = hashlib.sha256(token.encode()).digest()
         known, user = self._users.get(digest)
         if not known:
+            if self._unknown.empty():
+                log.warning("too many unknown tokens: reviews paused")
+                raise Refused(429, "too many unknown tokens; try again later",
+                              retry_after=self._unknown.seconds_to_one())
             user = await self._call(self._reviews.token_review, token)
             self._users.put(digest, user)
+            if user is None:
+                self._unknown.take()
         if user is None:
             raise Refused(401, "the bearer token is not accepted")
         allowed = set()
         for namespace in sorted(set(namespaces)):
             known, may = self._decisions.get((digest, namespace))
             if not known:
-                may = await self._call(self._reviews.may_get_applications, user, namespace)
+                may = await self._call(self._reviews.may_list_applications, user, namespace)
                 self._decisions.put((digest, namespace), may)
             if may:
                 allowed.add(namespace)
         if not allowed:
-            raise Refused(403, "not allowed to get applications.argoproj.io in any namespace")
+            raise Refused(403, "not allowed to list applications.argoproj.io in any namespace")
         return frozenset(allowed)
 
-    @staticmethod
-    async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # The client's _request_timeout bounds each socket read; this bounds the whole call
+        # (a reviewer trickling bytes), leaving the blocking thread to finish on its own.
+        timeout_s = getattr(self._reviews, "timeout_s", None)
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args),
+                                          None if timeout_s is None else timeout_s * 2)
         except Exception as exc:  # the API server's answer decides nothing: try again later
             log.warning("access review failed", error=type(exc).__name__)
             raise Refused(503, "the Kubernetes API cannot review the token now") from None
@@ -387,4 +461,8 @@ def build_authorizer(settings: Settings) -> Authorizer:
                               ttl=openshift.cache_ttl.total_seconds())
     from doraforwarder.argocd.kube import build_api_client
 
-    return KubernetesAccess(KubernetesReviews(lambda: build_api_client(settings.argocd)))
+    kube = server.kubernetes
+    return KubernetesAccess(
+        KubernetesReviews(lambda: build_api_client(settings.argocd), audiences=kube.audiences,
+                          timeout_s=kube.timeout.total_seconds()),
+        ttl=kube.cache_ttl.total_seconds(), unknown_per_minute=kube.unknown_tokens_per_minute)

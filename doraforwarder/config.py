@@ -171,6 +171,23 @@ class OpenShiftAuthConfig(Section):
         return self.api_url + OPENSHIFT_USER_PATH
 
 
+class KubernetesAuthConfig(Section):
+    """``server.api_auth: kubernetes``: how bearer tokens are reviewed by the API server."""
+
+    audiences: list[str] = Field(default_factory=lambda: ["doraforwarder"])
+    """Audiences the TokenReview asks for: a caller's token must be issued for one of them
+    (``kubectl create token SA --audience doraforwarder``), so a token that reads the
+    inventory is not also a key to the API server. ``[]``: the API server's own audiences
+    (any token valid against the API server, as before)."""
+    timeout: Duration = timedelta(seconds=10)
+    """Longest wait for one TokenReview or SubjectAccessReview (then 503)."""
+    cache_ttl: Duration = timedelta(seconds=30)
+    """How long a review's answer (accepted or not) is remembered, by the token's digest."""
+    unknown_tokens_per_minute: int = Field(default=30, ge=1)
+    """Failed TokenReviews allowed per minute (a burst of as many): past it, a token not
+    in the cache gets 429 without a review, so random tokens cannot flood the API server."""
+
+
 class ServerConfig(Section):
     port: StrOrInt = "8080"
     environment: str = "production"
@@ -184,6 +201,7 @@ class ServerConfig(Section):
     """Who may read the application inventory; unset means ``none`` on a loopback
     host and ``token`` anywhere else (see :attr:`effective_api_auth`)."""
     openshift: OpenShiftAuthConfig = Field(default_factory=OpenShiftAuthConfig)
+    kubernetes: KubernetesAuthConfig = Field(default_factory=KubernetesAuthConfig)
     cors_allow_origins: list[str] = Field(default_factory=lambda: ["*"])
     """Origins whose browser pages may call the API (the reference allows any: ``*``);
     an empty list sends no CORS headers."""

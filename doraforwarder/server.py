@@ -129,6 +129,8 @@ async def _visible_inventory(request: web.Request) -> list[InventoryEntry] | web
     except Refused as refused:
         headers = {"WWW-Authenticate": 'Bearer realm="doraforwarder"'} \
             if refused.status == 401 else {}
+        if refused.retry_after is not None:
+            headers["Retry-After"] = str(refused.retry_after)
         return web.json_response(
             {"error": refused.message}, status=refused.status, headers=headers
         )

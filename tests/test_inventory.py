@@ -327,6 +327,11 @@ def app_names(body: dict[str, Any]) -> list[str]:
     return [app["name"] for cluster in body["clusters"] for app in cluster["applications"]]
 
 
+def ours(name: str, **fields: Any) -> KubeUser:
+    """A user whose token was issued for doraforwarder (``--audience doraforwarder``)."""
+    return KubeUser(name, audiences=("doraforwarder",), **fields)
+
+
 def api_reads(kube: FakeKube) -> int:  # noqa: F811
     return sum(kube.requests[kind] for kind in ("list", "get"))
 
@@ -380,7 +385,8 @@ async def test_static_tokens(watched: tuple[Harness, AppContext]) -> None:
 
 async def test_kubernetes_reviews(watched: tuple[Harness, AppContext]) -> None:
     h, context = watched
-    h.kube.reviewed_tokens = {"alice-token": "alice", "bob-token": "bob", SECRET: "carol"}
+    h.kube.reviewed_tokens = {"alice-token": ours("alice"), "bob-token": ours("bob"),
+                              SECRET: ours("carol")}
     h.kube.access = {"alice": {"argocd", "team-b"}, "bob": {"team-b"}}
     authorizer = KubernetesAccess(
         KubernetesReviews(lambda: build_api_client(context.settings.argocd))
@@ -430,11 +436,11 @@ async def test_kubernetes_reviews_carry_the_groups_and_extra_of_the_token(
     """
     h, context = watched
     h.kube.reviewed_tokens = {
-        "dave-token": KubeUser("dave", uid="u-dave",
-                               groups=("system:authenticated", "release-team")),
-        "erin-info-token": KubeUser("erin", extra={SCOPES_EXTRA: ["user:info"]}),
-        "erin-team-b-token": KubeUser("erin", extra={SCOPES_EXTRA: ["role:view:team-b"]}),
-        "erin-full-token": KubeUser("erin", extra={SCOPES_EXTRA: ["user:full"]}),
+        "dave-token": ours("dave", uid="u-dave",
+                           groups=("system:authenticated", "release-team")),
+        "erin-info-token": ours("erin", extra={SCOPES_EXTRA: ["user:info"]}),
+        "erin-team-b-token": ours("erin", extra={SCOPES_EXTRA: ["role:view:team-b"]}),
+        "erin-full-token": ours("erin", extra={SCOPES_EXTRA: ["user:full"]}),
     }
     h.kube.group_access = {"release-team": {"argocd"}}
     h.kube.access = {"erin": {"argocd", "team-b"}}

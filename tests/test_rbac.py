@@ -40,7 +40,7 @@ from doraforwarder.config import Settings, load_config
 from doraforwarder.ops.doctor import run_checks
 from doraforwarder.ops.permissions import Permission, granted, required_permissions
 from doraforwarder.testing.argocd_objects import LiveApp
-from doraforwarder.testing.fake_kube import LEDGER, SELF_ACCESS_REVIEW
+from doraforwarder.testing.fake_kube import LEDGER, SELF_ACCESS_REVIEW, KubeUser
 from doraforwarder.testing.world import FakeWorld, deep_merge
 from tests.e2e.harness import DaemonProcess, wait_for
 from tests.test_manifests import MANIFESTS, NAMESPACE, Obj, _kustomize_ready
@@ -232,7 +232,8 @@ async def test_the_daemon_uses_every_grant_and_nothing_else(
         "argocd": {"namespaces": list(shipped.argocd.namespaces)},
         "server": {"api_auth": shipped.server.effective_api_auth},
     }
-    world.kube.reviewed_tokens = {READER_TOKEN: "reader"}
+    # issued for doraforwarder, the TokenReview's default audience (server.kubernetes)
+    world.kube.reviewed_tokens = {READER_TOKEN: KubeUser("reader", audiences=("doraforwarder",))}
     world.kube.access = {"reader": {"argocd"}}
     for namespace in ("argocd", "team-b"):
         world.kube.apply(LiveApp(f"svc-{namespace}", namespace=namespace).snapshot())

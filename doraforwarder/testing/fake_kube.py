@@ -23,8 +23,11 @@ Speaks what the daemon uses of the real API, with its semantics:
 - ``POST /apis/authentication.k8s.io/v1/tokenreviews`` and
   ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews``: answered from
   :attr:`FakeKube.reviewed_tokens` (token -> user name or :class:`KubeUser`, with its
-  groups and extra), :attr:`FakeKube.access` (user -> namespaces where ``get
-  applications`` is allowed) and :attr:`FakeKube.group_access` (group -> namespaces).
+  groups, extra and audiences), :attr:`FakeKube.access` (user -> namespaces where
+  ``list applications`` is allowed; ``get`` is not, as the manifests' reader Role) and
+  :attr:`FakeKube.group_access` (group -> namespaces). A TokenReview authenticates a
+  token only for an audience it asks that the token was issued for (none asked: the
+  API server's own, :data:`API_AUDIENCES`), and names it in ``status.audiences``.
   An access review is judged like the real authorizers judge it: only from the
   ``user``, ``groups`` and ``extra`` *in the review* (the API server looks
   nothing up: a review that leaves out the groups loses what they grant), and
@@ -88,6 +91,9 @@ def forbidden_message(call: Permission, user: str = SERVICE_ACCOUNT_USER) -> str
     return (f'{resource} is forbidden: User "{user}" cannot {call.verb} resource '
             f'"{call.resource}" in API group "{call.group}" {where}')
 
+API_AUDIENCES = ("https://kubernetes.default.svc",)
+"""The API server's own audiences: a TokenReview without ``audiences`` asks for these."""
+
 SCOPES_EXTRA = "scopes.authorization.openshift.io"
 """The ``extra`` key under which OpenShift names an OAuth token's scopes."""
 
@@ -100,6 +106,9 @@ class KubeUser:
     uid: str = ""
     groups: tuple[str, ...] = ("system:authenticated",)
     extra: dict[str, list[str]] = field(default_factory=dict)
+    audiences: tuple[str, ...] = ()
+    """Audiences the token was issued for; empty: the API server's own
+    (:data:`API_AUDIENCES`, what a ServiceAccount token has by default)."""
 
     def user_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"username": self.username, "groups": list(self.groups)}
@@ -215,9 +224,13 @@ class FakeKube(FakeServer):
         """Bearer tokens a TokenReview authenticates, and the user each names (a bare
         name is a user in the one group ``system:authenticated``, without extra)."""
         self.access: dict[str, set[str]] = {}
-        """User -> namespaces where a SubjectAccessReview allows get applications.argoproj.io."""
+        """User -> namespaces where a SubjectAccessReview allows reading
+        applications.argoproj.io (with a verb of :attr:`review_verbs`)."""
         self.group_access: dict[str, set[str]] = {}
         """Group -> namespaces where a SubjectAccessReview naming that group allows it."""
+        self.review_verbs: frozenset[str] = frozenset({"list", "watch"})
+        """What :attr:`access` grants: list and watch, as the Role the manifests give a
+        reader (no ``get``), so a review asking for ``get`` is refused."""
         app = web.Application()
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         app.router.add_post(
@@ -440,12 +453,17 @@ class FakeKube(FakeServer):
         if refused is not None:
             return refused
         review = await request.json()
-        user = self.reviewed_tokens.get(str((review.get("spec") or {}).get("token", "")))
+        spec = review.get("spec") or {}
+        user = self.reviewed_tokens.get(str(spec.get("token", "")))
         if isinstance(user, str):
             user = KubeUser(user)
+        # As the API server: the token must be valid for one of the audiences asked
+        # (its own when none are), and the status names those it matched.
+        asked = list(spec.get("audiences") or API_AUDIENCES)
+        matched = [a for a in asked if a in (user.audiences or API_AUDIENCES)] if user else []
         review["status"] = (
-            {"authenticated": True, "user": user.user_info()}
-            if user is not None
+            {"authenticated": True, "user": user.user_info(), "audiences": matched}
+            if user is not None and matched
             else {"authenticated": False, "error": "invalid bearer token"}
         )
         return web.json_response(review, status=201)
@@ -458,7 +476,7 @@ class FakeKube(FakeServer):
         spec = review.get("spec") or {}
         attributes = spec.get("resourceAttributes") or {}
         allowed = (
-            attributes.get("verb") == "get"
+            attributes.get("verb") in self.review_verbs
             and attributes.get("group") == "argoproj.io"
             and attributes.get("resource") == "applications"
             and attributes.get("namespace") in self._granted(spec)
