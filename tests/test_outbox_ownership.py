@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
+from doraforwarder.devlake import delivery as delivery_module
+from doraforwarder.devlake.client import Answer
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import OUTBOX_GROUP, Keys
-from doraforwarder.outbox import StreamItem
-from doraforwarder.outbox.ordering import OrderLock, ack_ordered
+from doraforwarder.outbox import OutboxEntry, StreamItem
+from doraforwarder.outbox.ordering import OrderGate, OrderLock, ack_ordered
 from doraforwarder.streams import GroupConsumer
 from doraforwarder.testing.redis_server import RedisServer
 from tests.devlake_support import (
@@ -165,3 +168,65 @@ async def test_draining_scripts_run_over_maxmemory(full_redis: RedisServer) -> N
         assert await redis.xlen(KEYS.dead_stream) == 1
     finally:
         await redis.aclose()
+
+
+# --- the order check runs under the lock ----------------------------------------------------
+
+class Recorder:
+    """A DevLake that accepts everything and notes who sent which issue state."""
+
+    def __init__(self, log: list[str], who: str) -> None:
+        self.log, self.who = log, who
+
+    async def deliver(self, entry: OutboxEntry, url: str, body: dict[str, Any] | None
+                      ) -> Answer:
+        self.log.append(f"{self.who}:{entry.payload['status']}")
+        return Answer(200)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_no_older_issue_state_is_sent_after_a_newer_one(
+        redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica A checks the order of TODO; replica B takes TODO and DONE over meanwhile.
+
+    With the check made before the lock, B could lock, send TODO and DONE and
+    release before A locked and sent its TODO over DONE. Under the lock (taken
+    only while the entry is A's), B cannot send until A is done.
+    """
+    context = make_context(redis_client, devlake_section("http://127.0.0.1:9"),
+                           delivery={"claim_idle": "60s"}, prefix="t")
+    pool = DeliveryPool(context, consumer="a")
+    await pool.stream.ensure_group()
+    await stage(redis_client, KEYS, issue_entries("K", "TODO", "DONE"))
+    read = await pool.stream.read_new(10, block=False)
+    await pool._take_in(read)
+    todo, done = (StreamItem.parse(i, f) for i, f in read)
+    key = "issue:connection_id:1:K"
+    log: list[str] = []
+    real_gate = delivery_module.order_gate
+
+    async def gate_then_b_takes_over(redis: aioredis.Redis, keys: Keys, item: StreamItem
+                                     ) -> OrderGate:
+        verdict = await real_gate(redis, keys, item)
+        await redis.xclaim(KEYS.outbox_stream, OUTBOX_GROUP, "b", 0, [todo.id, done.id],
+                           justid=True)
+        lock = KEYS.delivery_lock(key)
+        if await redis.set(lock, "b", nx=True, px=10_000):  # B sends both, in order, locked
+            for state in (todo, done):
+                assert state.entry is not None and state.seq is not None
+                log.append(f"b:{state.entry.payload['status']}")
+                assert await ack_ordered(redis, KEYS, state, key, state.seq)
+            await redis.delete(lock)
+        return verdict
+
+    monkeypatch.setattr(delivery_module, "order_gate", gate_then_b_takes_over)
+    held = pool.schedule.held[todo.id]
+    await pool._attempt(held, Recorder(log, "a"))
+    newest = max((n for n, sent in enumerate(log) if sent.endswith("DONE")), default=len(log))
+    assert all(not sent.endswith("TODO") for sent in log[newest + 1:]), \
+        f"TODO sent after DONE: {log}"
+    # A's send does not count as delivered: the entry is B's now, B acknowledges it.
+    assert await redis_client.hget(KEYS.delivery_order(key), "delivered") is None
+    assert await owners(redis_client) == {todo.id: "b", done.id: "b"}
