@@ -130,7 +130,7 @@ async def _commit_without_transaction(
     decides it, as the transaction would have (it too writes nothing). A first
     baseline (every app at the first start): ``SET NX`` writes it only if the
     key is still absent, which is what WATCH would have checked. Anything else
-    (deployments, dedupe claims, a stored state to replace), or a lost NX
+    (deployments, incidents, dedupe claims, a stored state to replace), or a lost NX
     race, returns None: the transaction decides again from what it reads.
     """
     raw = await redis.get(state_key)
@@ -139,11 +139,11 @@ async def _commit_without_transaction(
     except CorruptState:
         return None  # the transaction logs it and starts a new baseline
     decision = decide(stored)
-    if not decision.changed and not decision.deployments:
+    if not decision.changed and not decision.deployments and not decision.incidents:
         return Committed(decision)
     state = decision.state
-    if raw is not None or state is None or decision.deployments:
-        return None
+    if raw is not None or state is None or decision.deployments or decision.incidents:
+        return None  # incidents too: an app first seen Degraded may open one at once
     ttl = max(1, int(config.state_ttl.total_seconds())) if state.deleted_at is not None else None
     if await redis.set(state_key, state.dump(), nx=True, ex=ttl):
         return Committed(decision)
@@ -237,11 +237,11 @@ async def commit_batch(
             except CorruptState:
                 continue  # the transaction logs it and starts a new baseline
             decision = pending.decide(stored)
-            if not decision.changed and not decision.deployments:
+            if not decision.changed and not decision.deployments and not decision.incidents:
                 results[index] = Committed(decision)
                 continue
             state = decision.state
-            if raw is not None or state is None or decision.deployments:
+            if raw is not None or state is None or decision.deployments or decision.incidents:
                 continue
             ttl = (max(1, int(config.state_ttl.total_seconds()))
                    if state.deleted_at is not None else None)
