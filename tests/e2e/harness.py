@@ -319,12 +319,13 @@ class Estate:
 
     # --- ArgoCD ---------------------------------------------------------------------
     def sync(self, *, fail_allowed: bool = True, degrade_allowed: bool = True,
-             failures_required: bool = True, bump: bool = False) -> Expected:
-        """One random action on one random app; returns what DevLake must show for it.
+             failures_required: bool = True, bump: bool = False,
+             play: AppPlay | None = None) -> Expected:
+        """One random action on one random app (or ``play``); returns what DevLake must show.
 
         ``bump``: a successful sync that ships new image commits, nothing else.
         """
-        play = self.rng.choice(self.apps)
+        play = play or self.rng.choice(self.apps)
         roll = 0.2 if bump else self.rng.random()
         if fail_allowed and roll < 0.06:
             return self._fail(play, required=failures_required)
