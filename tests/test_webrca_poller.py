@@ -384,6 +384,7 @@ async def test_restart_sends_nothing_new(durable_redis_server: RedisServer,
     (3, "item_missing_created_at", 4, "missing_created_at"),
     (1, "item_bad_date", 4, "bad_date"),
     (2, "not_an_object", 4, "not_an_object"),
+    (2, "deeply_nested", 3, "too_deep"),  # once a RecursionError out of poll_once
 ])
 async def test_malformed_pages(fake: FakeWebRCA, make_poller: PollerFactory, page: int,
                                fault: Any, staged_first: int, what: str) -> None:
@@ -403,6 +404,32 @@ async def test_malformed_pages(fake: FakeWebRCA, make_poller: PollerFactory, pag
     report = await poller.poll_once()
     assert (report.outcome, report.changed) == ("ok", 5 - staged_first)
     assert sorted(e.record_id for e in await outbox(poller)) == ids
+
+
+async def test_an_unforeseen_error_is_a_poll_outcome_never_an_exception(
+    fake: FakeWebRCA, make_poller: PollerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``poll_once`` never raises: the polling loop must outlive what nobody foresaw."""
+    import doraforwarder.webrca.client as client
+
+    seed(fake, 3)
+    real = client.read_page
+    calls = 0
+
+    def flaky(text: str, number: int) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(text, number)
+
+    monkeypatch.setattr(client, "read_page", flaky)
+    poller = make_poller()
+    with capture_logs() as logs:
+        report = await poller.poll_once()
+    assert (report.outcome, report.detail) == ("error", "unexpected RuntimeError")
+    assert any(e["event"].startswith("webrca poll failed unexpectedly") for e in logs)
+    assert (await poller.poll_once()).outcome == "ok"
 
 
 async def test_malformed_first_page_without_total_ends_the_poll(

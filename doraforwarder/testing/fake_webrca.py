@@ -37,6 +37,7 @@ PageFault = Literal[
     "item_missing_created_at",
     "item_bad_date",
     "not_an_object",
+    "deeply_nested",
 ]
 
 
@@ -276,6 +277,11 @@ class FakeWebRCA(FakeServer):
     def _faulty(document: dict[str, Any], fault: PageFault | None) -> web.Response:
         if fault == "invalid_json":
             return web.Response(text='{"kind": "IncidentList", "items": [', status=200,
+                                content_type="application/json")
+        if fault == "deeply_nested":  # a hostile peer: nesting past Python's recursion limit
+            depth = 100_000
+            return web.Response(text='{"kind": "IncidentList", "items": [' + "[" * depth
+                                + "]" * depth + "]}", status=200,
                                 content_type="application/json")
         if fault == "missing_items":
             document.pop("items")

@@ -26,7 +26,8 @@ class PageRead:
     """Raw items, checked one by one later: one bad item must not hide the others."""
     total: int | None = None
     problem: str | None = None
-    """Why the page as a whole is unusable (``invalid_json``, ``missing_items``), else None."""
+    """Why the page as a whole is unusable (``invalid_json``, ``too_deep``, ``missing_items``,
+    ``too_large``), else None."""
     detail: str = ""
 
 
@@ -36,6 +37,9 @@ def read_page(text: str, number: int) -> PageRead:
         document = json.loads(text)
     except ValueError as exc:
         return PageRead(number, problem="invalid_json", detail=f"not JSON: {exc}")
+    except RecursionError:  # a hostile or broken peer; json.loads has no depth limit of its own
+        return PageRead(number, problem="too_deep",
+                        detail="JSON nested deeper than Python's recursion limit")
     if not isinstance(document, dict):
         return PageRead(number, problem="invalid_json",
                         detail=f"top level is a {type(document).__name__}, not an object")

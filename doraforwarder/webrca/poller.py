@@ -217,7 +217,11 @@ class WebRCAPoller:
         if self.planner is None:
             report = PollReport(_now(), "disabled")
         else:
-            report = await self._leased_poll(self.planner, stop)
+            try:
+                report = await self._leased_poll(self.planner, stop)
+            except Exception as exc:  # a bug or a peer we did not foresee: the next poll comes
+                log.exception("webrca poll failed unexpectedly; next try at the next interval")
+                report = PollReport(_now(), "error", detail=f"unexpected {type(exc).__name__}")
         await self._record(report)
         return report
 
