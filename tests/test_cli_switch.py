@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from doraforwarder.config_file import read_document
+from doraforwarder.testing.redis_server import RedisServer
 
 
 def run_cli(cwd: Path, env: dict[str, str], *argv: str,
@@ -150,3 +151,37 @@ def test_merge_keys_and_an_explicit_empty_mapping_still_load(tmp_path: Path) -> 
                                                     "b": {"k": 3, "j": 2}}
     path.write_text("{}\n")
     assert read_document(str(path), ValueError) == {}
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (("outbox", "drop", "abc"), "doraforwarder outbox drop: argument id: 'abc' is not an entry "
+                                "id: ids look like 1733600000000-0"),
+    (("outbox", "requeue", "1733600000000"), "doraforwarder outbox requeue: argument id: "
+                                             "'1733600000000' is not an entry id"),
+    (("outbox", "drop", "-"), "doraforwarder outbox drop: argument id: '-' is not an entry id"),
+])
+def test_outbox_mistyped_id_is_one_line(tmp_path: Path, clean_env: dict[str, str],
+                                        argv: tuple[str, ...], expected: str) -> None:
+    result = run_cli(tmp_path, clean_env, *argv)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(expected), line
+
+
+def test_wrong_redis_password_is_an_authentication_failure(
+        tmp_path: Path, clean_env: dict[str, str]) -> None:
+    wrong = "wrong-fake-secret-0009"
+    with RedisServer(password="right-fake-secret-0010") as server:
+        (tmp_path / "c.yaml").write_text(f'storage: {{redis: {{address: "{server.address}"}}}}\n')
+        refused = run_cli(tmp_path, {**clean_env, "REDIS_PASSWORD": wrong}, "status",
+                          "--config", "c.yaml")
+        missing = run_cli(tmp_path, clean_env, "outbox", "stats", "--config", "c.yaml")
+    assert refused.returncode == missing.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"doraforwarder status: Redis at redis://:***@{server.address}/0 refused the password "
+        "(authentication failed): check REDIS_PASSWORD (or storage.redis.password / username)"]
+    assert missing.stderr.splitlines() == [
+        f"doraforwarder outbox: Redis at redis://{server.address}/0 requires a password "
+        "(authentication failed): set REDIS_PASSWORD"]
+    for output in (refused, missing):
+        assert "fake-secret" not in output.stdout + output.stderr

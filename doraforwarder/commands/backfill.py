@@ -20,6 +20,7 @@ from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
 from doraforwarder.ops.backfill import Backfill, Selection, list_applications, render, summary
 from doraforwarder.ops.checks import error_text
+from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect
 
 
@@ -78,8 +79,7 @@ async def _backfill(config: LoadedConfig, args: argparse.Namespace) -> int:
         try:
             kept, duplicates = await backfill.plan(objects)
         except RedisError as exc:
-            print(f"doraforwarder backfill: cannot reach Redis at "
-                  f"{settings.storage.redis.display_url()}: {type(exc).__name__}",
+            print(f"doraforwarder backfill: {redis_failure(exc, settings.storage.redis)}",
                   file=sys.stderr)
             return 1
         print(f"backfill: {len(objects)} applications, {len(kept)} deployments selected, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +20,23 @@ import redis.asyncio as aioredis
 
 from doraforwarder import outbox
 from doraforwarder.commands.common import GLOBAL, add_command, print_json
-from doraforwarder.config import format_duration, load_config
+from doraforwarder.config import RedisConfig, format_duration, load_config
 from doraforwarder.keys import Keys
+from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect
+
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def entry_id(value: str) -> str:
+    """An entry id as ``outbox list``/``dead`` print it (``1733600000000-0``), else one line
+    saying so (Redis would answer "Invalid stream ID", and ``-``/``+`` mean "any entry")."""
+    text = value.strip()
+    if not _ENTRY_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an entry id: ids look like 1733600000000-0, as "
+            "'doraforwarder outbox list' and 'outbox dead' print them")
+    return text
 
 
 def add_parser(subparsers: Any) -> None:
@@ -47,20 +62,22 @@ def add_parser(subparsers: Any) -> None:
     dead.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     requeue = action("requeue", "move dead letters back to the outbox")
     which = requeue.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", help="dead-letter id (see 'outbox dead')")
+    which.add_argument("id", nargs="?", type=entry_id, help="dead-letter id (see 'outbox dead')")
     which.add_argument("--all", action="store_true", help="requeue every dead letter")
     drop = action("drop", "delete an outbox entry or a dead letter for good")
-    drop.add_argument("id", help="entry id (see 'outbox list' or 'outbox dead')")
+    drop.add_argument("id", type=entry_id, help="entry id (see 'outbox list' or 'outbox dead')")
 
 
 def handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     redis_config = config.settings.storage.redis
     return asyncio.run(_run(args, connect(redis_config), Keys(redis_config.keyspace),
-                            redis_config.display_url()))
+                            redis_config))
 
 
-async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys, where: str) -> int:
+async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys,
+               redis_config: RedisConfig) -> int:
+    where = redis_config.display_url()
     try:
         action = args.action
         as_json = args.output == "json"
@@ -88,7 +105,7 @@ async def _run(args: argparse.Namespace, redis: aioredis.Redis, keys: Keys, wher
         print(f"doraforwarder outbox: {exc}", file=sys.stderr)
         return 1
     except aioredis.ConnectionError as exc:
-        print(f"doraforwarder outbox: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        print(f"doraforwarder outbox: {redis_failure(exc, redis_config)}", file=sys.stderr)
         return 1
     finally:
         await redis.aclose()

@@ -21,6 +21,7 @@ from doraforwarder import outbox
 from doraforwarder.commands.common import add_command, print_json
 from doraforwarder.config import load_config
 from doraforwarder.keys import Keys
+from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect, read_marker
 
 OFFLINE = ["ready", "dependencies", "last_deployments", "sources"]
@@ -41,8 +42,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         status = asyncio.run(read_status(connect(redis_config), Keys(redis_config.keyspace)))
     except aioredis.RedisError as exc:
-        print(f"doraforwarder status: cannot reach Redis at {where}: {type(exc).__name__}",
-              file=sys.stderr)
+        print(f"doraforwarder status: {redis_failure(exc, redis_config)}", file=sys.stderr)
         return 1
     status["redis"] = where
     if args.output == "json":

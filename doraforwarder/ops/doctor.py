@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis.exceptions import AuthenticationError
 
 from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
@@ -36,6 +37,7 @@ from doraforwarder.ops.checks import Check, Outcome
 from doraforwarder.ops.checks import error_text as _error_text
 from doraforwarder.ops.probes import probe_kubernetes
 from doraforwarder.outbox import Target
+from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect
 from doraforwarder.webhook_paths import normalize_prefix
 from doraforwarder.webrca.client import TokenRejected, TokenSource, TransientError, webrca_http
@@ -52,6 +54,9 @@ async def check_redis(config: LoadedConfig) -> list[Check]:
     try:
         try:
             await client.ping()
+        except AuthenticationError as exc:
+            return [Check("redis reachable", "fail", redis_failure(exc, redis_config),
+                          "fix REDIS_PASSWORD (or storage.redis.password / username)")]
         except Exception as exc:
             return [Check("redis reachable", "fail", f"{shown}: {_error_text(exc)}",
                           "start Redis or fix storage.redis.address / REDIS_HOST / REDIS_PASSWORD")]
