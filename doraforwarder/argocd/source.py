@@ -28,6 +28,7 @@ from doraforwarder.argocd.identity import (
     destination_cluster,
     resolve_environment,
     resolve_identity,
+    split_known_cluster,
 )
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import KubeAccessError, build_api_client
@@ -385,8 +386,13 @@ class ArgoCDSource:
         """Record the app in the inventory (served from memory, never from the API)."""
         identity = resolve_identity(view, self.config)
         if isinstance(identity, Skip):
-            component = view.annotations.get(ANNOTATION_COMPONENT, "") or view.name
-            cluster = view.annotations.get(ANNOTATION_CLUSTER, "") or destination_cluster(view)
+            # Listed all the same (an ignored component, an environment not forwarded),
+            # under the component and cluster its name gives, as the reference lists it.
+            split = split_known_cluster(view.name, self.config.known_clusters)
+            component = view.annotations.get(ANNOTATION_COMPONENT, "") or (
+                split[0] if split else view.name)
+            cluster = view.annotations.get(ANNOTATION_CLUSTER, "") or (
+                split[1] if split else destination_cluster(view))
         else:
             component, cluster = identity.component, identity.cluster
         self.context.inventory.put(
