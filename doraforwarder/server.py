@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -54,22 +55,57 @@ def go_duration(seconds: float) -> str:
     return text
 
 
+def go_time(moment: datetime) -> str:
+    """A UTC time as Go's ``encoding/json`` writes a ``time.Time`` (RFC 3339, fraction trimmed)."""
+    text = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{moment.microsecond:06d}".rstrip("0")
+    return f"{text}.{fraction}Z" if fraction else f"{text}Z"
+
+
+def go_json_response(document: dict[str, Any], status: int = 200) -> web.Response:
+    """JSON with the reference's bytes and ``Content-Type`` (Fiber's ``c.JSON``)."""
+    return web.Response(body=inventory_json(document), status=status,
+                        content_type="application/json")
+
+
 async def root(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"message": "DORA Metrics Server", "version": __version__, "docs": "/api/v1/health"}
+    # The reference answers a fiber.Map: Go writes its keys sorted.
+    return go_json_response(
+        {"docs": "/api/v1/health", "message": "DORA Metrics Server", "version": __version__}
     )
 
 
 async def health(request: web.Request) -> web.Response:
     context = request.app[CONTEXT_KEY]
-    return web.json_response(
+    return go_json_response(
         {
             "status": "healthy",
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": go_time(datetime.now(UTC)),
             "version": __version__,
             "uptime": go_duration(time.time() - context.started_at),
         }
     )
+
+
+_GO_HTML = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&#39;", '"': "&#34;"})
+
+
+@web.middleware
+async def reference_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown paths and methods answered as the reference's error handler answers them.
+
+    Fiber's ``Cannot GET /path`` (the raw path, HTML-escaped) and ``Method Not Allowed``,
+    in the reference's ``{"error": true, "message": ...}``, so clients that parse its
+    errors parse ours.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return go_json_response({"error": True, "message": "Method Not Allowed"}, 405)
+    except web.HTTPNotFound:
+        path = request.raw_path.split("?", 1)[0].translate(_GO_HTML)
+        return go_json_response({"error": True, "message": f"Cannot {request.method} {path}"},
+                                404)
 
 
 async def check_readiness(context: AppContext) -> list[str]:
@@ -207,7 +243,8 @@ def _vary(response: web.StreamResponse, name: str) -> None:
 
 def build_app(context: AppContext, authorizer: Authorizer | None = None) -> web.Application:
     origins = tuple(context.settings.server.cors_allow_origins)
-    app = web.Application(middlewares=[cors_middleware(origins)] if origins else [])
+    middlewares = [cors_middleware(origins)] if origins else []
+    app = web.Application(middlewares=[*middlewares, reference_errors])
     app[CONTEXT_KEY] = context
     app[AUTHORIZER_KEY] = authorizer or build_authorizer(context.settings)
     app.router.add_get("/api/v1/argocd/applications", applications)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from doraforwarder.config import LoadedConfig, load_config
 from doraforwarder.context import AppContext, Service
 from doraforwarder.daemon import Daemon
+from doraforwarder.server import go_time
 from doraforwarder.testing.http_fake import free_port
 from doraforwarder.testing.redis_server import RedisServer
 from tests.conftest import write_config
@@ -64,6 +66,36 @@ async def test_root_and_health_have_reference_shapes(daemon_url: str) -> None:
         assert health["status"] == "healthy"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", health["timestamp"])
         assert re.fullmatch(r"[\d.hm]+s|[\d.]+ms", health["uptime"])
+
+
+async def test_root_health_and_errors_are_the_references_bytes(daemon_url: str) -> None:
+    """As the reference binary answers (seen side by side): Go's compact JSON, a fiber.Map's
+    sorted keys, ``application/json`` without charset, and its error handler's body."""
+    async with httpx.AsyncClient(base_url=daemon_url) as client:
+        root = await client.get("/")
+        assert root.content == (b'{"docs":"/api/v1/health","message":"DORA Metrics Server",'
+                                b'"version":"' + root.json()["version"].encode() + b'"}')
+        assert root.headers["content-type"] == "application/json"
+        health = await client.get("/api/v1/health")
+        assert health.headers["content-type"] == "application/json"
+        assert re.fullmatch(rb'\{"status":"healthy","timestamp":"[^"]+","version":"[^"]+",'
+                            rb'"uptime":"[^"]+"\}', health.content), health.content
+        missing = await client.get("/nope/a&b?q=1")
+        assert missing.status_code == 404
+        assert missing.content == b'{"error":true,"message":"Cannot GET /nope/a\\u0026amp;b"}'
+        assert missing.headers["content-type"] == "application/json"
+        wrong = await client.post("/api/v1/health")
+        assert (wrong.status_code, wrong.content) == (
+            405, b'{"error":true,"message":"Method Not Allowed"}')
+
+
+@pytest.mark.parametrize(("moment", "text"), [
+    (datetime(2026, 8, 1, 12, 0, 5, 123400, tzinfo=UTC), "2026-08-01T12:00:05.1234Z"),
+    (datetime(2026, 8, 1, 12, 0, 5, tzinfo=UTC), "2026-08-01T12:00:05Z"),
+    (datetime(2026, 8, 1, 12, 0, 5, 7, tzinfo=UTC), "2026-08-01T12:00:05.000007Z"),
+])
+def test_go_time(moment: datetime, text: str) -> None:
+    assert go_time(moment) == text
 
 
 async def test_ready_metrics_status(daemon_url: str) -> None:

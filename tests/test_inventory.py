@@ -540,3 +540,25 @@ async def test_cors_origins_are_configurable(
         await runner.cleanup()
     assert answer.headers.get("Access-Control-Allow-Origin") == allowed
     assert answer.headers.get("Vary") == vary
+
+
+async def test_apps_not_forwarded_are_listed_under_their_names_component_and_cluster(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """Seen side by side: the reference lists an ignored component under the cluster its
+    name ends with (``monitoring-prod-east``: component monitoring, cluster prod-east),
+    not under the Application's destination."""
+    harness.apply(
+        LiveApp("monitoring-prod-east").snapshot(),
+        LiveApp("api-prod-east").snapshot(),
+        LiveApp("tool-nowhere", destination_name="in-cluster").snapshot(),
+    )
+    running = await harness.start(
+        "known_clusters: [prod-east, east], components_to_ignore: [monitoring]")
+    entries = {(e.name, e.component, e.cluster, e.forwarded)
+               for e in running.context.inventory.snapshot()}
+    assert entries == {
+        ("monitoring-prod-east", "monitoring", "prod-east", False),
+        ("api-prod-east", "api", "prod-east", True),
+        ("tool-nowhere", "tool-nowhere", "in-cluster", False),  # no known cluster: destination
+    }
