@@ -10,6 +10,8 @@ Speaks what the daemon uses of the real API, with its semantics:
   ``timeoutSeconds``; a version older than the compaction horizon gets one
   ``ERROR`` event with a 410 Status, then the stream closes.
 - ``GET .../namespaces/{ns}/applications/{name}``: get.
+- Discovery of the group (``GET /apis``, ``/apis/argoproj.io``, ``/apis/argoproj.io/v1alpha1``),
+  as the Application CRD of argo-cd serves it.
 - Bearer token checked (401 otherwise); with :attr:`FakeKube.permissions`
   set, every request authorized against them as RBAC would (403 with the real
   server's message otherwise).
@@ -239,6 +241,10 @@ class FakeKube(FakeServer):
         app.router.add_post(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._self_access_review
         )
+        app.router.add_get("/apis", self._discovery_groups)
+        app.router.add_get("/apis/", self._discovery_groups)
+        app.router.add_get("/apis/argoproj.io", self._discovery_group)
+        app.router.add_get(API_PREFIX, self._discovery_resources)
         app.router.add_get(f"{API_PREFIX}/applications", self._collection)
         app.router.add_get(f"{API_PREFIX}/namespaces/{{namespace}}/applications", self._collection)
         app.router.add_get(
@@ -447,6 +453,36 @@ class FakeKube(FakeServer):
                     headers=headers,
                 )
         return None
+
+    # Discovery: non-resource URLs every authenticated user may read (system:discovery).
+    @staticmethod
+    def _api_group() -> dict[str, Any]:
+        version = {"groupVersion": API_VERSION, "version": API_VERSION.split("/")[1]}
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": "argoproj.io",
+                "versions": [version], "preferredVersion": version}
+
+    async def _discovery_groups(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1",
+                                  "groups": [self._api_group()]})
+
+    async def _discovery_group(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+        return web.json_response(self._api_group())
+
+    async def _discovery_resources(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+        return web.json_response({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION,
+            "resources": [{
+                "name": "applications", "singularName": "application", "namespaced": True,
+                "kind": "Application", "shortNames": ["app", "apps"],
+                "verbs": ["delete", "deletecollection", "get", "list", "patch", "create",
+                          "update", "watch"],
+            }]})
 
     async def _token_review(self, request: web.Request) -> web.StreamResponse:
         refused = await self._admit(request, "tokenreview", TOKEN_REVIEW)
