@@ -77,6 +77,14 @@ def test_demo_prints_the_dora_numbers_per_project(
     assert rows == DORA_ROWS
     modelled = table.splitlines()[-1]
     assert "DORA dashboard would show" in modelled and "GitHub connection" in modelled
+    # 7 forwarded, 6 in the table: the reader is told the failed sync is the difference,
+    # and that a median of an even count is DevLake's lower one.
+    assert ("  global: 7 deployments forwarded, 6 counted: the 1 FAILURE (release: the "
+            "failed sync) is sent for the record and left out by DORA, which counts SUCCESS "
+            "deployments only") in table
+    assert "  team-release: 2 deployments forwarded, 1 counted" in table
+    assert "team-build: " not in table  # nothing to explain there
+    assert "Medians are DevLake's: the lower median" in table
 
 
 def test_demo_json(clean_env: dict[str, str]) -> None:

@@ -234,6 +234,10 @@ EXPECTED_PER_CONNECTION = {1: 7, 2: 4, 3: 2}
 INCIDENTS = ("ITN-2025-00101", "ITN-2025-00102")
 INCIDENT_CONNECTIONS = (1, 3)  # global and team-release (product konflux)
 
+MEDIANS = (
+    "Medians are DevLake's: the lower median (of an even number of values, the smaller "
+    "middle one, not the average of the two)."
+)
 MODELLED = (
     "Modelled: what DevLake's DORA dashboard would show for these records; a real DevLake "
     "also needs a GitHub connection in each project for lead time."
@@ -379,7 +383,28 @@ class Reporter:
         for n in projects:
             for warning in n.warnings:
                 print(f"  {n.project}: {warning}", file=self.out)
+        for line in self.counting_notes(projects):
+            print(f"  {line}", file=self.out)
+        print(f"  {MEDIANS}", file=self.out)
         print(f"  {MODELLED}", file=self.out, flush=True)
+
+    def counting_notes(self, projects: list[ProjectNumbers]) -> list[str]:
+        """Why a project counts fewer deployments than were forwarded to it: DORA counts
+        SUCCESS deployments only, and a failed sync is sent as a FAILURE one."""
+        notes = []
+        for n in projects:
+            sent = [r for r in self.deployments.values() if n.project in r["targets"]]
+            failed = [r for r in sent if r.get("result") != "SUCCESS"]
+            if len(sent) != n.deployments and failed:
+                which = ", ".join(sorted({_title_field(str(r.get("displayTitle", "")),
+                                                       "Component") for r in failed}))
+                one = len(failed) == 1
+                notes.append(
+                    f"{n.project}: {len(sent)} deployments forwarded, {n.deployments} counted: "
+                    f"the {len(failed)} FAILURE ({which}: "
+                    f"{'the failed sync) is' if one else 'failed syncs) are'} sent for the "
+                    "record and left out by DORA, which counts SUCCESS deployments only")
+        return notes
 
 
 def _targets(names: list[str]) -> list[str]:
