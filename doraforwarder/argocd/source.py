@@ -237,11 +237,20 @@ class ArgoCDSource:
                 self.context.metrics.mark_success("argocd")  # every watch runs
 
     async def _sweep(self, stop: asyncio.Event) -> None:
-        """Deadlines of pending syncs, and readiness of the watches."""
+        """Deadlines of pending syncs, and readiness of the watches.
+
+        Nothing stops it but ``stop``: a round that fails is logged and the
+        next one comes (a dead sweeper would leave every pending sync
+        undecided and ``/readyz`` frozen, silently).
+        """
         while not await wait_or_stop(stop, self.sweep_interval):
-            await self.recheck_due()
-            self._update_readiness()
-            self.context.status.apps_tracked = self.intake.apps_tracked if self.intake else 0
+            try:
+                await self.recheck_due()
+                self._update_readiness()
+                self.context.status.apps_tracked = (
+                    self.intake.apps_tracked if self.intake else 0)
+            except Exception:
+                log.exception("argocd sweeper round failed; the next one comes")
 
     async def drained(self) -> None:
         """Wait until every event queued so far is decided (tests, benchmarks)."""
