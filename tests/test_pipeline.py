@@ -138,6 +138,30 @@ async def test_crash_between_resolution_and_staging_is_reclaimed_once(redis_clie
     assert sorted(i.entry.target.key for i in items) == ["connection_id:1", "connection_id:6"]
 
 
+async def test_a_resolver_that_lost_its_entry_while_stalled_stages_nothing(redis_client) -> None:
+    """Another resolver took the entry over (this one stalled past claim_idle): it is theirs."""
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS),
+                           delivery={"claim_idle": "60s", "resolvers": 1})
+    await detect(redis_client, context, detected("build-service"))
+    stream = context.keys.deployments_stream
+    taken = asyncio.Event()
+
+    async def taken_over(_: DetectedDeployment) -> None:
+        [row] = await redis_client.xpending_range(stream, DEPLOYMENTS_GROUP, "-", "+", 1)
+        await redis_client.xclaim(stream, DEPLOYMENTS_GROUP, "other", 0, [row["message_id"]],
+                                  justid=True)
+        taken.set()
+
+    pool = ResolverPool(context, StubResolver({}), consumer="stalled", after_resolve=taken_over)
+    async with RunningService(pool):
+        await eventually(lambda: taken.is_set() and (
+            getattr(pool, "lost", 0) == 1 or redis_client.xlen(context.keys.outbox_stream)),
+            what="the stalled resolver finished its step")
+    assert await redis_client.xlen(context.keys.outbox_stream) == 0
+    [row] = await redis_client.xpending_range(stream, DEPLOYMENTS_GROUP, "-", "+", 1)
+    assert row["consumer"] == "other"
+
+
 async def test_resolver_failure_leaves_the_entry_for_a_later_retry(redis_client) -> None:
     context = make_context(redis_client, devlake_section("http://devlake"),
                            delivery={"claim_idle": "100ms", "resolvers": 2})
@@ -176,8 +200,9 @@ async def test_slow_resolution_is_not_reclaimed_by_another_worker(redis_client) 
 
     async def counting_refresh(entry_ids):
         nonlocal refreshes
-        await refresh(entry_ids)
+        owned = await refresh(entry_ids)
         refreshes += 1
+        return owned
 
     pool.stream.refresh = counting_refresh  # type: ignore[method-assign]
     async with RunningService(pool):

@@ -87,6 +87,14 @@ class ResolverPool:
     entry's idle time is refreshed so a slow resolution (a GitHub rate-limit
     wait) is not mistaken for a crash. A failure leaves the entry pending for
     a later reclaim; nothing is acknowledged before its outbox entries exist.
+
+    Only the entry's owner stages it: right before the staging transaction
+    the entry is refreshed if, and only if, it is still pending for this
+    worker (:meth:`~doraforwarder.streams.GroupConsumer.refresh`), which also
+    gives the transaction a whole ``claim_idle`` before anyone may take it
+    over. A worker that stalled past ``claim_idle`` meanwhile (its entry
+    reclaimed by another) stages nothing, so the deployment is not put in the
+    outbox twice.
     """
 
     name = "resolver"
@@ -111,6 +119,8 @@ class ResolverPool:
         self.planner = planner or Planner.from_settings(context.settings, context.dry_run)
         self.matcher = TagMatcher(context.settings.github.tag_patterns)
         self._told_disabled = False
+        self.lost = 0
+        """Entries found taken over by another worker before they were staged."""
 
     async def run(self, stop: asyncio.Event) -> None:
         resolver = self._resolver
@@ -247,7 +257,15 @@ class ResolverPool:
 
     async def _finish(self, entry_id: str, plan: DeploymentPlan | None = None,
                       dead: list[dict[str, str]] | None = None) -> None:
-        """Stage the plan's entries (or dead letters) and retire the stream entry, atomically."""
+        """Stage the plan's entries (or dead letters) and retire the stream entry, atomically.
+
+        Nothing happens if the entry is no longer this worker's.
+        """
+        if entry_id not in await self.stream.refresh([entry_id]):
+            self.lost += 1
+            log.info("detected deployment taken over by another resolver while this one "
+                     "stalled; leaving it to that one", entry=entry_id, consumer=self.consumer)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             if plan is not None:
                 self.planner.stage(pipe, self.keys, [plan])
