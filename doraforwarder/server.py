@@ -218,11 +218,12 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
             return response
         allow_origin = "*" if allow_all else origin if origin in allowed else ""
         if not preflight:
-            response = await handler(request)
-            if not allow_all:
-                _vary(response, "Origin")
-            if allow_origin:
-                response.headers["Access-Control-Allow-Origin"] = allow_origin
+            try:
+                response = await handler(request)
+            except web.HTTPException as refusal:  # a 404 or 405 carries the headers too
+                _simple_cors(refusal, allow_all, allow_origin)
+                raise
+            _simple_cors(response, allow_all, allow_origin)
             return response
         answer = web.Response(status=204)
         for name in ("Access-Control-Request-Method", "Access-Control-Request-Headers", "Origin"):
@@ -234,6 +235,13 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
         return answer
 
     return cors
+
+
+def _simple_cors(response: web.StreamResponse, allow_all: bool, allow_origin: str) -> None:
+    if not allow_all:
+        _vary(response, "Origin")
+    if allow_origin:
+        response.headers["Access-Control-Allow-Origin"] = allow_origin
 
 
 def _vary(response: web.StreamResponse, name: str) -> None:
