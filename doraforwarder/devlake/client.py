@@ -59,7 +59,12 @@ class Verdict:
 def classify(answer: Answer) -> Verdict:
     """What to do with an entry after ``answer`` (the delivery rules, in one place).
 
-    2xx: done. Timeouts, network errors, 408, 428 (DevLake is migrating its
+    2xx: done, whatever the body says. DevLake's webhook answers 200 once the
+    record is stored and nothing else with a 2xx, so the status alone decides;
+    a proxy that answered 2xx without forwarding (a captive portal, a
+    misrouted ingress) would make a record count as delivered that never
+    arrived: put none such between the daemon and DevLake. Timeouts, network
+    errors, 408, 428 (DevLake is migrating its
     database), 429 and 5xx: transient, retry with backoff forever (DevLake
     also answers 500 for a body that is not a JSON object, but every body is
     checked against the contract before it is sent, so a 500 here is

@@ -99,7 +99,7 @@ from doraforwarder.devlake.routing import (
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.logging import get_logger
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
-from doraforwarder.outbox.entries import OutboxEntry, StreamItem
+from doraforwarder.outbox.entries import OutboxEntry, StreamItem, redis_seconds
 from doraforwarder.outbox.ordering import OrderLock, order_gate
 from doraforwarder.storage import report_data_lost
 from doraforwarder.streams import GroupConsumer, RawEntries, consumer_name
@@ -826,8 +826,9 @@ class DeliveryPool:
             pipe.xlen(self.keys.outbox_stream)
             pipe.xlen(self.keys.dead_stream)
             pipe.xrange(self.keys.outbox_stream, "-", "+", count=1)
-            depth, dead, oldest = await pipe.execute()
-        age = StreamItem(oldest[0][0], {}).age_seconds if oldest else 0.0
+            pipe.time()  # the age on Redis's clock, the one that stamped the id
+            depth, dead, oldest, now = await pipe.execute()
+        age = StreamItem(oldest[0][0], {}).age_at(redis_seconds(now)) if oldest else 0.0
         self.context.metrics.outbox_oldest_age.set(age)
         self.context.status.outbox_oldest_age_seconds = age
         self.context.metrics.outbox_depth.set(depth)

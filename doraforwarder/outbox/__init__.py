@@ -53,7 +53,13 @@ from doraforwarder.outbox.admin import (
     requeue_all,
 )
 from doraforwarder.outbox.consuming import ack_delivered, ack_delivered_many, dead_letter
-from doraforwarder.outbox.entries import BODY_LIMIT, OutboxEntry, StreamItem, dead_fields
+from doraforwarder.outbox.entries import (
+    BODY_LIMIT,
+    OutboxEntry,
+    StreamItem,
+    dead_fields,
+    redis_seconds,
+)
 from doraforwarder.outbox.ordering import Gate, OrderGate, order_gate
 from doraforwarder.outbox.staging import stage_dead, stage_entries
 from doraforwarder.streams import consumer_name, ensure_group, raw_entries, read_group_entries
@@ -62,6 +68,7 @@ __all__ = [
     "BODY_LIMIT", "Gate", "OrderGate", "OutboxEntry", "OutboxStats", "RecordKind", "RepairError",
     "StreamItem", "Target", "TargetKind", "ack_delivered", "ack_delivered_many",
     "consumer_name", "dead_fields", "dead_letter", "drop", "ensure_group", "order_gate",
-    "outbox_stats", "raw_entries", "read_group_entries", "read_stream", "requeue",
+    "outbox_stats", "raw_entries", "read_group_entries", "read_stream", "redis_seconds",
+    "requeue",
     "requeue_all", "stage_dead", "stage_entries",
 ]

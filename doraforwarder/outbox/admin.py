@@ -8,7 +8,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from doraforwarder.keys import OUTBOX_GROUP, Keys
-from doraforwarder.outbox.entries import StreamItem
+from doraforwarder.outbox.entries import StreamItem, redis_seconds
 from doraforwarder.storage import LuaScript
 from doraforwarder.streams import ensure_group, raw_entries
 
@@ -45,9 +45,20 @@ class OutboxStats:
 
 async def read_stream(redis: aioredis.Redis, stream: str, count: int | None = None
                       ) -> list[StreamItem]:
-    """The first ``count`` entries of ``stream`` (all when None), oldest first."""
-    raw = await redis.xrange(stream, "-", "+", count=count)
-    return [StreamItem.parse(entry_id, fields) for entry_id, fields in raw_entries(raw)]
+    """The first ``count`` entries of ``stream`` (all when None), oldest first.
+
+    Each item carries Redis's ``TIME`` of the read, so its age is measured on
+    the clock that stamped its id.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        pipe.xrange(stream, "-", "+", count=count)
+        now, raw = await pipe.execute()
+    read_at = redis_seconds(now)
+    items = [StreamItem.parse(entry_id, fields) for entry_id, fields in raw_entries(raw)]
+    for item in items:
+        item.read_at = read_at
+    return items
 
 
 async def outbox_stats(redis: aioredis.Redis, keys: Keys, scan_limit: int = 100_000

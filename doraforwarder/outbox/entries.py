@@ -55,6 +55,10 @@ class StreamItem:
     error: str | None = None
     """Why ``entry`` could not be read."""
     seq: int | None = None
+    read_at: float | None = None
+    """Redis's clock (``TIME``, epoch seconds) when the item was read: its age is
+    measured on the clock that stamped its id, so a daemon clock off by minutes
+    does not move the outbox-age alert."""
 
     @classmethod
     def parse(cls, entry_id: str, fields: Mapping[str, str]) -> StreamItem:
@@ -77,9 +81,20 @@ class StreamItem:
 
     @property
     def age_seconds(self) -> float:
-        """Seconds since the stream id's timestamp (when it entered this stream)."""
+        """Seconds since the stream id's timestamp (when it entered this stream), on
+        Redis's clock when :attr:`read_at` is known (else this process's)."""
+        return self.age_at(self.read_at if self.read_at is not None else time.time())
+
+    def age_at(self, now_s: float) -> float:
+        """Seconds from the stream id's timestamp (Redis's clock) to ``now_s``."""
         millis = int(self.id.split("-", 1)[0])
-        return max(0.0, time.time() - millis / 1000.0)
+        return max(0.0, now_s - millis / 1000.0)
+
+
+def redis_seconds(answer: tuple[int, int] | list[int] | Any) -> float:
+    """Epoch seconds from a ``TIME`` answer (``(seconds, microseconds)``)."""
+    seconds, micros = answer
+    return int(seconds) + int(micros) / 1_000_000
 
 
 def _first_error(exc: ValidationError) -> str:
