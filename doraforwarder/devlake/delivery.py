@@ -250,6 +250,10 @@ class Schedule:
         """The stored size (:func:`stored_size`) of the entries of ``target_key`` held."""
         return self._bytes_by_target.get(target_key, 0)
 
+    def total_size(self) -> int:
+        """The stored size of every held entry (of every target)."""
+        return sum(self._bytes_by_target.values())
+
     def waiting_of(self, target_key: str) -> list[Held]:
         """The held entries of ``target_key`` not in a worker's hands (a scan: seldom)."""
         return [self.held[entry_id] for entry_id in self._waiting
@@ -459,6 +463,11 @@ class DeliveryPool:
         self.redis: aioredis.Redis = context.redis
         self.consumer = consumer or consumer_name()
         self.max_held = max_held
+        self.max_held_bytes = int(self.settings.delivery.max_held_bytes)
+        """The stored size of the entries held for delivery (a refused target's apart)."""
+        self._size_estimate = 0.0
+        """The largest stored size of the entries seen lately (decaying): how many a read
+        may bring. The largest rather than the mean, so a read stays within the bound."""
         self._sender = sender
         delivery = self.settings.delivery
         self.initial_backoff = max(delivery.initial_backoff.total_seconds(), 0.001)
@@ -630,7 +639,25 @@ class DeliveryPool:
         refill = max(1, self.max_held // 4)
         if room <= 0 or (room < refill and held >= self.settings.delivery.workers):
             return 0
-        return room
+        return self._room_by_size(room)
+
+    def _room_by_size(self, room: int) -> int:
+        """``room`` cut to what ``delivery.max_held_bytes`` leaves, at the entries' size.
+
+        A count alone does not bound memory: with ``deployment_commits: range``
+        one entry may be 100 KB stored (about 3.7 times that held). Before any
+        entry was seen, a read brings a worker's worth; one entry is always
+        allowed when none is held, whatever its size.
+        """
+        if self._size_estimate <= 0:
+            return min(room, self.settings.delivery.workers)
+        fits = int((self.max_held_bytes - self._held_size()) // self._size_estimate)
+        return max(0, min(room, fits if self._held_count() else max(1, fits)))
+
+    def _held_size(self) -> int:
+        """The stored size of the held entries that take room (a refused target's do not)."""
+        return self.schedule.total_size() - sum(self.schedule.size_of(key)
+                                                for key in self.refused)
 
     def _held_count(self) -> int:
         """Held entries that take room: a refused target's entries do not.
@@ -646,6 +673,7 @@ class DeliveryPool:
             return
         held = Held(item=item, backoff=Backoff(self.initial_backoff, self.max_backoff),
                     size=stored_size(item.fields))
+        self._size_estimate = max(float(held.size), 0.99 * self._size_estimate)
         self.schedule.put(held)
 
     async def _take_in(self, entries: RawEntries, *, reclaimed: bool = False,
@@ -766,6 +794,7 @@ class DeliveryPool:
         if self._take_back_candidate(self._batch_room()) is not None:
             self._room.set()
         room = self.max_held - self._held_count()
+        room = self._room_by_size(room) if room > 0 else 0
         live = [member for member, pending in members.items()
                 if pending > 0 and parked_target(member) is None]
         if room > 0 and live:
