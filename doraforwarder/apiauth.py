@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from doraforwarder import bodies, http_backend
 from doraforwarder.config import Settings
 from doraforwarder.logging import get_logger
 
@@ -408,8 +409,9 @@ class OpenShiftUsers:
         self.lookups += 1
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                answer = await client.get(self._url, headers=headers)
+            async with http_backend.async_client(timeout=self._timeout) as client:
+                answer = await bodies.fetch(client, "GET", self._url, limit=bodies.TOKEN_LIMIT,
+                                            headers=headers)
         except httpx.HTTPError as exc:
             log.warning("the OpenShift user API did not answer", error=type(exc).__name__)
             raise Refused(503, "the OpenShift user API cannot check the token now") from None
@@ -419,8 +421,12 @@ class OpenShiftUsers:
             log.warning("the OpenShift user API failed", status=answer.status_code)
             raise Refused(503, "the OpenShift user API cannot check the token now")
         try:
-            user = answer.json()
-        except ValueError:
+            user = bodies.whole(answer, "the OpenShift user API's answer",
+                                bodies.TOKEN_LIMIT).json()
+        except bodies.TooLarge as exc:
+            log.warning("the OpenShift user API failed", error=str(exc))
+            raise Refused(503, "the OpenShift user API cannot check the token now") from None
+        except (ValueError, RecursionError):
             user = None
         metadata = user.get("metadata") if isinstance(user, dict) else None
         name = metadata.get("name") if isinstance(metadata, dict) else None

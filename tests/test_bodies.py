@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from doraforwarder import bodies, http_backend
+from doraforwarder.apiauth import OpenShiftUsers, Refused
 from doraforwarder.commits.github import Call, GitHubClient, GitHubError
 from doraforwarder.devlake.client import DevLakeClient
 from doraforwarder.keys import Keys
@@ -216,6 +217,25 @@ async def test_github_answers_are_bounded(status: int, gzip: bool,
     else:
         assert one_line(str(got)).startswith("GitHub commit request answered 422: xxxx")
         assert len(str(got)) < 300
+
+
+@pytest.mark.parametrize(("status", "gzip"), [(500, False), (200, True)],
+                         ids=["error-huge", "user-gzip-bomb"])
+async def test_openshift_user_api_answers_are_bounded(status: int, gzip: bool) -> None:
+    answer = Hostile(status=status, gzip=gzip)
+    async with hostile_server(answer) as url:
+        users = OpenShiftUsers(url + "/apis/user.openshift.io/v1/users/~", ["redhat.com"],
+                               timeout=10)
+
+        async def call() -> Refused:
+            with pytest.raises(Refused) as refused:
+                await users.allowed_namespaces("Bearer caller-token", [])
+            return refused.value
+
+        got, peak = await peak_of(call)
+    assert got.status == 503 and "caller-token" not in got.message
+    assert peak < PEAK_LIMIT, peak
+    assert b"accept-encoding: identity" in answer.requests[0].lower()
 
 
 class _Chunks(httpx.AsyncByteStream):
