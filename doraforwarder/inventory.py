@@ -98,6 +98,24 @@ class Inventory:
             self._images = {e.images: e.images for e in self._entries.values()}
 
 
+def reference_split(name: str, known_clusters: list[str]) -> tuple[str, str]:
+    """(component, cluster) as the reference's inventory handler derives them from a name.
+
+    Its rule, kept for identical answers: the cluster is the first known cluster (in
+    configuration order) the name contains, else the name's last dash-separated part,
+    else ``unknown``; the component is the name without the first known cluster it ends
+    with (``-<cluster>``), else the second-to-last part, else the name itself. The
+    forwarding path uses :func:`doraforwarder.argocd.identity.split_known_cluster`.
+    """
+    parts = name.split("-")
+    cluster = next((c for c in known_clusters if c in name),
+                   parts[-1] if len(parts) >= 2 else "unknown")
+    component = next((name.removesuffix(f"-{c}") for c in known_clusters
+                      if name.endswith(f"-{c}")),
+                     parts[-2] if len(parts) >= 2 else name)
+    return component, cluster
+
+
 def _app(entry: InventoryEntry) -> dict[str, Any]:
     """One application, with the reference's keys in the reference's order."""
     return {

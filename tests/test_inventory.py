@@ -27,7 +27,13 @@ from doraforwarder.apiauth import (
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
-from doraforwarder.inventory import Inventory, inventory_document, inventory_json, inventory_toon
+from doraforwarder.inventory import (
+    Inventory,
+    inventory_document,
+    inventory_json,
+    inventory_toon,
+    reference_split,
+)
 from doraforwarder.server import bound_port, build_app, cors_middleware
 from doraforwarder.testing.argocd_objects import LiveApp, image
 from doraforwarder.testing.fake_kube import SCOPES_EXTRA, FakeKube, KubeUser
@@ -564,5 +570,47 @@ async def test_apps_not_forwarded_are_listed_under_their_names_component_and_clu
     assert entries == {
         ("monitoring-prod-east", "monitoring", "prod-east", False),
         ("api-prod-east", "api", "prod-east", True),
-        ("tool-nowhere", "tool-nowhere", "in-cluster", False),  # no known cluster: destination
+        # no known cluster in the name: the reference's handler takes the last two
+        # dash-separated parts (apis/argocd/handler.go), not the destination
+        ("tool-nowhere", "tool", "nowhere", False),
     }
+
+
+# --- names as the reference's inventory derives them ----------------------------------
+# Each row is what the reference's handler (apis/argocd/handler.go: extractComponentName,
+# extractClusterName) answers with these known clusters, in this order.
+KNOWN = ["east-1", "prod-east-1", "kflux-prd-rh02", "stone-prd-m01"]
+
+
+@pytest.mark.parametrize(("name", "component", "cluster"), [
+    ("build-service-prod-east-1", "build-service-prod", "east-1"),  # first listed, not longest
+    ("build-service-kflux-prd-rh02", "build-service", "kflux-prd-rh02"),
+    ("release-east-1", "release", "east-1"),
+    ("api", "api", "unknown"),
+    ("web-prod", "web", "prod"),
+    ("argocd-apps", "argocd", "apps"),
+    ("kflux-prd-rh02-monitoring-extra", "monitoring", "kflux-prd-rh02"),
+    ("east-1", "east", "east-1"),
+    ("-east-1", "", "east-1"),
+    ("a-b-c", "b", "c"),
+    ("x-stone-prd-m01", "x", "stone-prd-m01"),
+])
+def test_reference_split(name: str, component: str, cluster: str) -> None:
+    assert reference_split(name, KNOWN) == (component, cluster)
+
+
+async def test_inventory_names_apps_as_the_reference_with_known_clusters(
+        harness: Harness) -> None:  # noqa: F811
+    harness.apply(
+        LiveApp("api-prod-east", images=[image("api", "a" * 40)],
+                destination_name="somewhere").snapshot(),
+        LiveApp("argocd-apps", destination_name="in-cluster").snapshot(),
+        LiveApp("annotated-prod-east", destination_name="x",
+                annotations={"doraforwarder.io/component": "web",
+                             "doraforwarder.io/cluster": "east"}).snapshot(),
+    )
+    running = await harness.start("namespaces: [argocd], known_clusters: [prod-east]")
+    named = {(e.name, e.component, e.cluster) for e in running.context.inventory.snapshot()}
+    assert named == {("api-prod-east", "api", "prod-east"),
+                     ("argocd-apps", "argocd", "apps"),
+                     ("annotated-prod-east", "web", "east")}

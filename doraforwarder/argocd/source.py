@@ -28,7 +28,6 @@ from doraforwarder.argocd.identity import (
     destination_cluster,
     resolve_environment,
     resolve_identity,
-    split_known_cluster,
 )
 from doraforwarder.argocd.intake import Deleted, Intake, Job, Observed, Recheck
 from doraforwarder.argocd.kube import KubeAccessError, build_api_client
@@ -45,6 +44,7 @@ from doraforwarder.argocd.vanished import find_gone
 from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
+from doraforwarder.inventory import reference_split
 from doraforwarder.logging import get_logger
 from doraforwarder.streams import StageDetected
 
@@ -394,14 +394,17 @@ class ArgoCDSource:
     def _remember(self, view: AppView) -> None:
         """Record the app in the inventory (served from memory, never from the API)."""
         identity = resolve_identity(view, self.config)
-        if isinstance(identity, Skip):
-            # Listed all the same (an ignored component, an environment not forwarded),
-            # under the component and cluster its name gives, as the reference lists it.
-            split = split_known_cluster(view.name, self.config.known_clusters)
-            component = view.annotations.get(ANNOTATION_COMPONENT, "") or (
-                split[0] if split else view.name)
-            cluster = view.annotations.get(ANNOTATION_CLUSTER, "") or (
-                split[1] if split else destination_cluster(view))
+        annotated = (view.annotations.get(ANNOTATION_COMPONENT, ""),
+                     view.annotations.get(ANNOTATION_CLUSTER, ""))
+        if self.config.known_clusters:
+            # As the reference's inventory names it (the names its users' dashboards
+            # show), unless an annotation says otherwise.
+            split = reference_split(view.name, self.config.known_clusters)
+            component, cluster = annotated[0] or split[0], annotated[1] or split[1]
+        elif isinstance(identity, Skip):
+            # Listed all the same (an ignored component, an environment not forwarded).
+            component = annotated[0] or view.name
+            cluster = annotated[1] or destination_cluster(view)
         else:
             component, cluster = identity.component, identity.cluster
         self.context.inventory.put(
