@@ -178,3 +178,12 @@ def test_openshift_route_as_the_reference_ships_it() -> None:
     policy = _one(objects, "NetworkPolicy", "doraforwarder")["spec"]
     assert [rule.get("from") for rule in policy["ingress"]] == [None]
     assert not [o for o in _render("production") if o["kind"] == "Route"]
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_namespace_enforces_restricted(name: str) -> None:
+    """Admission holds every later pod to the same profile the templates meet."""
+    labels = _one(_render(name), "Namespace", "doraforwarder")["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", (name, mode)
+    assert labels.get("pod-security.kubernetes.io/enforce-version", "latest") == "latest"

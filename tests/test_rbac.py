@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
                        {"argocd": {"namespaces": ["*"]}}),
     "api-auth-kubernetes": ("production", ("api-auth-kubernetes",),
                             {"server": {"api_auth": "kubernetes"}}),
+    # What manifests/README.md tells a user to do for a second namespace.
+    "two-namespaces": ("production", (), {"argocd": {"namespaces": ["argocd", "team-b"]}}),
     "all-namespaces+api-auth-kubernetes": (
         "production", ("all-namespaces", "api-auth-kubernetes"),
         {"argocd": {"namespaces": ["*"]}, "server": {"api_auth": "kubernetes"}}),
@@ -98,6 +100,14 @@ def render_variant(name: str) -> tuple[Obj, ...]:
         (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         kustomization["configMapGenerator"] = [
             {"name": "doraforwarder-config", "behavior": "replace", "files": ["config.yaml"]}]
+    if name == "two-namespaces":
+        # A copy of base/rbac.yaml's Role and RoleBinding in the added namespace.
+        rbac = [doc for doc in yaml.safe_load_all((MANIFESTS / "base" / "rbac.yaml").read_text())
+                if doc["kind"] in ("Role", "RoleBinding")]
+        for doc in rbac:
+            doc["metadata"]["namespace"] = "team-b"
+        (directory / "team-b.yaml").write_text(yaml.safe_dump_all(rbac))
+        kustomization["resources"].append("team-b.yaml")
     (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
                             text=True, timeout=120, check=False)
@@ -204,8 +214,8 @@ def test_grants_reads_rbac_as_kubernetes_does() -> None:
 
 # --- 2. the daemon needs exactly that --------------------------------------------------------
 
-DRIVEN = ["production", "all-namespaces+api-auth-kubernetes"]
-"""A namespaced Role, and both components (a ClusterRole each)."""
+DRIVEN = ["two-namespaces", "all-namespaces+api-auth-kubernetes"]
+"""Production's Role in two namespaces, and both components (a ClusterRole each)."""
 READER_TOKEN = "inventory-reader-token"
 
 
