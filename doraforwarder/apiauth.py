@@ -392,7 +392,14 @@ class OpenShiftUsers:
     async def allowed_namespaces(
         self, header: str | None, namespaces: Iterable[str]
     ) -> frozenset[str] | None:
-        token = bearer_token(header)
+        # Refusals carry the reference's own sentences, so its clients read ours.
+        if not header:
+            raise Refused(401, "Authorization header is required")
+        try:
+            token = bearer_token(header)
+        except Refused:
+            raise Refused(401, "Invalid Authorization header format. Expected: Bearer <token>"
+                          ) from None
         digest = hashlib.sha256(token.encode()).digest()
         known, _ = self._admitted.get(digest)
         if known:
@@ -400,8 +407,8 @@ class OpenShiftUsers:
         email = await self._email(token)
         domain = email.rpartition("@")[2].lower() if "@" in email else ""
         if domain not in self._domains:
-            allowed = ", ".join(f"@{d}" for d in self._domains)
-            raise Refused(403, f"access denied: only {allowed} e-mail addresses are allowed")
+            allowed = " or ".join(f"@{d}" for d in self._domains)
+            raise Refused(403, f"Access denied. Only {allowed} email addresses are allowed")
         self._admitted.put(digest, True)
         return None
 
@@ -416,7 +423,7 @@ class OpenShiftUsers:
             log.warning("the OpenShift user API did not answer", error=type(exc).__name__)
             raise Refused(503, "the OpenShift user API cannot check the token now") from None
         if answer.status_code in (401, 403):
-            raise Refused(401, "the bearer token is not accepted")
+            raise Refused(401, "Invalid or expired token")
         if answer.status_code != 200:
             log.warning("the OpenShift user API failed", status=answer.status_code)
             raise Refused(503, "the OpenShift user API cannot check the token now")

@@ -167,9 +167,9 @@ async def _visible_inventory(request: web.Request) -> list[InventoryEntry] | web
             if refused.status == 401 else {}
         if refused.retry_after is not None:
             headers["Retry-After"] = str(refused.retry_after)
-        return web.json_response(
-            {"error": refused.message}, status=refused.status, headers=headers
-        )
+        answer = go_json_response({"error": refused.message}, refused.status)
+        answer.headers.update(headers)
+        return answer
     if allowed is None:
         return entries
     return [entry for entry in entries if entry.namespace in allowed]

@@ -105,12 +105,20 @@ async def test_openshift_users_over_http(watched: tuple[Harness, AppContext],  #
             carol = await get(SSO)
             stranger = await get("sha256~stranger-0003")
             missing = await get(None)
+            malformed = await client.get(path, headers={"Authorization": "Basic eA=="})
     finally:
         await runner.cleanup()
     assert alice.status_code == 200 and app_names(alice.json()) == ["api-prod", "web-prod"]
     assert alice_toon.status_code == 200 and "total_count: 2" in alice_toon.text
     assert bob.status_code == 403
-    assert bob.json() == {"error": "access denied: only @redhat.com e-mail addresses are allowed"}
+    # the reference's sentences and bytes (apis/argocd/handler.go, Fiber's c.JSON)
+    assert bob.content == \
+        b'{"error":"Access denied. Only @redhat.com email addresses are allowed"}'
+    assert stranger.content == b'{"error":"Invalid or expired token"}'
+    assert missing.content == b'{"error":"Authorization header is required"}'
+    assert malformed.content == \
+        b'{"error":"Invalid Authorization header format. Expected: Bearer \\u003ctoken\\u003e"}'
+    assert bob.headers["Content-Type"] == "application/json"
     assert carol.status_code == 200  # the user's name is no address: the token's email claim
     assert stranger.status_code == 401 and missing.status_code == 401
     for answer in (bob, stranger, missing):
