@@ -58,3 +58,12 @@ def test_deployment_does_not_override_the_config_lines_users_edit(overlay: str) 
     assert not names & {"LOG_LEVEL", "ENVIRONMENT"}, (
         f"{path.relative_to(ROOT)} sets {sorted(names & {'LOG_LEVEL', 'ENVIRONMENT'})}: "
         "they override server.log_level / server.environment of the ConfigMap")
+
+
+def test_no_document_says_the_files_webrca_token_is_ignored() -> None:
+    """It is used when OFFLINE_TOKEN is unset, as the reference uses it."""
+    wrong = [f"{path.relative_to(ROOT)}:{number}"
+             for path in _documents()
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if "token:" in line and "ignored" in line and "OFFLINE_TOKEN" in line]
+    assert not wrong
