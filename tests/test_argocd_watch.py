@@ -90,10 +90,13 @@ class Harness:
 
     def config(self, argocd: str = "") -> Any:
         path = self.tmp_path / f"config-{len(self.running)}.yaml"
-        namespaces = "" if "namespaces" in argocd else "namespaces: [argocd], "
+        # Defaults only for keys the test does not set: a key written twice is a config error.
+        parts = [f"kubeconfig: '{self.kubeconfig}'"]
+        parts += [] if "namespaces" in argocd else ["namespaces: [argocd]"]
+        parts += [] if "workers" in argocd else ["workers: 4"]
+        parts += [argocd] if argocd else []
         path.write_text(
-            f"argocd: {{kubeconfig: '{self.kubeconfig}', {namespaces}workers: 4"
-            f"{', ' + argocd if argocd else ''}}}\n"
+            f"argocd: {{{', '.join(parts)}}}\n"
             f"storage: {{redis: {{address: '{self.redis_server.address}'}}}}\n"
         )
         return load_config(path)
