@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,16 +130,22 @@ def _app(entry: InventoryEntry) -> dict[str, Any]:
     }
 
 
-def inventory_document(entries: list[InventoryEntry]) -> dict[str, Any]:
+def inventory_document(entries: list[InventoryEntry],
+                       namespaces: Sequence[str] = ()) -> dict[str, Any]:
     """The reference's answer: ``{"clusters": [{"cluster", "applications", "count"}],
     "total_count"}``, clusters by name and apps by namespace and name (the reference's
     cluster order changes from one request to the next; ours is stable).
 
     With no application the reference answers ``"clusters": null``; we answer ``[]``,
     which every client that copes with the reference's non-empty answers reads too.
+    Inside a cluster, apps come by namespace in ``namespaces`` order (the reference lists
+    ``argocd.namespaces`` one after the other), then by name, as the API lists them.
     """
+    rank = {namespace: index for index, namespace in enumerate(namespaces)}
+    ordered = sorted(entries, key=lambda e: (e.cluster, rank.get(e.namespace, len(rank)),
+                                             e.namespace, e.name))
     clusters: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
+    for entry in ordered:
         clusters.setdefault(entry.cluster, []).append(_app(entry))
     return {
         "clusters": [

@@ -175,11 +175,17 @@ async def _visible_inventory(request: web.Request) -> list[InventoryEntry] | web
     return [entry for entry in entries if entry.namespace in allowed]
 
 
+def _order(request: web.Request) -> list[str]:
+    """The watched namespaces in configuration order (none with ``["*"]``)."""
+    argocd = request.app[CONTEXT_KEY].settings.argocd
+    return [] if argocd.all_namespaces else list(argocd.namespaces)
+
+
 async def applications(request: web.Request) -> web.Response:
     visible = await _visible_inventory(request)
     if isinstance(visible, web.Response):
         return visible
-    return web.Response(body=inventory_json(inventory_document(visible)),
+    return web.Response(body=inventory_json(inventory_document(visible, _order(request))),
                         content_type="application/json")
 
 
@@ -187,8 +193,8 @@ async def applications_toon(request: web.Request) -> web.Response:
     visible = await _visible_inventory(request)
     if isinstance(visible, web.Response):
         return visible
-    return web.Response(body=inventory_toon(inventory_document(visible)).encode(),
-                        content_type="text/plain")
+    document = inventory_document(visible, _order(request))
+    return web.Response(body=inventory_toon(document).encode(), content_type="text/plain")
 
 
 CORS_METHODS = "GET,OPTIONS"

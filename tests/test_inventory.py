@@ -614,3 +614,16 @@ async def test_inventory_names_apps_as_the_reference_with_known_clusters(
     assert named == {("api-prod-east", "api", "prod-east"),
                      ("argocd-apps", "argocd", "apps"),
                      ("annotated-prod-east", "web", "east")}
+
+
+def test_apps_in_a_cluster_follow_the_configured_namespace_order() -> None:
+    inventory = Inventory()
+    for namespace, name in (("b-ns", "x"), ("a-ns", "z"), ("a-ns", "y"), ("c-ns", "w")):
+        inventory.put(namespace=namespace, name=name, component=name, cluster="one",
+                      health="Healthy", sync="Synced", images=[], forwarded=True)
+    def names(namespaces: list[str]) -> list[str]:
+        document = inventory_document(inventory.snapshot(), namespaces)
+        return [app["name"] for app in document["clusters"][0]["applications"]]
+    # argocd.namespaces: [b-ns, a-ns]: the reference lists b-ns first; unlisted ones last
+    assert names(["b-ns", "a-ns"]) == ["x", "y", "z", "w"]
+    assert names([]) == ["y", "z", "x", "w"]  # ["*"]: by namespace, as the API lists them
