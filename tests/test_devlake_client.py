@@ -51,6 +51,8 @@ V103_NOT_FOUND = ('{"code":0,"success":false,"message":"record not found (404)\\
                       '\\nWraps: (2) record not found (404)"}'), False),
     (Answer(404, body="404 page not found"), False),  # no project route (before 1.0.3)
     (Answer(400, body='{"message":"record not found"}'), False),
+    (Answer(400, body='{"message":"the connection name already exists (400)"}'), True),
+    (Answer(400, body='{"message":"input json error"}'), False),
 ])
 def test_connection_just_created(answer: Answer, again: bool) -> None:
     assert connection_just_created(answer) is again

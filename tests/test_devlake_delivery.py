@@ -69,9 +69,10 @@ async def test_delivers_to_every_target_and_acknowledges(redis_client, devlake) 
     assert devlake.deployment_ids(project_connection) == {"svc:0", "svc:1", "svc:2"}
     assert {p.authorization for p in devlake.posts()} == {f"Bearer {TOKEN}"}
     # nine records, plus the project route's first call: it creates DORA_deployments and
-    # answers 404 (DevLake v1.0.3), the deployment is sent again
-    assert len(devlake.posts()) == 10
-    assert [p.status for p in devlake.posts() if p.status != 200] == [404]
+    # answers 404 (DevLake v1.0.3), and calls in flight meanwhile 400: all sent again
+    assert len(devlake.accepted()) == 9
+    assert [p.status for p in devlake.posts() if p.status != 200].count(404) == 1
+    assert {p.status for p in devlake.posts()} <= {200, 400, 404}
     info = await redis_client.xpending(context.keys.outbox_stream, OUTBOX_GROUP)
     assert info["pending"] == 0
     assert counter(context, "doraforwarder_records_sent_total", kind="deployment",
@@ -412,6 +413,27 @@ async def test_nothing_is_acknowledged_before_devlake_answers(redis_client, devl
         devlake.release()
         await eventually(lambda: outbox_empty(redis_client, context), what="outbox drained")
     assert devlake.deployment_ids(1) == {"svc:0", "svc:1", "svc:2"}
+
+
+async def test_first_deployments_of_a_project_target_in_parallel_are_all_delivered(
+        redis_client, devlake) -> None:
+    """DevLake v1.0.3 (real server): the call that creates ``DORA_deployments`` answers
+    404, calls that looked it up meanwhile 400 ``the connection name already exists``;
+    both are sent again, none is dead-lettered (the real run lost team-b's first one)."""
+    context = make_context(redis_client, devlake_section(devlake.url),
+                           delivery={"workers": 4})
+    await stage(redis_client, context.keys,
+                [deployment_entry(f"svc:{n}", PROJECT) for n in range(3)])
+    devlake.hold()
+    async with RunningService(DeliveryPool(context)):
+        await asyncio.to_thread(devlake.wait_for_held, 3)
+        devlake.release()
+        await eventually(lambda: outbox_empty(redis_client, context), what="outbox drained")
+    assert sorted(p.status for p in devlake.posts() if p.status != 200) == [400, 400, 404]
+    project_connection = devlake.project_connection("DORA")
+    assert project_connection is not None
+    assert devlake.deployment_ids(project_connection) == {"svc:0", "svc:1", "svc:2"}
+    assert await redis_client.xlen(context.keys.dead_stream) == 0
 
 
 async def test_stopping_acknowledges_what_was_delivered_and_keeps_the_rest(

@@ -35,7 +35,9 @@ def test_argocd_incident_goes_to_the_component_connections_with_a_stable_key() -
         environment="PRODUCTION", status="resolved", created_at=T0,
         resolved_at=T0 + timedelta(minutes=30), title="build-service Degraded in prod")
     entries = planner().plan_detected_incident(incident)
-    assert [e.target.key for e in entries] == ["connection_id:1", "connection_id:2"]
+    # a project target too (the real DevLake run lost team projects' Degraded incidents)
+    assert [e.target.key for e in entries] == ["connection_id:1", "connection_id:2",
+                                               "project_name:b"]
     body = entries[0].payload
     assert body["issueKey"] == incident.key and body["type"] == "INCIDENT"
     assert body["status"] == "DONE" and body["resolutionDate"] == "2024-05-01T12:30:00+00:00"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -172,6 +173,23 @@ def test_project_route_creates_its_connection_before_validating(devlake: FakeDev
     assert devlake.deployment_ids(created) == {"d1"}
     by_name = "/rest/plugins/webhook/connections/by-name/P_deployments/issues"
     assert call(devlake, "POST", by_name, issue_payload("I"), key=GLOBAL_KEY)[0] == 200
+
+
+def test_project_route_creation_races(devlake: FakeDevLake) -> None:
+    """Not atomic in DevLake: requests that looked the connection up while another created
+    it try to create it too: 400 ``the connection name already exists`` (v1.0.3)."""
+    path = "/rest/plugins/webhook/projects/P/deployments"
+    devlake.hold()
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(call, devlake, "POST", path, deployment_payload(f"d{n}"),
+                             key=GLOBAL_KEY) for n in range(3)]
+        devlake.wait_for_held(3)
+        devlake.release()
+        answers = sorted((c.result()[0], c.result()[1]["message"]) for c in calls)
+    assert answers == [(400, "the connection name already exists (400)"),
+                       (400, "the connection name already exists (400)"),
+                       (404, "record not found (404)")]
+    assert call(devlake, "POST", path, deployment_payload("d0"), key=GLOBAL_KEY)[0] == 200
 
 
 @pytest.mark.parametrize(("project", "status", "message"), [

@@ -162,18 +162,24 @@ def _message(body: str) -> str:
 
 
 def connection_just_created(answer: Answer) -> bool:
-    """A project route's 404 after DevLake created ``<project>_deployments``: send again.
+    """A project route's answer while DevLake creates ``<project>_deployments``: send again.
 
     DevLake v1.0.3 (and its main branch at 420e494) creates the project's
     connection, attaches it to the project's blueprint, then answers the
     lookup's ``record not found`` (a shadowed error in the webhook plugin's
     ``getOrCreateConnection``) without storing the deployment; the next call
-    finds the connection and stores it. A missing project says ``could not
-    find project [name] in DB``, and an unknown route (DevLake before 1.0.3)
-    is gin's plain ``404 page not found``: those stay refusals.
+    finds the connection and stores it. Calls that looked the connection up
+    while it was being created try to create it too and get 400 ``the
+    connection name already exists``. A missing project says ``could not find
+    project [name] in DB``, and an unknown route (DevLake before 1.0.3) is
+    gin's plain ``404 page not found``: those stay refusals. (A connection
+    of that name left unattached to the project also answers the 400: it
+    retries, logged with DevLake's message, until it is attached.)
     """
-    return (answer.status == 404
-            and _message(answer.body).lower().startswith("record not found"))
+    message = _message(answer.body).lower()
+    return ((answer.status == 404 and message.startswith("record not found"))
+            or (answer.status == 400
+                and message.startswith("the connection name already exists")))
 
 
 def awaits_connection(answer: Answer) -> bool:

@@ -1005,8 +1005,8 @@ class DeliveryPool:
         elif (verdict.reason == "not_found" and entry.target.kind == "project_name"
               and entry.kind != "deployment" and awaits_connection(answer)):
             await self._await_connection(held, answer, url)
-        elif (verdict.reason == "not_found" and entry.target.kind == "project_name"
-              and entry.kind == "deployment" and connection_just_created(answer)):
+        elif (entry.target.kind == "project_name" and entry.kind == "deployment"
+              and connection_just_created(answer)):
             await self._retry(held, verdict, answer, url)
         elif verdict.action == "dead":
             await self._dead(held, verdict.reason, _describe(answer, url), answer)

@@ -175,13 +175,13 @@ class Planner:
 
         The targets are a deployment's (the global target and the teams whose
         ``argocd_components`` hold the component), so the incident lands in
-        the projects whose change failure rate it belongs to. The issue key is
-        the incident's stable key: its open and resolved upserts (and any
-        redelivery) update one issue.
+        the projects whose change failure rate it belongs to. A project target
+        takes it through the connection its project route creates
+        (``<projectName>_deployments``, by name), as a WebRCA incident. The
+        issue key is the incident's stable key: its open and resolved upserts
+        (and any redelivery) update one issue.
         """
-        targets = [target for target in
-                   (self.router.for_component(incident.component) if self.router else [])
-                   if target.kind != "project_name"]  # issues go to webhook connections only
+        targets = self.router.for_component(incident.component) if self.router else []
         body = build_detected_issue_payload(incident).body()
         return [OutboxEntry(kind="issue", target=target, record_id=incident.key,
                             payload=body, order_key=f"issue:{target.key}:{incident.key}")

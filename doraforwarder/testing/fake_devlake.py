@@ -447,6 +447,9 @@ class FakeDevLake(FakeServer):
         self._keys_added = False
         self.connections: dict[int, str] = {}
         self.projects: dict[str, Project] = {}
+        self._created: dict[int, int] = {}
+        """Project-route connections -> the request number that created them."""
+        self._arrivals = 0
         self.deployments: dict[tuple[int, str], dict[str, Any]] = {}
         """Deployment bodies as accepted, per (connection, id)."""
         self.cicd_deployments: dict[str, dict[str, Any]] = {}
@@ -680,6 +683,9 @@ class FakeDevLake(FakeServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body_text = await request.text()
+        with self._lock:
+            self._arrivals += 1
+            arrival = self._arrivals
         with self._held:
             holding = not self._gate.is_set()
             if holding:
@@ -707,7 +713,7 @@ class FakeDevLake(FakeServer):
             body = json.loads(body_text) if body_text.strip() else None
         except json.JSONDecodeError as exc:
             body = _Unparsable(f"invalid character in JSON: {exc.msg}")
-        response, route, connection_id = self._answer(request, body)
+        response, route, connection_id = self._answer(request, body, arrival)
         with self._lock:
             self.requests.append(Posted(
                 method=request.method, path=request.path,
@@ -732,7 +738,7 @@ class FakeDevLake(FakeServer):
                 return response
         return None
 
-    def _answer(self, request: web.Request, body: Any
+    def _answer(self, request: web.Request, body: Any, arrival: int = 2**62
                 ) -> tuple[web.Response, _Route | None, int | None]:
         raw = request.raw_path.split("?", 1)[0]
         injected = self._injected()
@@ -772,7 +778,7 @@ class FakeDevLake(FakeServer):
                                       "data": None}, status=500), route, None
         with self._lock:
             try:
-                return self._serve(route, body)
+                return self._serve(route, body, arrival)
             except _HandlerError as exc:
                 return _devlake_error(exc.status, exc.message), route, None
 
@@ -820,8 +826,14 @@ class FakeDevLake(FakeServer):
             raise _HandlerError(404, "record not found")
         return found
 
-    def _project_connection(self, name: str) -> int:
-        """The project route's ``getOrCreateConnection``: runs before the body is read."""
+    def _project_connection(self, name: str, arrival: int = 2**62) -> int:
+        """The project route's ``getOrCreateConnection``: runs before the body is read.
+
+        Not atomic in DevLake: a request that looked the connection up while
+        another was creating it tries to create it too and is refused with
+        400 ``the connection name already exists``. Requests held together
+        (:meth:`hold`) look it up as they arrive.
+        """
         if len(name) > NAME_LIMIT:
             raise _HandlerError(400, "invalid projectName")
         project = self.projects.get(name)
@@ -832,18 +844,21 @@ class FakeDevLake(FakeServer):
         wanted = f"{name}_deployments"
         for connection_id in project.connection_ids:
             if self.connections.get(connection_id) == wanted:
+                if self._created.get(connection_id, 0) >= arrival:
+                    raise _HandlerError(400, "the connection name already exists")
                 return connection_id
         if self._connection_named(wanted) is not None:
             raise _HandlerError(400, "the connection name already exists")
         connection_id = max(self.connections, default=0) + 1
         self.connections[connection_id] = wanted  # no key of its own
         project.connection_ids.append(connection_id)
+        self._created[connection_id] = self._arrivals
         # DevLake v1.0.3 (and 420e494) returns the lookup's not-found error after creating
         # and attaching the connection (a shadowed ``err`` in getOrCreateConnection): the
         # call that creates it stores nothing and answers 404; the next one is stored.
         raise _HandlerError(404, "record not found")
 
-    def _serve(self, route: _Route, body: dict[str, Any] | None
+    def _serve(self, route: _Route, body: dict[str, Any] | None, arrival: int = 2**62
                ) -> tuple[web.Response, _Route, int | None]:
         """Route handlers; called with the lock held."""
         if route.kind == "connections":
@@ -852,7 +867,7 @@ class FakeDevLake(FakeServer):
         if route.kind == "create_connection":
             return self._create_connection(body), route, None
         if route.project is not None:
-            connection_id = self._project_connection(route.project)
+            connection_id = self._project_connection(route.project, arrival)
         else:
             assert route.connection_ref is not None
             connection_id = self._connection(route.connection_ref)
