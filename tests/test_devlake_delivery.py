@@ -163,6 +163,10 @@ async def test_a_429_pauses_every_entry_of_its_target(redis_client, devlake) -> 
     devlake.rate_limit_next(1, retry_after=1)
     async with RunningService(DeliveryPool(context)):
         await eventually(lambda: len(devlake.posts(status=429)) == 1, what="the 429")
+        await eventually(lambda: GLOBAL.key in context.status.devlake_targets,
+                         what="the pause in the status")
+        shown = context.status.devlake_targets[GLOBAL.key]
+        assert shown["state"] == "rate_limited" and "until" in shown
         await stage(redis_client, context.keys,
                     [deployment_entry(i) for i in limited_ids[1:]]
                     + [deployment_entry(i, TEAM) for i in other_ids])
@@ -175,6 +179,7 @@ async def test_a_429_pauses_every_entry_of_its_target(redis_client, devlake) -> 
     assert min(p.at for p in to_global) - limited.at >= 0.99  # no request to it meanwhile
     assert max(p.at for p in to_team) - limited.at < 0.99  # the other target went on
     assert len(devlake.posts()) == 11
+    assert context.status.devlake_targets == {}  # accepted again: no longer shown
 
 
 async def test_timeouts_are_retried(redis_client, devlake) -> None:

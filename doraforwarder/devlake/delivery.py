@@ -67,7 +67,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -1104,6 +1104,7 @@ class DeliveryPool:
             # DevLake (or a proxy) limits the client, not one record: the whole target waits.
             until = time.monotonic() + delay
             self.paused[entry.target.key] = max(until, self.paused.get(entry.target.key, 0.0))
+            self._show_paused(entry.target, delay)
         self.context.metrics.delivery_retries.labels(verdict.reason).inc()
         if verdict.reason in ("network", "timeout", "server_error", "unexpected_status"):
             self.context.metrics.mark_failure("devlake", _cause(verdict.reason, answer))
@@ -1123,6 +1124,17 @@ class DeliveryPool:
         )
         self.schedule.put(held, delay)
 
+
+    def _show_paused(self, target: Target, delay: float) -> None:
+        """Name the rate-limited target in ``/api/v1/status`` until DevLake accepts it again."""
+        if target.key in self.refused or target.key in self.awaiting:
+            return  # a stronger reason to wait is shown already
+        until = datetime.now(UTC) + timedelta(seconds=delay)
+        self.context.status.devlake_targets[target.key] = {
+            "state": "rate_limited", "team": target.team,
+            "reason": "DevLake answered 429: every entry of this target waits for its "
+                      "Retry-After (at most delivery.max_retry_after)",
+            "until": until.isoformat(timespec="seconds")}
 
     def _waits_paused(self, held: Held, entry: OutboxEntry) -> bool:
         """Put ``held`` back, unsent, while its target is paused by a 429."""
