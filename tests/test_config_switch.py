@@ -95,3 +95,19 @@ def test_dotenv_never_overrides_a_set_variable(tmp_path: Path,
         for name in ("PORT", "ENVIRONMENT"):
             os.environ.pop(name, None)
     assert load_dotenv_file(tmp_path / "nowhere") == []
+
+
+def test_the_differences_docs_migration_lists(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows of docs/migration.md that are configuration defaults."""
+    monkeypatch.setenv("REDIS_HOST", "other")
+    settings = load_config(write_config(
+        tmp_path, "storage: {redis: {address: 'redis:6380'}}\n")).settings
+    assert settings.storage.redis.address == "other:6380"  # the reference: other:6379
+    monkeypatch.delenv("REDIS_HOST")
+    settings = load_config(write_config(tmp_path, "{}\n")).settings
+    assert settings.server.port_number == 8080  # the reference: 3000
+    assert settings.server.environment == "production"  # the reference: development
+    assert settings.argocd.dedupe_window == timedelta(hours=24)  # the reference: 30 days
+    assert settings.webrca.products == ["konflux"]  # as the reference
+    assert settings.server.cors_allow_origins == ["*"]  # as the reference
