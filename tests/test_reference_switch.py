@@ -1,8 +1,9 @@
 """Switching from the reference (redhat-appstudio/dora-metrics) on its Redis: nothing counted twice.
 
-The reference keeps its keys under the same ``key_prefix``; :data:`REFERENCE_KEYS` holds
-one of each kind, with the values and TTLs its storage code writes (``pkg/storage/redis.go``
-at 653fbcd). A real redis-server pre-loaded with them is read without error by ``status``,
+The reference keeps its keys under the same ``key_prefix``: :func:`reference_keys` writes one
+of each kind, with the values and TTLs its storage code writes (``pkg/storage/redis.go`` at
+653fbcd), checked against what its binary wrote in a side-by-side run
+(``tests/fixtures/reference-redis.json``, loaded too). A real redis-server pre-loaded with them is read without error by ``status``,
 ``outbox`` and ``backfill``, none of them is changed, and what the reference already sent
 (its ``devlake-revision:<revision>:<component>`` marks) is never sent again: not by
 ``backfill``, and not by the live path when a rollout it began goes on after the switch.
@@ -38,6 +39,7 @@ from doraforwarder.records import DetectedDeployment, GitSource
 from doraforwarder.streams import StreamStaging, read_detected
 from doraforwarder.testing.argocd_objects import LiveApp, sha
 from doraforwarder.testing.world import FakeWorld
+from tests.conftest import ROOT
 
 NOW = datetime(2026, 8, 20, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -123,10 +125,33 @@ def reference_keys(prefix: str, marks: dict[tuple[str, str], datetime], now: dat
     return keys
 
 
+CAPTURED = ROOT / "tests" / "fixtures" / "reference-redis.json"
+"""What the real reference binary wrote in a side-by-side run (its own revisions)."""
+
+
+def captured_keys() -> list[tuple[str, str, int]]:
+    return [(k["key"], k["value"], k["ttl"]) for k in json.loads(CAPTURED.read_text())["keys"]]
+
+
 def load(client: redis.Redis, keys: list[tuple[str, str, int]]) -> dict[str, str]:
     for key, value, ttl in keys:
         client.set(key, value, ex=ttl)
     return {key: value for key, value, _ in keys}
+
+
+def test_captured_keys_are_the_kinds_and_formats_written_here() -> None:
+    """The keys written by hand below have the names, values and TTLs the binary writes."""
+    now = datetime.now(UTC)
+    by_kind = {key.split(":")[1]: (value, ttl) for key, value, ttl in captured_keys()}
+    ours = {key.split(":")[1]: (value, ttl) for key, value, ttl in
+            reference_keys("dora-metrics", {("r", "c"): now}, now)}
+    assert set(by_kind) <= set(ours)
+    for kind, (value, ttl) in by_kind.items():
+        assert abs(ttl - ours[kind][1]) < 3600, kind
+        if kind == "deployment":
+            assert list(json.loads(value)) == list(json.loads(ours[kind][0]))
+        else:
+            assert value == ours[kind][0], kind
 
 
 @pytest.fixture
@@ -165,7 +190,8 @@ def test_backfill_leaves_out_what_the_reference_sent_and_reads_its_keys(
     east_r1 = apps["svc-prod-east"].status["history"][1]
     sent_at = datetime.fromisoformat(east_r1["deployedAt"]) + timedelta(seconds=5)
     client = redis.Redis.from_url(world.redis.url, decode_responses=True)
-    preloaded = load(client, reference_keys("dora-metrics", {(gitops[1], "svc"): sent_at}, now))
+    preloaded = load(client, reference_keys("dora-metrics", {(gitops[1], "svc"): sent_at}, now)
+                     + captured_keys())
     config = world.write_config({"argocd": {"known_clusters": ["prod-east", "prod-west"]},
                                  "webrca": {"enabled": False}})
 
