@@ -17,6 +17,9 @@ What is measured, and the targets (ARCHITECTURE.md, issue 8):
    apps of 3 KB and 30 KB, each against bare ``json.loads`` of the same
    bytes (>= 1.0x), and the real daemon's catch-up of 100,000 apps of 3 to
    30 KB from an empty Redis (< 60 s, RSS < 400 MB).
+7. held (``bench/held.py``): peak RSS of the real daemon holding a backlog of
+   1,500 range-sized entries (~100 KB each) for a DevLake answering 503, at
+   several ``delivery.max_held_bytes`` and with the count alone.
 
 ``--quick`` runs small versions of the in-process cases (a smoke run, no
 targets judged).
@@ -51,6 +54,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from apps import live_app, watch_line  # noqa: E402
+from held import bench_held  # noqa: E402
 from scale import bench_catchup, bench_refresh_scale  # noqa: E402
 
 from doraforwarder.argocd.intake import Intake  # noqa: E402
@@ -487,7 +491,8 @@ def _drain_once(records: int, *, appendonly: bool, workers: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None,
-                        help="refresh calls latency rss delivery (default: all)")
+                        help="refresh calls latency rss delivery scale catchup held "
+                             "(default: all)")
     parser.add_argument("--output", default=None,
                         help="results file (default bench/results.json; none with --quick)")
     parser.add_argument("--quick", action="store_true",
@@ -502,7 +507,7 @@ def main() -> None:
         return
     output = args.output or str(HERE / "results.json")
     wanted = set(args.only or ["refresh", "calls", "latency", "rss", "delivery", "scale",
-                               "catchup"])
+                               "catchup", "held"])
     results: dict[str, Any] = {}
     if args.only and Path(output).exists():  # a partial run keeps the other figures
         results = json.loads(Path(output).read_text())
@@ -511,7 +516,7 @@ def main() -> None:
     benches: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("refresh", bench_refresh), ("calls", bench_calls), ("latency", bench_latency),
         ("rss", bench_rss), ("delivery", bench_delivery),
-        ("scale", bench_refresh_scale), ("catchup", bench_catchup),
+        ("scale", bench_refresh_scale), ("catchup", bench_catchup), ("held", bench_held),
     ]
     for name, bench in benches:
         if name in wanted:
@@ -587,6 +592,10 @@ def print_table(results: dict[str, Any]) -> None:
         row(f"RSS after catch-up of {r['apps']:,} apps (MB)", r["rss_mb"], "< 400",
             r["rss_mb"] < TARGETS["rss_100000_apps_mb"])
         row("daemon CPU during catch-up (s)", r["daemon_cpu_s"], "", None)
+    if "held" in results:
+        for case in results["held"]["cases"]:
+            row(f"RSS holding {case['entries']:,} entries of {case['entry_kb']} KB, DevLake "
+                f"503, max_held_bytes {case['case']} (MB)", case["peak_rss_mb"], "", None)
     quick = bool(results["machine"].get("quick"))
     if quick:
         rows[:] = [(label, value, target, "") for label, value, target, _ in rows]

@@ -783,14 +783,16 @@ class DeliveryConfig(Section):
     refused_max_held: int = Field(default=1000, ge=1)
     """Entries of one refused (401/403) target kept in memory; the rest of its backlog
     waits in Redis (parked in the consumer group) until DevLake accepts the target again."""
-    refused_max_held_bytes: ByteSize = Field(default=ByteSize(16 * 2**20), ge=1)
-    """And at most this much of their stored size (``16MiB``, ``512KiB`` or bytes): with
-    ``deployment_commits: range`` one entry may be 100 KB in Redis and 3.7 times that in
-    memory, so a count alone does not bound memory. One entry is always held."""
-    max_held_bytes: ByteSize = Field(default=ByteSize(32 * 2**20), ge=1)
-    """The stored size of the entries held in memory for delivery (``32MiB``, about 3.7
-    times that in memory); the outbox beyond it waits in Redis, read as room frees. A
-    refused target's entries are bounded by ``refused_max_held(_bytes)`` instead."""
+    refused_max_held_bytes: ByteSize = Field(default=ByteSize(8 * 2**20), ge=1)
+    """And at most this much of their stored size (``8MiB``, ``512KiB`` or bytes): with
+    ``deployment_commits: range`` one entry may be 100 KB in Redis, and the process grows by
+    about 6 times what it holds, so a count alone does not bound memory. One entry is
+    always held."""
+    max_held_bytes: ByteSize = Field(default=ByteSize(16 * 2**20), ge=1)
+    """The stored size of the entries held in memory for delivery (``16MiB``; the process
+    grows by about 6 times that: 180 MB RSS in all at 16MiB, bench/held.py); the outbox
+    beyond it waits in Redis, read as room frees. A refused target's entries are bounded
+    by ``refused_max_held(_bytes)`` instead."""
     resolvers: int = Field(default=2, ge=1, le=64)
     """Workers turning detected deployments into payloads (GitHub look-ups)."""
 
