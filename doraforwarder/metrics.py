@@ -228,6 +228,8 @@ class Metrics:
             "written at start is gone or new) or group (a consumer group was missing and was "
             "recreated).", ["evidence"], registry=r,
         )
+        for evidence in ("marker", "group"):  # exported at 0, so increase() sees the first
+            self.redis_data_lost.labels(evidence)
 
     def mark_success(self, source: str) -> None:
         """Record that ``source`` (argocd, webrca, devlake, github) just worked."""

@@ -727,6 +727,7 @@ ALERTS = {
     "DoraforwarderOutboxStale": ("doraforwarder_outbox_oldest_age_seconds", "1m", "warning"),
     "DoraforwarderSourceFailing": ("doraforwarder_dependency_up", "10m", "warning"),
     "DoraforwarderDevLakeRefusing": ("doraforwarder_devlake_target_refused", "5m", "critical"),
+    "DoraforwarderRedisLostData": ("doraforwarder_redis_data_lost_total", "1m", "critical"),
 }
 # What the dashboard must show: events, decisions, deliveries by target and outcome,
 # outbox depth and age, GitHub rate limit.
