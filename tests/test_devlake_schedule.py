@@ -166,7 +166,7 @@ async def test_everything_handed_over_is_acknowledged_in_one_transaction(redis_c
     batch = await read_held(redis_client, 20)
     acked: list[list[str]] = []
     batcher = AckBatcher(redis_client, KEYS, lambda done: acked.append(
-        [h.item.id for h in done]), no_error)
+        [h.item.id for h in done]), no_error, consumer="me")
     for entry in batch:
         batcher.add(entry)
     before = await xack_calls(redis_client)
@@ -185,7 +185,8 @@ async def test_everything_handed_over_is_acknowledged_in_one_transaction(redis_c
 async def test_flush_acknowledges_what_is_left_after_halting(redis_client) -> None:
     batch = await read_held(redis_client, 7)
     acked: list[Held] = []
-    batcher = AckBatcher(redis_client, KEYS, acked.extend, no_error, max_batch=3)
+    batcher = AckBatcher(redis_client, KEYS, acked.extend, no_error, max_batch=3,
+                         consumer="me")
     halt = asyncio.Event()
     halt.set()
     await asyncio.wait_for(batcher.run(halt), 5)  # halted: acknowledges nothing itself
@@ -195,6 +196,23 @@ async def test_flush_acknowledges_what_is_left_after_halting(redis_client) -> No
     assert [h.item.id for h in acked] == [h.item.id for h in batch]
     assert len(batcher) == 0
     assert await redis_client.xlen(KEYS.outbox_stream) == 0
+
+
+async def test_the_batch_acknowledges_only_what_is_still_ours(redis_client) -> None:
+    """Entries another consumer took over are handed back as done, but left pending for it."""
+    batch = await read_held(redis_client, 4)
+    theirs = [h.item.id for h in batch[:2]]
+    await redis_client.xclaim(KEYS.outbox_stream, OUTBOX_GROUP, "other", 0, theirs, justid=True)
+    acked: list[Held] = []
+    batcher = AckBatcher(redis_client, KEYS, acked.extend, no_error, consumer="me")
+    for entry in batch:
+        batcher.add(entry)
+    await batcher.flush()
+    assert [h.item.id for h in acked] == [h.item.id for h in batch]  # none held any more
+    assert await redis_client.xlen(KEYS.outbox_stream) == 2
+    rows = await redis_client.xpending_range(KEYS.outbox_stream, OUTBOX_GROUP, "-", "+", 10)
+    assert {str(r["message_id"]): str(r["consumer"]) for r in rows} == dict.fromkeys(
+        theirs, "other")
 
 
 async def test_a_redis_outage_delays_acknowledgements_and_loses_none(
@@ -211,7 +229,7 @@ async def test_a_redis_outage_delays_acknowledgements_and_loses_none(
             errors.append(type(exc).__name__)
             await asyncio.sleep(0.01)
 
-        batcher = AckBatcher(redis, KEYS, acked.extend, on_error)
+        batcher = AckBatcher(redis, KEYS, acked.extend, on_error, consumer="me")
         durable_redis_server.stop()
         for entry in batch:
             batcher.add(entry)
