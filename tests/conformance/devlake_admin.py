@@ -40,6 +40,11 @@ class Admin:
     def call(self, method: str, path: str, body: Any = None, *,
              ok: tuple[int, ...] = (200, 201)) -> Any:
         answer = self.client.request(method, path, json=body)
+        if answer.status_code == 401 and '"unauthorized"' in answer.text:
+            raise DevLakeError(
+                f"{method} {self.conformance.prefix}{path} -> 401 unauthorized with an API key: "
+                "this DevLake runs with AUTH_ENABLED=true, which drops the key's user on /rest "
+                "(apache/devlake#8913, open at 420e494b): no API key works, the daemon's neither")
         if answer.status_code not in ok:
             raise DevLakeError(f"{method} {self.conformance.prefix}{path} -> "
                                f"{answer.status_code} {answer.text[:300]}")

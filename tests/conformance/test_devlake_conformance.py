@@ -181,8 +181,9 @@ def test_dashboard_numbers_from_the_real_devlake(conformance: settings.Conforman
             data = path.read_bytes()
             assert daemon_key.encode() not in data and conformance.key.encode() not in data
         assert not tee.disagreements, tee.disagreements
-        refused = [e for e in tee.exchanges if e.real_status >= 400]
-        assert not refused, refused
+        # DevLake's answers the daemon retried (the project route's first call) are fine;
+        # nothing may end in the dead letters
+        assert store.xlen(keys.dead_stream) == 0, store.xrange(keys.dead_stream)
 
         for project in ("global", "team-a"):
             for pull in scenario.pull_requests():
