@@ -135,8 +135,9 @@ def test_a_restart_without_persistence_is_reported_and_later_records_arrive(
 def test_a_full_redis_drains_the_outbox_and_keeps_refused_detections(
     world: FakeWorld, store: redis.Redis, daemons: DaemonFactory,
 ) -> None:
-    """DevLake down, entries wait; Redis fills; DevLake back: the outbox drains though Redis
-    is still full; syncs detected while full are refused, retried, and arrive once it is not."""
+    """DevLake down, entries wait; Redis fills; the daemon restarts; DevLake back: the outbox
+    drains though Redis is still full; syncs detected while full are refused, retried (again
+    after the restart: ArgoCD's list shows them), and arrive once it is not."""
     estate, daemon = start(world, store, daemons)
     keys = Keys(KEY_PREFIX)
     world.devlake.fail_always(503)
@@ -149,6 +150,10 @@ def test_a_full_redis_drains_the_outbox_and_keeps_refused_detections(
         syncs(estate, 5)
         wait_for(lambda: _refused_writes(daemon) > refused_before, 30,
                  lambda: "no detection was refused by the full Redis")
+        # A restart on the full Redis: the workers start (their groups exist) and drain.
+        assert daemon.terminate() == 0
+        daemon.start()
+        daemon.wait_ready(timeout=60)
         world.devlake.clear_faults()
         wait_for(lambda: store.xlen(keys.outbox_stream) == 0, 60,
                  lambda: f"the outbox did not drain over maxmemory "
