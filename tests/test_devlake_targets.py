@@ -193,6 +193,10 @@ REFUSALS: list[tuple[int, dict[str, Any], str, str]] = [
     (403, {"success": False, "message": "path doesn't match api key's scope"}, "scope",
      "the API key's scope does not cover /p; use a key whose allowed path covers"),
     (403, {"message": "forbidden by proxy"}, "refused", "HTTP 403: forbidden by proxy"),
+    # DevLake main (420e494b) with AUTH_ENABLED=true: a valid key's user is lost (seen on the
+    # real server; apache/devlake#8913)
+    (401, {"message": "unauthorized", "success": False}, "auth_enabled",
+     "DevLake runs with AUTH_ENABLED=true"),
 ]
 
 

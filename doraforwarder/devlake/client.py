@@ -98,7 +98,7 @@ def classify(answer: Answer) -> Verdict:
 
 
 RefusalCause = Literal["missing_key", "malformed_key", "invalid_key", "expired_key", "scope",
-                       "refused"]
+                       "auth_enabled", "refused"]
 
 GLOBAL_SCOPE = "/plugins/webhook/.*"
 """The allowed path of a DevLake API key that covers every webhook route."""
@@ -129,6 +129,10 @@ class Refusal:
                     "another DevLake): create an API key and set it there")
         if self.cause == "expired_key":
             return f"the API key in {token_env} has expired: create a new one and set it there"
+        if self.cause == "auth_enabled":
+            return ("DevLake runs with AUTH_ENABLED=true, which rejects every API key on /rest "
+                    "in builds without apache/devlake#8913 (seen at 420e494b): set "
+                    "AUTH_ENABLED=false on DevLake, or run a build with that fix")
         return f"HTTP {self.status}: {self.message or 'no message'}"
 
 
@@ -148,6 +152,9 @@ def refusal(answer: Answer) -> Refusal:
         cause = "expired_key"
     elif "scope" in text:
         cause = "scope"
+    elif status == 401 and text == "unauthorized":
+        # RequireAuth's answer after the key was accepted: AUTH_ENABLED=true drops its user
+        cause = "auth_enabled"
     return Refusal(cause, status, message)
 
 
