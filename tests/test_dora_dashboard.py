@@ -87,3 +87,38 @@ async def test_range_mode_sends_every_commit_of_the_image_range(world: FakeWorld
                 and row["commit_sha"] in {estate.p1, estate.m1}]
     # PR 1's commits go out with their author dates (as the reference did)
     assert {row["started_date"].hour for row in redeploy} == {11, 12}
+
+
+async def test_long_scenario_numbers_as_devlake_v103_showed_them(tmp_path: Path) -> None:
+    """Six days, three teams (tests/dora_long_scenario.py): the model gives, per project,
+    the numbers the real DevLake v1.0.3 dashboard showed for the same script."""
+    from tests import dora_long_scenario as long
+
+    with FakeWorld(tmp_path / "long", redis_appendonly=False,
+                   connections=long.CONNECTIONS) as world:
+        estate = long.LongEstate(world)
+        daemon = Daemon(world.config(long.overrides()))
+        task = asyncio.create_task(daemon.run())
+        try:
+            await eventually(lambda: daemon.context.status.apps_by_environment
+                             == {"PRODUCTION": len(estate.apps)}, timeout=30,
+                             what="every app classified")
+            for step in estate.script():
+                await eventually(lambda: len(world.devlake.deployment_ids(1)) >= step.after,
+                                 timeout=30, what=f"{step.after} deployments")
+                if step.incident:
+                    await eventually(lambda: any(
+                        (p.record_id or "").startswith("argocd:")
+                        for p in world.devlake.accepted("issue")), timeout=60,
+                        what="the Degraded worker's incident")
+                step.action()
+            await eventually(estate.delivered, timeout=60, what="every record in DevLake")
+        finally:
+            daemon.request_stop()
+            await asyncio.wait_for(task, 30)
+        for project, truth in long.TRUTH.items():
+            assert numbers(world, project) == truth, project
+        model = DoraModel(world.devlake, world.github).project("global")
+        assert sorted(model.lead_times_minutes.values()) == [180, 240, 1140, 1260, 1320, 1380,
+                                                             1500, 1620]
+        assert model.warnings == []
