@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from doraforwarder.config import load_config
+from doraforwarder.context import AppContext
+from doraforwarder.keys import Keys
 from doraforwarder.ops.doctor import Check, parse_version, render, run_checks
 from doraforwarder.ops.permissions import Permission
+from doraforwarder.storage import RedisWatch
 from doraforwarder.testing.http_fake import free_port
 from doraforwarder.testing.redis_server import RedisServer
 from doraforwarder.testing.world import FakeWorld
@@ -58,6 +62,7 @@ async def test_everything_passes(world: FakeWorld) -> None:
         "redis reachable": "pass",
         "redis writable": "pass",
         "redis persistence": "pass",
+        "redis data kept": "skip",
         "devlake version": "pass",
         "devlake global target (connection id 1)": "pass",
         "devlake team target (connection id 2)": "pass",
@@ -177,6 +182,30 @@ async def test_redis_without_persistence_is_a_warning(world: FakeWorld,
     checks = await checks_for(world, {"storage": {"redis": {"address": redis_server.address}}})
     assert checks["redis persistence"].outcome == "warn"
     assert "appendonly" in checks["redis persistence"].hint
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_a_full_redis_and_a_data_loss_are_named(world: FakeWorld) -> None:
+    with RedisServer() as server:
+        overrides = {"storage": {"redis": {"address": server.address}}}
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            watch = RedisWatch(AppContext(config=load_config(world.write_config(overrides)),
+                                          redis=client, keys=Keys("dora-metrics")))
+            await watch.check()
+            checks = await checks_for(world, overrides)
+            assert checks["redis data kept"].outcome == "pass"
+            await client.flushall()
+            await watch.check()  # finds the marker gone and writes a new one saying so
+            await client.config_set("maxmemory", "1")
+            checks = await checks_for(world, overrides)
+        finally:
+            await client.aclose()
+    writable = checks["redis writable"]
+    assert writable.outcome == "fail" and "Redis is full" in writable.detail
+    assert "maxmemory" in writable.hint and "read-only" not in writable.hint
+    kept = checks["redis data kept"]
+    assert kept.outcome == "warn" and "Redis lost its data at" in kept.detail
 
 
 GLOBAL_LABEL = "devlake global target (connection id 1)"

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import redis.asyncio as aioredis
 from pydantic import SecretStr
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, OutOfMemoryError
 
 from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
@@ -38,7 +38,7 @@ from doraforwarder.ops.checks import error_text as _error_text
 from doraforwarder.ops.probes import probe_kubernetes
 from doraforwarder.outbox import Target
 from doraforwarder.redis_errors import redis_failure
-from doraforwarder.storage import connect
+from doraforwarder.storage import connect, read_marker
 from doraforwarder.webhook_paths import normalize_prefix
 from doraforwarder.webrca.client import TokenRejected, TokenSource, TransientError, webrca_http
 
@@ -61,18 +61,46 @@ async def check_redis(config: LoadedConfig) -> list[Check]:
             return [Check("redis reachable", "fail", f"{shown}: {_error_text(exc)}",
                           "start Redis or fix storage.redis.address / REDIS_HOST / REDIS_PASSWORD")]
         checks = [Check("redis reachable", "pass", shown)]
-        probe = Keys(redis_config.keyspace).lock(f"doctor:{uuid.uuid4().hex}")
+        keys = Keys(redis_config.keyspace)
+        probe = keys.lock(f"doctor:{uuid.uuid4().hex}")
         try:
             await client.set(probe, "1", px=10_000)
             await client.delete(probe)
             checks.append(Check("redis writable", "pass", "SET and DEL succeeded"))
+        except OutOfMemoryError:
+            checks.append(Check(
+                "redis writable", "fail",
+                "Redis is full (used memory over maxmemory, noeviction): the outbox still "
+                "drains, but nothing new is detected or staged until memory frees",
+                "raise maxmemory (REDIS_MAXMEMORY with the container's memory limit) or find "
+                "what fills it ('doraforwarder outbox stats', dead letters)"))
         except Exception as exc:
             checks.append(Check("redis writable", "fail", _error_text(exc),
                                 "the daemon needs write access (read-only replica?)"))
         checks.append(await _redis_persistence(client))
+        checks.append(await _redis_data_kept(client, keys))
         return checks
     finally:
         await client.aclose()
+
+
+async def _redis_data_kept(client: aioredis.Redis, keys: Keys) -> Check:
+    """What the daemon's marker says: Redis kept its data, lost it, or no daemon ran yet."""
+    name = "redis data kept"
+    try:
+        marker = read_marker(await client.get(keys.redis_marker))
+    except Exception as exc:
+        return Check(name, "warn", f"cannot read the marker ({_error_text(exc)})")
+    if marker is None:
+        return Check(name, "skip", "no daemon has written its marker here yet (a first start, "
+                                   "or the data was lost while none ran)")
+    if marker.get("lost_at"):
+        return Check(name, "warn",
+                     f"Redis lost its data at {marker['lost_at']} (found by "
+                     f"{marker.get('detected_by')}): what was staged and not yet delivered "
+                     "then is gone",
+                     "run Redis with appendonly and a replica (docs/redis.md)")
+    return Check(name, "pass", f"kept since {marker.get('since')}")
 
 
 async def _redis_persistence(client: aioredis.Redis) -> Check:
