@@ -30,9 +30,11 @@ REASON = settings.skip_reason()
 if REASON:
     pytest.skip(REASON, allow_module_level=True)
 
+from doraforwarder.devlake.routing import Target, endpoint  # noqa: E402
 from doraforwarder.keys import Keys  # noqa: E402
 from doraforwarder.testing.dora import DoraModel  # noqa: E402
 from doraforwarder.testing.world import FakeWorld, deep_merge  # noqa: E402
+from doraforwarder.webhook_paths import escape_segment, normalize_prefix, unroutable_reason  # noqa: E402
 from tests.conformance.dashboard import Dashboard  # noqa: E402
 from tests.conformance.devlake_admin import Admin  # noqa: E402
 from tests.conformance.scenario import START, TRUTH, Names, Scenario, overrides  # noqa: E402
@@ -120,6 +122,37 @@ def test_scopes_of_the_keys_devlake_hands_out(conformance: settings.Conformance,
                               headers={"Authorization": f"Bearer {wide}"}).status_code
     assert got == [case[2] for case in cases], list(zip([c[1] for c in cases], got, strict=True))
     assert projects == 403, "a /plugins/webhook/.* key must not read projects"
+
+
+# Characters a connection name may hold that a URL path must escape, or may not escape.
+AWKWARD = [" space", "+plus", "%25pct", "?query", "#hash", ";semi", ":colon", "@at", "&amp=eq",
+           "é ü", "'quote", "(paren)", "*star", "!bang", "[br]", "~tilde", "$dollar", ",comma",
+           "/slash"]
+
+
+def test_connection_names_route_as_the_daemon_escapes_them(conformance: settings.Conformance,
+                                                           admin: Admin) -> None:
+    """Every name our configuration accepts reaches its connection by name (DevLake answers
+    the empty body with 400); every name it refuses as unroutable is indeed not found."""
+    tag = secrets.token_hex(3)
+    prefix = normalize_prefix(conformance.prefix)
+    wrong = []
+    with httpx.Client(timeout=30) as client:
+        for suffix in AWKWARD:
+            name = f"dfc-{tag}{suffix}"
+            admin.webhook_connection(name)
+            reason = unroutable_reason(name, prefix)
+            target = Target(kind="connection_name", value=name)
+            if reason is None:
+                url = endpoint(conformance.url, conformance.prefix, target, "deployment")
+            else:  # the best the daemon could do: escape it anyway
+                url = (f"{conformance.url}{conformance.prefix}/plugins/webhook/connections/"
+                       f"by-name/{escape_segment(name)}/deployments")
+            status = client.post(url, json={}, headers={
+                "Authorization": f"Bearer {conformance.key}"}).status_code
+            if (status == 400) != (reason is None):
+                wrong.append((name, "accepted" if reason is None else "refused", status))
+    assert not wrong, wrong
 
 
 def test_dashboard_numbers_from_the_real_devlake(conformance: settings.Conformance, admin: Admin,
