@@ -30,12 +30,13 @@ import redis.asyncio as aioredis
 
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.testing.world import FakeWorld
-from tests.devlake_support import deployment_entry, stage
+from tests.devlake_support import deployment_entry, issue_entries, stage
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.harness import KEY_PREFIX, DaemonProcess, base_overrides, wait_for
 
 KEYS = Keys(KEY_PREFIX)
 RECORDS = 300
+ISSUES = 30
 CLAIM_IDLE_S = 2.0
 DEVLAKE_DELAY_S = 0.1
 WORKERS = 4
@@ -45,7 +46,8 @@ def overrides(claim_idle_s: float = CLAIM_IDLE_S) -> dict[str, object]:
     return base_overrides(delivery={"claim_idle": f"{int(claim_idle_s)}s", "workers": WORKERS})
 
 
-def stage_backlog(world: FakeWorld, count: int) -> set[str]:
+def stage_backlog(world: FakeWorld, count: int, issues: int = 0) -> set[str]:
+    """``count`` deployments, then (ordered) each of ``issues`` incidents opened and resolved."""
     assert world.redis is not None
     records = [f"svc:{n}" for n in range(count)]
 
@@ -54,6 +56,8 @@ def stage_backlog(world: FakeWorld, count: int) -> set[str]:
                                                          decode_responses=True)
         try:
             await stage(client, KEYS, [deployment_entry(record) for record in records])
+            for n in range(issues):
+                await stage(client, KEYS, issue_entries(f"INC-{n}", "TODO", "DONE"))
         finally:
             await client.aclose()
 
@@ -143,13 +147,19 @@ def test_two_running_replicas_never_post_an_entry_twice(
     world.devlake.slow(DEVLAKE_DELAY_S)
     # A claim_idle no scheduling hiccup of a loaded test machine reaches: both really run.
     pair = start_pair(daemons, claim_idle_s=10)
-    records = stage_backlog(world, RECORDS)
+    records = stage_backlog(world, RECORDS, issues=ISSUES)
     wait_all_posted(world, store, records)
     for daemon in pair:
         assert daemon.terminate() == 0
     twice = {record: count for record, count in posted(world).items() if count > 1}
     assert not twice, f"POSTed more than once while both replicas ran: {twice}"
     assert set(posted(world)) == records
+    # incidents: each state once, the opening before the resolution, under the per-issue lock
+    sent: dict[str, list[str]] = {}
+    for post in world.devlake.posts("issue"):
+        sent.setdefault(str(post.record_id), []).append(str(post.body["status"]))
+    wrong = {key: states for key, states in sent.items() if states != ["TODO", "DONE"]}
+    assert not wrong and len(sent) == ISSUES, f"incident states sent: {wrong or sent}"
 
 
 def test_a_stalled_replica_posts_again_only_what_it_had_in_flight(
