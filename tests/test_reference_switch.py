@@ -210,6 +210,8 @@ def test_backfill_leaves_out_what_the_reference_sent_and_reads_its_keys(
     lines = [line for line in result.stdout.splitlines() if gitops[1] in line]
     assert len(lines) == 2 and all("by reference" in line for line in lines), result.stdout
     assert "2 already sent by the reference" in result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("{")], (
+        "the logs go to stderr: stdout is the report")
 
     # None of the reference's keys was changed or deleted.
     assert {key: client.get(key) for key in preloaded} == preloaded

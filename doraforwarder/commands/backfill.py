@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> None:
         description="Deployments get the ids the live path uses, so running backfill twice "
         "or next to the daemon creates no duplicates in DevLake.",
     )
+    parser.set_defaults(logs_to_stderr=True)  # stdout is the report
     parser.add_argument("--since", required=True, type=_date, metavar="DATE",
                         help="only syncs deployed at or after DATE (e.g. 2025-01-01)")
     parser.add_argument("--namespace", help="only Applications in this namespace")

@@ -84,7 +84,8 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
     """Load the configuration and set up logging with its secrets redacted.
 
     With ``--dry-run`` stdout carries the payloads, one JSON line each, so
-    the logs go to stderr and the two never mix.
+    the logs go to stderr and the two never mix; so do they for a command whose
+    stdout is its report (``logs_to_stderr``: backfill's table).
     """
     config = load_config(args.config)
     server = config.settings.server
@@ -92,7 +93,8 @@ def load_and_configure(args: argparse.Namespace) -> LoadedConfig:
         level=getattr(args, "log_level", None) or server.log_level,
         log_format=getattr(args, "log_format", None) or server.log_format,
         secrets=config.secrets.values(),
-        stream=sys.stderr if getattr(args, "dry_run", False) else sys.stdout,
+        stream=sys.stderr if getattr(args, "dry_run", False)
+        or getattr(args, "logs_to_stderr", False) else sys.stdout,
     )
     for note in config.deprecations:
         get_logger("config").warning(f"deprecated configuration key: {note}",
