@@ -186,6 +186,9 @@ def stored_size(fields: dict[str, str]) -> int:
     return sum(len(name) + len(value) for name, value in fields.items())
 
 
+LOST_TOLD_EVERY_S = 10.0
+"""At most one warning per this many seconds about entries taken over (the rest: debug)."""
+
 _TIMER_SLACK = 0.0005
 """Seconds a timer may fire early (the loop's clock resolution) and still count as due."""
 
@@ -484,6 +487,7 @@ class DeliveryPool:
         never asks; one that stalled asks, and a send starts at least a third of the
         claim-idle time before anyone may take the entry over."""
         self.lost = 0
+        self._lost_told_at = -LOST_TOLD_EVERY_S
         """Entries found taken over by another consumer (this one had stalled)."""
         """How soon a blocked or locked ordered entry is looked at again."""
         self.schedule = Schedule()
@@ -843,8 +847,15 @@ class DeliveryPool:
     def _let_go(self, held: Held) -> None:
         """Forget an entry another consumer took over: it is that one's to deliver."""
         self.lost += 1
-        log.info("outbox entry taken over by another consumer while this one stalled; "
-                 "leaving it to that one", entry=held.item.id, consumer=self.consumer)
+        now = time.monotonic()
+        if now - self._lost_told_at >= LOST_TOLD_EVERY_S:  # a stall loses many at once
+            self._lost_told_at = now
+            log.warning("outbox entries taken over by another consumer: this process stalled "
+                        "longer than delivery.claim_idle (CPU starved, paused); leaving them "
+                        "to that one", entry=held.item.id, consumer=self.consumer,
+                        taken_over_so_far=self.lost)
+        else:
+            log.debug("outbox entry taken over by another consumer", entry=held.item.id)
         self.schedule.release(held.item.id)
         self._room.set()
         entry = held.item.entry
