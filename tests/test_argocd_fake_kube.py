@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
 from doraforwarder.testing.argocd_objects import LiveApp
-from doraforwarder.testing.fake_kube import FakeKube
+from doraforwarder.testing.fake_kube import FakeKube, scoped_namespaces
 
 G, V, P = "argoproj.io", "v1alpha1", "applications"
 
@@ -104,3 +104,22 @@ async def test_doctor_probe(kube: FakeKube, tmp_path: Path) -> None:
     kube.fail_next(1, 403, kind="list")
     checks = await probe_kubernetes(load_config(config_path))
     assert checks[1].outcome == "fail" and "applications.argoproj.io" in checks[1].hint
+
+
+GRANTED = {"argocd", "team-b"}
+
+
+@pytest.mark.parametrize(("scopes", "kept"), [
+    (["user:full"], GRANTED),
+    (["user:info"], set()),
+    (["user:check-access", "user:list-projects"], set()),
+    (["role:view:team-b"], {"team-b"}),
+    (["role:admin:team-b:!"], {"team-b"}),
+    (["role:view:elsewhere"], set()),  # a scope never grants what the user lacks
+    (["role:view:*"], GRANTED),
+    (["user:info", "role:view:argocd"], {"argocd"}),
+    ([], set()),
+])
+def test_token_scopes_narrow_what_the_user_may_read(scopes: list[str], kept: set[str]) -> None:
+    """The fake's model of OpenShift's scope authorizer (an access review's ``extra``)."""
+    assert scoped_namespaces(scopes, GRANTED) == kept
