@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from doraforwarder import outbox
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import OUTBOX_GROUP
 from doraforwarder.outbox import OutboxEntry
@@ -104,3 +105,19 @@ async def test_a_pool_started_on_a_full_redis_drains_the_outbox(
     assert summary["pending"] == 0
     with pytest.raises(aioredis.ResponseError, match="maxmemory"):
         await redis.set("one-more", "x")  # still full: the drain ran over the limit
+
+
+async def test_an_operator_drops_and_requeues_on_a_full_redis(redis: aioredis.Redis) -> None:
+    """``doraforwarder outbox drop`` and ``requeue`` are how one makes room by hand."""
+    context = make_context(redis)
+    keys = context.keys
+    await stage(redis, keys, [deployment_entry("a"), *issue_entries("INC-1", "TODO")])
+    await ensure_group(redis, keys.outbox_stream, OUTBOX_GROUP)
+    items = await outbox.read_stream(redis, keys.outbox_stream)
+    dead_id = await outbox.dead_letter(redis, keys, items[0], reason="test")
+    await fill(redis)
+    assert await outbox.drop(redis, keys, items[1].id) == "outbox"  # the ordered one
+    assert await redis.zcard(keys.delivery_queue("issue:connection_id:1:INC-1")) == 0
+    new_id = await outbox.requeue(redis, keys, str(dead_id))
+    assert [item.id for item in await outbox.read_stream(redis, keys.outbox_stream)] == [new_id]
+    assert await redis.xlen(keys.dead_stream) == 0

@@ -17,6 +17,7 @@ local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then
   return false
 end
+redis.call('XDEL', KEYS[1], ARGV[1])
 local id
 if ARGV[3] ~= '' then
   id = redis.call('XADD', KEYS[2], '*', 'entry', ARGV[2], 'seq', ARGV[3])
@@ -24,10 +25,23 @@ if ARGV[3] ~= '' then
 else
   id = redis.call('XADD', KEYS[2], '*', 'entry', ARGV[2])
 end
-redis.call('XDEL', KEYS[1], ARGV[1])
 return id
 """)
-"""KEYS: dead stream, outbox stream, order queue. ARGV: dead id, entry JSON, seq or ''."""
+"""KEYS: dead stream, outbox stream, order queue. ARGV: dead id, entry JSON, seq or ''.
+``XDEL`` is the first write, so Redis runs it over ``maxmemory`` too (it judges a script by
+its first write); the entry moves, it takes about the room it frees."""
+
+_DROP = LuaScript("""
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local removed = redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return removed
+""")
+"""KEYS: outbox stream, order queue (the stream when none). ARGV: group, entry id, '1' when
+ordered. One script rather than ``MULTI`` (which Redis refuses over ``maxmemory``): an
+operator dropping entries from a full Redis must be able to."""
 
 
 @dataclass
@@ -133,12 +147,10 @@ async def drop(redis: aioredis.Redis, keys: Keys, entry_id: str) -> Literal["out
     if found:
         await ensure_group(redis, keys.outbox_stream, OUTBOX_GROUP)
         item = StreamItem.parse(entry_id, found[0][1])
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.outbox_stream, OUTBOX_GROUP, entry_id)
-            pipe.xdel(keys.outbox_stream, entry_id)
-            if item.entry is not None and item.entry.order_key is not None:
-                pipe.zrem(keys.delivery_queue(item.entry.order_key), entry_id)
-            await pipe.execute()
+        order_key = item.entry.order_key if item.entry is not None else None
+        await _DROP.run(redis, [keys.outbox_stream, keys.delivery_queue(order_key)
+                                if order_key is not None else keys.outbox_stream],
+                        [OUTBOX_GROUP, entry_id, "1" if order_key is not None else "0"])
         return "outbox"
     if await redis.xdel(keys.dead_stream, entry_id):
         return "dead"
