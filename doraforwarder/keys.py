@@ -90,6 +90,10 @@ class Keys:
     def github_etag(self, url: str) -> str:
         return self._key("gh", "etag", _short_hash(url))
 
+    def image_labels(self, image: str, digest: str) -> str:
+        """The labels of an image by its digest (immutable: a registry is asked once)."""
+        return self._key("oci", "labels", _short_hash(image), digest.lower())
+
     def resolved_commits(self, deployment_id: str) -> str:
         return self._key("gh", "resolved", _short_hash(deployment_id))
 

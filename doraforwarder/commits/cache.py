@@ -5,6 +5,9 @@
   be pushed later, or be private until a token is configured). This is what
   keeps the search API, about 30 requests a minute, out of the hot path.
 - Commit details (message, dates, URL) by repository and SHA: immutable.
+- Image labels by registry image and digest: immutable, so a registry is
+  asked once per image (a tag is turned into its digest with a ``HEAD`` each
+  time: tags move).
 - The final commit list of a deployment by its id, so a redelivery (a crash
   after resolving, before the outbox write) gets the same answer for free.
 
@@ -97,6 +100,30 @@ class CommitCache:
         for sha in {info.sha, *(s.lower() for s in also)}:
             await self._set(self._keys.github_commit(repo_url, sha), text, self.positive_ttl,
                             "commit")
+
+    # --- image labels, by digest ------------------------------------------------------
+    async def image_labels(self, image: str, digest: str) -> dict[str, str] | None:
+        """The labels of ``image@digest`` as the registry last gave them, if kept."""
+        text = await self._get(self._keys.image_labels(image, digest), "labels")
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        return {str(k): str(v) for k, v in data.items()}
+
+    async def store_image_labels(self, image: str, digest: str, labels: dict[str, str]) -> None:
+        """Kept as long as commit details: what a digest names never changes.
+
+        Only short values are kept (a label is a name or a URL; a multi-KiB
+        one is a build's note, never a commit).
+        """
+        kept = {k: v for k, v in labels.items() if len(k) <= 256 and len(v) <= 1024}
+        await self._set(self._keys.image_labels(image, digest), json.dumps(kept),
+                        self.positive_ttl, "labels")
 
     # --- resolved deployments ----------------------------------------------------------
     async def resolved(self, deployment_id: str) -> list[ResolvedCommit] | None:

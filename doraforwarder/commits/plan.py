@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +68,29 @@ class ImageChange:
     kind: ChangeKind
     head: str
     base: str | None = None
+    source: str | None = None
+    """The repository the image's labels name (``org.opencontainers.image.source``)."""
+
+
+@dataclass(frozen=True)
+class KnownCommit:
+    """The commit of an image reference found elsewhere than in its tag (its labels)."""
+
+    sha: str
+    source: str | None = None
+
+
+def commit_of(reference: str, matcher: TagMatcher,
+              known: Mapping[str, KnownCommit] | None = None) -> tuple[str, KnownCommit] | None:
+    """(image name, commit) of a reference: its tag's SHA first, else what ``known`` says."""
+    image = parse_image(reference)
+    if image is None:
+        return None
+    sha = matcher.sha_of_tag(image.tag)
+    if sha is not None:
+        return image.name, KnownCommit(sha)
+    found = (known or {}).get(reference)
+    return None if found is None else (image.name, found)
 
 
 def same_commit(a: str, b: str) -> bool:
@@ -77,58 +100,63 @@ def same_commit(a: str, b: str) -> bool:
 
 
 def plan_image_changes(
-    images: Iterable[str], previous_images: Iterable[str], matcher: TagMatcher
+    images: Iterable[str], previous_images: Iterable[str], matcher: TagMatcher,
+    known: Mapping[str, KnownCommit] | None = None,
 ) -> list[ImageChange]:
     """The image changes of a deployment, in the order of ``images``.
 
-    Images without a SHA tag contribute nothing; an image whose SHA is the one
-    deployed before contributes nothing; an image deployed before under several
-    SHAs (sidecars of one image at different tags) has no single base, so only
-    its new commit counts. Repeated images are planned once.
+    Images without a commit (no SHA in the tag, nothing ``known`` from their
+    labels) contribute nothing; an image whose SHA is the one deployed before
+    contributes nothing; an image deployed before under several SHAs (sidecars
+    of one image at different tags) has no single base, so only its new commit
+    counts. Repeated images are planned once.
     """
     previous: dict[str, list[str]] = {}
     for reference in previous_images:
-        image = parse_image(reference)
-        sha = matcher.sha_of_tag(image.tag) if image else None
-        if image is None or sha is None:
+        found = commit_of(reference, matcher, known)
+        if found is None:
             continue
-        shas = previous.setdefault(image.name, [])
-        if not any(same_commit(sha, known) for known in shas):
-            shas.append(sha)
+        name, commit = found
+        shas = previous.setdefault(name, [])
+        if not any(same_commit(commit.sha, old) for old in shas):
+            shas.append(commit.sha)
     changes: list[ImageChange] = []
-    for name, sha in _sha_tagged(images, matcher):
+    for name, commit in _with_commits(images, matcher, known):
         before = previous.get(name, [])
-        if any(same_commit(sha, old) for old in before):
+        if any(same_commit(commit.sha, old) for old in before):
             continue
         if len(before) == 1:
-            changes.append(ImageChange(name, "changed", head=sha, base=before[0]))
+            changes.append(ImageChange(name, "changed", head=commit.sha, base=before[0],
+                                       source=commit.source))
         else:
-            changes.append(ImageChange(name, "first", head=sha))
+            changes.append(ImageChange(name, "first", head=commit.sha, source=commit.source))
     return changes
 
 
-def _sha_tagged(images: Iterable[str], matcher: TagMatcher) -> list[tuple[str, str]]:
-    """(image name, SHA) of every image whose tag carries a SHA, in order, each pair once."""
-    found: list[tuple[str, str]] = []
+def _with_commits(images: Iterable[str], matcher: TagMatcher,
+                  known: Mapping[str, KnownCommit] | None) -> list[tuple[str, KnownCommit]]:
+    """(image name, commit) of every image with a commit, in order, each (name, SHA) once."""
+    found: list[tuple[str, KnownCommit]] = []
     seen: set[tuple[str, str]] = set()
     for reference in images:
-        image = parse_image(reference)
-        sha = matcher.sha_of_tag(image.tag) if image else None
-        if image is None or sha is None or (image.name, sha) in seen:
+        pair = commit_of(reference, matcher, known)
+        if pair is None or (pair[0], pair[1].sha) in seen:
             continue
-        seen.add((image.name, sha))
-        found.append((image.name, sha))
+        seen.add((pair[0], pair[1].sha))
+        found.append(pair)
     return found
 
 
-def plan_head_images(images: Iterable[str], matcher: TagMatcher) -> list[ImageChange]:
-    """``head`` rows: every image whose tag carries a SHA, changed or not, once per SHA.
+def plan_head_images(images: Iterable[str], matcher: TagMatcher,
+                     known: Mapping[str, KnownCommit] | None = None) -> list[ImageChange]:
+    """``head`` rows: every image with a commit (tag or labels), changed or not, once per SHA.
 
     Unchanged images are included so every repository's chain in DevLake
     stays anchored at what is deployed; no range is looked up (DevLake diffs
     from git itself).
     """
-    return [ImageChange(name, "first", head=sha) for name, sha in _sha_tagged(images, matcher)]
+    return [ImageChange(name, "first", head=commit.sha, source=commit.source)
+            for name, commit in _with_commits(images, matcher, known)]
 
 
 @dataclass(frozen=True)

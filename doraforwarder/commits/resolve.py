@@ -48,10 +48,12 @@ from doraforwarder.commits.github import (
     GitHubError,
     NotFound,
 )
-from doraforwarder.commits.images import TagMatcher
+from doraforwarder.commits.images import TagMatcher, parse_image
+from doraforwarder.commits.oci import CredentialError, commit_from_labels, registry_image
 from doraforwarder.commits.plan import (
     Candidate,
     ImageChange,
+    KnownCommit,
     choose_repository,
     is_git_sha,
     plan_head_images,
@@ -59,6 +61,7 @@ from doraforwarder.commits.plan import (
     row_repo_url,
     same_commit,
 )
+from doraforwarder.commits.registry import RegistryClient, RegistryError
 from doraforwarder.commits.repos import (
     Blacklist,
     ImageRepositories,
@@ -95,6 +98,8 @@ class CommitResolver:
             positive_ttl=github.search_cache_ttl, negative_ttl=github.negative_cache_ttl,
         )
         self.log = get_logger("github")
+        self.registry = _registry_client(context)
+        self.label_rules = [(rule.revision, rule.source) for rule in settings.registry.labels]
         for repo in self.rules.invalid:
             self.log.error("github.image_repositories: not a repository URL, rule ignored",
                            repo=repo)
@@ -109,6 +114,8 @@ class CommitResolver:
 
     async def aclose(self) -> None:
         await self.github.aclose()
+        if self.registry is not None:
+            await self.registry.aclose()
 
     async def resolve(
         self, deployment: DetectedDeployment, stop: asyncio.Event
@@ -131,6 +138,19 @@ class CommitResolver:
         self.log.info("deployment commits resolved", deployment=deployment.id,
                       commits=len(commits), images_changed=run.changes)
         return commits
+
+
+def _registry_client(context: AppContext) -> RegistryClient | None:
+    """The registry client when ``registry.enabled``; a bad credentials file means anonymous."""
+    config = context.settings.registry
+    if not config.enabled:
+        return None
+    try:
+        return RegistryClient.from_config(config)
+    except CredentialError as exc:
+        get_logger("registry").error("registry credentials unusable: registries are read "
+                                     "anonymously", error=str(exc))
+        return RegistryClient(config, [])
 
 
 def _result_key(deployment: DetectedDeployment, mode: str) -> str:
@@ -160,11 +180,13 @@ class _Resolution:
         units: list[Awaitable[list[ResolvedCommit]]] = [
             self._gitops_commit(source) for source in self.deployment.sources
         ]
+        known = await self._labeled_images()
         if self.r.rows == "head":
-            changes = plan_head_images(self.deployment.images, self.r.matcher)
+            changes = plan_head_images(self.deployment.images, self.r.matcher, known)
         else:
             changes = plan_image_changes(self.deployment.images,
-                                         self.deployment.previous_images, self.r.matcher)
+                                         self.deployment.previous_images, self.r.matcher,
+                                         known)
         self.changes = len(changes)
         units += [self._image_commits(change) for change in changes]
         tasks = [asyncio.ensure_future(self._limited(unit)) for unit in units]
@@ -233,6 +255,61 @@ class _Resolution:
                                author_date=self.deployment.started_at,
                                url=f"{repo}/commit/{revision}")]
 
+    # --- image labels ------------------------------------------------------------------------
+    async def _labeled_images(self) -> dict[str, KnownCommit]:
+        """Commits from the labels of the images whose tag carries none (``registry``)."""
+        if self.r.registry is None:
+            return {}
+        current = list(dict.fromkeys(self.deployment.images))
+        previous = (list(dict.fromkeys(self.deployment.previous_images))
+                    if self.r.rows == "range" else [])
+        references = [ref for ref in dict.fromkeys([*current, *previous])
+                      if self.r.matcher.sha_of(ref) is None]
+        if not references:
+            return {}
+        results = await asyncio.gather(*(
+            self._limited_label(ref, ref in current) for ref in references))
+        return {ref: found for ref, found in zip(references, results, strict=True)
+                if found is not None}
+
+    async def _limited_label(self, reference: str, deployed: bool) -> KnownCommit | None:
+        async with self._slots:
+            return await self._once(("labels", reference),
+                                    lambda: self._label_commit(reference, deployed))
+
+    async def _label_commit(self, reference: str, deployed: bool) -> KnownCommit | None:
+        registry = self.r.registry
+        assert registry is not None
+        image = parse_image(reference)
+        where = registry_image(image.name) if image is not None else None
+        if image is None or where is None:
+            return None
+        name = f"{where.registry}/{where.repository}"
+        try:
+            digest = image.digest or await registry.digest_of(where, image.tag or "latest",
+                                                              self.call)
+            labels = await self.r.cache.image_labels(name, digest)
+            if labels is None:
+                labels = (await registry.labels_at(where, digest, self.call)).labels
+                await self.r.cache.store_image_labels(name, digest, labels)
+        except RegistryError as exc:
+            if deployed:
+                self._unresolved("registry", "its labels could not be read", image=reference,
+                                 error=str(exc))
+            else:
+                self.log.info("labels of the previous image unreadable: no range for it",
+                              image=reference, error=str(exc))
+            return None
+        found = commit_from_labels(labels, self.r.label_rules)
+        if found is None:
+            if deployed:
+                self._unresolved("no_label", "its tag carries no SHA and its labels no commit",
+                                 image=reference, digest=digest)
+            return None
+        self.log.info("image commit from its labels", image=reference, digest=digest,
+                      sha=found.sha, source=found.source, label=found.labels[0])
+        return KnownCommit(found.sha, found.source)
+
     # --- images -------------------------------------------------------------------------------
     async def _image_commits(self, change: ImageChange) -> list[ResolvedCommit]:
         context = {"image": change.image, "sha": change.head}
@@ -268,11 +345,18 @@ class _Resolution:
         return []
 
     def _known_head(self, change: ImageChange) -> bool:
-        """``head`` rows need only the repository: known from a rule, details can wait."""
-        return self.r.rows == "head" and self.r.rules.repository_of(change.image) is not None
+        """``head`` rows need only the repository: known from a rule or label, details can wait."""
+        return self.r.rows == "head" and self._named_repository(change) is not None
+
+    def _named_repository(self, change: ImageChange) -> str | None:
+        """The repository a rule or the image's source label names (rules win)."""
+        ruled = self.r.rules.repository_of(change.image)
+        if ruled is not None or change.source is None:
+            return ruled
+        return normalize_repo_url(change.source, self.r.web_base)
 
     def _undetailed(self, change: ImageChange) -> list[ResolvedCommit]:
-        repo = self.r.rules.repository_of(change.image)
+        repo = self._named_repository(change)
         assert repo is not None
         self.log.warning("image commit details unavailable: sent without a message",
                          repo=repo, sha=change.head)
@@ -308,9 +392,12 @@ class _Resolution:
         return [self._resolved(repo, info) for info in result.commits]
 
     async def _repository_of(self, change: ImageChange) -> str | None:
-        ruled = self.r.rules.repository_of(change.image)
-        if ruled is not None:
-            return ruled
+        named = self._named_repository(change)
+        if named is not None:
+            return named
+        if change.source is not None:
+            self.log.warning("image source label is not a repository URL: commit search used",
+                             image=change.image, source=change.source)
         candidates = await self._once(("search", change.head), lambda: self._search(change.head))
         choice = choose_repository(candidates, self.gitops_repos, change.image)
         if choice.repo_url is None:
