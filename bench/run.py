@@ -2,6 +2,9 @@
 
 What is measured, and the targets (ARCHITECTURE.md, issue 8):
 
+0. ``process``: whole-process CPU of the real daemon per refresh-only event
+   read from the fake API server's watch, next to bare ``json.loads`` of the
+   same bytes in the same run (``bench/process.py``);
 1. refresh-only watch events per second through the watcher's own code path
    (line splitting, ``json.loads``, event dispatch, the intake's fingerprint
    check), one core, against bare ``json.loads`` of the same lines: >= 0.5x;
@@ -55,6 +58,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from apps import live_app, watch_line  # noqa: E402
 from held import bench_held  # noqa: E402
+from process import bench_refresh_process  # noqa: E402
 from scale import bench_catchup, bench_refresh_scale  # noqa: E402
 
 from doraforwarder.argocd.intake import Intake  # noqa: E402
@@ -491,7 +495,7 @@ def _drain_once(records: int, *, appendonly: bool, workers: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None,
-                        help="refresh calls latency rss delivery scale catchup held "
+                        help="refresh process calls latency rss delivery scale catchup held "
                              "(default: all)")
     parser.add_argument("--output", default=None,
                         help="results file (default bench/results.json; none with --quick)")
@@ -506,15 +510,16 @@ def main() -> None:
             Path(args.output).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         return
     output = args.output or str(HERE / "results.json")
-    wanted = set(args.only or ["refresh", "calls", "latency", "rss", "delivery", "scale",
-                               "catchup", "held"])
+    wanted = set(args.only or ["refresh", "process", "calls", "latency", "rss", "delivery",
+                               "scale", "catchup", "held"])
     results: dict[str, Any] = {}
     if args.only and Path(output).exists():  # a partial run keeps the other figures
         results = json.loads(Path(output).read_text())
     results["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()}
     benches: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("refresh", bench_refresh), ("calls", bench_calls), ("latency", bench_latency),
+        ("refresh", bench_refresh), ("process", bench_refresh_process),
+        ("calls", bench_calls), ("latency", bench_latency),
         ("rss", bench_rss), ("delivery", bench_delivery),
         ("scale", bench_refresh_scale), ("catchup", bench_catchup), ("held", bench_held),
     ]
@@ -529,11 +534,13 @@ def main() -> None:
 
 
 def run_quick() -> dict[str, Any]:
-    """Every in-process case, small: seconds, for a test that keeps the bench working."""
+    """Every in-process case and the process refresh case, small: seconds, for a test
+    that keeps the bench working."""
     return {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "quick": True},
         "refresh": bench_refresh(apps=50, events=500, rounds=1),
+        "process": bench_refresh_process(apps=20, events=500, rounds=1),
         "scale": bench_refresh_scale(counts=(100, 300), sizes=("3KB", "30KB"), events=300,
                                      rounds=1),
     }
@@ -555,6 +562,15 @@ def print_table(results: dict[str, Any]) -> None:
         row("bare json.loads lines/s (same splitter)", r["bare_json_loads_per_s"], "", None)
         row("ratio watcher / bare", r["refresh_ratio"], ">= 1.0",
             r["refresh_ratio"] >= TARGETS["refresh_ratio"])
+    if "process" in results:
+        r = results["process"]
+        row(f"daemon process CPU us / refresh event ({r['event_bytes']} B, median round)",
+            sorted(r["daemon_cpu_us_per_event"])[len(r["daemon_cpu_us_per_event"]) // 2],
+            "", None)
+        row("bare json.loads CPU us / event (same bytes, same run)",
+            sorted(r["bare_json_loads_cpu_us_per_event"])[
+                len(r["bare_json_loads_cpu_us_per_event"]) // 2], "", None)
+        row("ratio bare / daemon process", r["process_ratio"], "", None)
     if "calls" in results:
         r = results["calls"]
         row("Redis commands / 1,000 refresh events", r["redis_commands_per_1000_refresh"],

@@ -123,3 +123,81 @@ GRANTED = {"argocd", "team-b"}
 def test_token_scopes_narrow_what_the_user_may_read(scopes: list[str], kept: set[str]) -> None:
     """The fake's model of OpenShift's scope authorizer (an access review's ``extra``)."""
     assert scoped_namespaces(scopes, GRANTED) == kept
+
+
+# --- What a real API server does (apiextensions-apiserver v0.36.3 on etcd, docs/kubernetes.md)
+
+
+def _names(page: dict[str, Any]) -> list[str]:
+    return [o["metadata"]["name"] for o in page["items"]]
+
+
+def test_continue_tokens_are_the_real_shape_reusable_and_count_what_remains(
+        kube: FakeKube, api: CustomObjectsApi) -> None:
+    import base64
+    for i in range(5):
+        kube.apply(LiveApp(f"svc{i}").snapshot())
+    first = api.list_namespaced_custom_object(G, V, "argocd", P, limit=2)
+    token = first["metadata"]["continue"]
+    decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    assert decoded == {"v": "meta.k8s.io/v1", "rv": int(first["metadata"]["resourceVersion"]),
+                       "start": "svc1\x00"}
+    assert first["metadata"]["remainingItemCount"] == 3
+    again = [api.list_namespaced_custom_object(G, V, "argocd", P, limit=2, _continue=token)
+             for _ in range(2)]  # a real server answers a token as often as it is asked
+    assert _names(again[0]) == _names(again[1]) == ["svc2", "svc3"]
+    last = api.list_namespaced_custom_object(G, V, "argocd", P, limit=2,
+                                             _continue=again[0]["metadata"]["continue"])
+    assert _names(last) == ["svc4"] and "continue" not in last["metadata"]
+    assert "remainingItemCount" not in last["metadata"]
+
+
+def test_a_compacted_continue_token_is_410_with_the_real_message(
+        kube: FakeKube, api: CustomObjectsApi) -> None:
+    for i in range(3):
+        kube.apply(LiveApp(f"svc{i}").snapshot())
+    token = api.list_namespaced_custom_object(G, V, "argocd", P, limit=1)["metadata"]["continue"]
+    kube.compact()
+    with pytest.raises(ApiException) as caught:
+        api.list_namespaced_custom_object(G, V, "argocd", P, limit=1, _continue=token)
+    body = json.loads(caught.value.body)
+    assert (caught.value.status, body["reason"]) == (410, "Expired")
+    assert body["message"].startswith("The provided continue parameter is too old to display")
+    assert body["metadata"]["continue"], "the real 410 carries an inconsistent continue token"
+
+
+def test_a_continue_token_that_does_not_decode_is_400_not_410(
+        kube: FakeKube, api: CustomObjectsApi) -> None:
+    with pytest.raises(ApiException) as caught:
+        api.list_namespaced_custom_object(G, V, "argocd", P, limit=1, _continue="garbage")
+    body = json.loads(caught.value.body)
+    assert (caught.value.status, body["reason"]) == (400, "BadRequest")
+    assert body["message"].startswith("invalid continue token")
+
+
+def test_a_cluster_list_sorts_by_key_bytes_as_etcd(kube: FakeKube,
+                                                   api: CustomObjectsApi) -> None:
+    # As tuples ("a", ...) sorts before ("a-b", ...); as etcd keys "a-b/..." < "a/...".
+    kube.apply(LiveApp("z", "a").snapshot())
+    kube.apply(LiveApp("c", "a-b").snapshot())
+    page = api.list_cluster_custom_object(G, V, P, limit=1)
+    assert _names(page) == ["c"]
+    token = page["metadata"]["continue"]
+    import base64
+    assert json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["start"] == (
+        "a-b/c\x00")
+
+
+def test_bookmarks_come_each_interval_and_just_before_the_timeout(
+        kube: FakeKube, api: CustomObjectsApi) -> None:
+    """The real server: a BOOKMARK a minute (bookmarkFrequency) and ~2 s before
+    timeoutSeconds; here the minute is shortened, the shape is the real one."""
+    kube.apply(LiveApp("svc").snapshot())
+    rv = str(kube.resource_version)
+    kube.bookmark_interval = 0.6
+    kube.bookmark_before_timeout = 0.5
+    events = watch_lines(api, rv, timeout=2, allow_watch_bookmarks=True)
+    assert [e["type"] for e in events] == ["BOOKMARK"] * 3  # at 0.6 s, 1.2 s and 1.5 s
+    assert events[0]["object"] == {"kind": "Application", "apiVersion": "argoproj.io/v1alpha1",
+                                   "metadata": {"resourceVersion": rv}}
+    assert watch_lines(api, rv, timeout=1) == [], "no bookmarks unless asked"

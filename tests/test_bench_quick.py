@@ -24,6 +24,8 @@ def test_quick_bench_runs_and_reports_every_case(tmp_path: Path) -> None:
         (size, apps) for size in ("3KB", "30KB") for apps in (100, 300)}
     assert all(case["watcher_events_per_s"] > 0 and case["ratio"] > 0 for case in cases)
     assert results["refresh"]["events"] == 500
+    process = results["process"]
+    assert process["events"] == 500 and len(process["daemon_cpu_us_per_event"]) == 1
 
 
 def test_sized_templates_are_valid_applications_of_their_size() -> None:

@@ -48,10 +48,10 @@ pages after a list's first), :meth:`hold_next` (a failure held until released),
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import copy
-import itertools
 import json
 import uuid
 from collections import Counter, deque
@@ -71,6 +71,16 @@ SERVICE_ACCOUNT_USER = "system:serviceaccount:doraforwarder:doraforwarder"
 TOKEN_REVIEW = Permission("create", "authentication.k8s.io", "tokenreviews", None)
 ACCESS_REVIEW = Permission("create", "authorization.k8s.io", "subjectaccessreviews", None)
 SELF_ACCESS_REVIEW = Permission("create", "authorization.k8s.io", "selfsubjectaccessreviews", None)
+
+CONTINUE_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You "
+    "can start a new list without the continue parameter, or use the continue token in "
+    "this response to retrieve the remainder of the results. Continuing with the provided "
+    "token results in an inconsistent list - objects that were created, modified, or "
+    "deleted between the time the first chunk was returned and now may show up in the list.")
+"""The real API server's 410 message for a continue token etcd compacted away."""
+MAX_SNAPSHOTS = 64
+"""List snapshots kept for continue tokens (oldest dropped first)."""
 
 LEDGER: dict[Permission, str] = {}
 """Every authorization question the daemon (its client's ``User-Agent``
@@ -213,13 +223,21 @@ class FakeKube(FakeServer):
         """Watches from a resourceVersion below this get 410."""
         self._faults: deque[Fault] = deque()
         self._watches: set[_Watch] = set()
-        self._snapshots: dict[str, list[dict[str, Any]]] = {}
-        self._tokens = itertools.count(1)
+        self._snapshots: dict[tuple[int, str | None], list[dict[str, Any]]] = {}
+        """List snapshots by (resourceVersion, namespace): what continue tokens page
+        through, kept until :meth:`compact` (a real server keeps them in its watch
+        cache or reads etcd at that revision until etcd compacts it)."""
         self.requests: Counter[str] = Counter()
         """Requests by kind: ``list``, ``watch``, ``get``, ``unauthorized``, ``faulted``."""
         self.request_log: list[tuple[str, str]] = []
         self.calls: list[Permission] = []
         """Every request as the authorization question it asks, in order."""
+        self.bookmark_interval = 60.0
+        """Seconds between the BOOKMARKs of a watch that asked for them (the real
+        watch cache sends one a minute)."""
+        self.bookmark_before_timeout = 2.0
+        """A BOOKMARK goes this long before ``timeoutSeconds`` ends the watch, as the
+        real server sends one (none when the watch is shorter than this)."""
         self.permissions: set[Permission] | None = None
         """What the token's user may do (RBAC as :func:`granted` reads it); None: anything."""
         self.reviewed_tokens: dict[str, str | KubeUser] = {}
@@ -320,6 +338,7 @@ class FakeKube(FakeServer):
         async def compact() -> int:
             self._events.clear()
             self._event_rvs.clear()
+            self._snapshots.clear()
             self._horizon = self._rv
             return self._rv
 
@@ -569,34 +588,57 @@ class FakeKube(FakeServer):
         return self._list(request, namespace)
 
     def _list(self, request: web.Request, namespace: str | None) -> web.StreamResponse:
+        """A page of a list, as a real API server pages it.
+
+        The continue token is the real one's shape (base64url of
+        ``{"v":"meta.k8s.io/v1","rv":N,"start":"<last key>\\u0000"}``) and, as on
+        a real server, may be used again: each page is cut from the snapshot
+        taken at ``rv``. A token whose snapshot was compacted away is 410
+        Expired with the real message and an inconsistent continue token
+        (``rv`` -1); a token that does not decode is 400 BadRequest.
+        """
         token = request.query.get("continue")
+        start = ""
         if token:
-            items = self._snapshots.pop(token, None)
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+                snapshot_rv, start = int(decoded["rv"]), str(decoded["start"])
+                if decoded.get("v") != "meta.k8s.io/v1" or snapshot_rv == 0:
+                    raise ValueError("not a continue token")
+            except (ValueError, KeyError, TypeError) as exc:
+                return web.json_response(status_body(
+                    400, "BadRequest", f"invalid continue token: {exc}"), status=400)
+            items = self._snapshots.get((snapshot_rv, namespace))
             if items is None:
-                return web.json_response(
-                    status_body(410, "Expired", "continue token expired"), status=410
-                )
-            snapshot_rv = token.split("-", 1)[0]
+                body = status_body(410, "Expired", CONTINUE_EXPIRED)
+                body["metadata"] = {"continue": _continue_token(-1, start)}
+                return web.json_response(body, status=410)
         else:
-            items = [
-                copy.deepcopy(obj)
-                for key, obj in sorted(self._objects.items())
-                if namespace is None or key[0] == namespace
-            ]
-            snapshot_rv = str(self._rv)
-        metadata: dict[str, Any] = {"resourceVersion": snapshot_rv}
+            snapshot_rv = self._rv
+            items = self._snapshots.get((snapshot_rv, namespace))
+            if items is None:
+                items = sorted(
+                    (copy.deepcopy(obj) for key, obj in self._objects.items()
+                     if namespace is None or key[0] == namespace),
+                    key=lambda obj: _list_key(obj, namespace))
+        keys = [_list_key(obj, namespace) for obj in items]
+        first = bisect.bisect_right(keys, start) if start else 0
+        metadata: dict[str, Any] = {"resourceVersion": str(snapshot_rv)}
         limit = int(request.query.get("limit") or 0)
-        if limit and len(items) > limit:
-            token = f"{snapshot_rv}-{next(self._tokens)}"
-            self._snapshots[token] = items[limit:]
-            items = items[:limit]
-            metadata["continue"] = token
+        page = items[first:first + limit] if limit else items[first:]
+        remaining = len(items) - first - len(page)
+        if limit and remaining > 0:
+            self._snapshots[(snapshot_rv, namespace)] = items
+            while len(self._snapshots) > MAX_SNAPSHOTS:
+                del self._snapshots[next(iter(self._snapshots))]
+            metadata["continue"] = _continue_token(snapshot_rv, keys[first + len(page) - 1])
+            metadata["remainingItemCount"] = remaining
         return web.json_response(
             {
                 "apiVersion": API_VERSION,
                 "kind": "ApplicationList",
                 "metadata": metadata,
-                "items": items,
+                "items": page,
             }
         )
 
@@ -609,6 +651,10 @@ class FakeKube(FakeServer):
         since = request.query.get("resourceVersion") or "0"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # The real schedule: a BOOKMARK each minute, and one shortly before the timeout.
+        next_mark = loop.time() + self.bookmark_interval
+        final_mark = deadline - self.bookmark_before_timeout
+        final_marked = final_mark <= loop.time()
         watch = _Watch(namespace)
         self._watches.add(watch)
         try:
@@ -644,8 +690,14 @@ class FakeKube(FakeServer):
                     if request.transport is not None:
                         request.transport.close()
                     return response
-                if watch.bookmark:
+                now = loop.time()
+                due = watch.bookmark or now >= next_mark or (
+                    not final_marked and now >= final_mark)
+                if due:
                     watch.bookmark = False
+                    if now >= final_mark:
+                        final_marked = True
+                    next_mark = now + self.bookmark_interval
                     if bookmarks:
                         await _send(
                             response,
@@ -661,8 +713,11 @@ class FakeKube(FakeServer):
                     break
                 if self._event_rvs and self._event_rvs[-1] > cursor:
                     continue
+                wait = min(remaining, next_mark - now)
+                if not final_marked:
+                    wait = min(wait, max(0.0, final_mark - now))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.wake.wait(), timeout=remaining)
+                    await asyncio.wait_for(watch.wake.wait(), timeout=max(wait, 0.001))
             await response.write_eof()
             return response
         except (ConnectionResetError, asyncio.CancelledError):
@@ -673,6 +728,23 @@ class FakeKube(FakeServer):
 
 async def _send(response: web.StreamResponse, event_type: str, obj: dict[str, Any]) -> None:
     await response.write(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
+
+
+def _list_key(obj: dict[str, Any], namespace: str | None) -> str:
+    """Where an object sorts in a list, and its continue token's ``start``: its etcd key
+    below the list's prefix (``name`` in a namespace, ``namespace/name`` cluster-wide),
+    compared as bytes as etcd does."""
+    metadata = obj["metadata"]
+    if namespace is not None:
+        return str(metadata["name"])
+    return f"{metadata.get('namespace') or 'default'}/{metadata['name']}"
+
+
+def _continue_token(resource_version: int, last_key: str) -> str:
+    """A continue token as the real API server encodes one (``storage.EncodeContinue``)."""
+    token = {"v": "meta.k8s.io/v1", "rv": resource_version, "start": last_key + "\x00"}
+    return base64.urlsafe_b64encode(
+        json.dumps(token, separators=(",", ":")).encode()).rstrip(b"=").decode()
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
