@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,12 +33,16 @@ class BackgroundServer:
     def __init__(self, app: web.Application, port: int | None = None) -> None:
         self.app = app
         self.port = port or free_port()
+        # A port picked by free_port() may be taken (by any process's outgoing connection, an
+        # ephemeral port) before the first bind: only then, and only for a picked port, the
+        # server moves to another one. Restarts keep the port: that is how a fake restarts.
+        self._may_move = port is None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name=f"fake-http-{self.port}")
         self._thread.start()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: web.BaseSite | None = None
 
     @property
     def url(self) -> str:
@@ -55,8 +60,23 @@ class BackgroundServer:
             self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                          shutdown_timeout=0.5)
             await self._runner.setup()
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        self._site = web.SockSite(self._runner, self._listening_socket())
         await self._site.start()
+        self._may_move = False
+
+    def _listening_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not self._may_move:
+                sock.close()
+                raise
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        sock.setblocking(False)
+        return sock
 
     async def _stop_listening(self) -> None:
         if self._site is not None:
