@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import redis.asyncio as aioredis
 
 from doraforwarder import http_backend
+from doraforwarder.alertmanager.receiver import AlertReceiver
 from doraforwarder.argocd.source import ArgoCDSource
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.commits.stage import PipelineStaging, ResolverPool
@@ -31,7 +32,7 @@ from doraforwarder.devlake.plan import Planner
 from doraforwarder.dryrun import DryRunSpace, dry_run_keys
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
-from doraforwarder.server import bound_port, start_http
+from doraforwarder.server import AlertInbox, alert_inbox, bound_port, start_http
 from doraforwarder.storage import RedisWatch, connect
 from doraforwarder.webrca.poller import WebRCAPoller
 
@@ -129,6 +130,7 @@ class Daemon:
         self._install_signal_handlers()
         runner = await start_http(self.context, settings.server.host, settings.server.port_number)
         self.port = bound_port(runner)
+        inbox = alert_inbox(runner)
         log.info(
             "http listening",
             host=settings.server.host,
@@ -142,6 +144,7 @@ class Daemon:
                 if self._dry_run is not None:
                     await self._dry_run.start(self.stop)
                 services = list(self._services_factory(self.context))
+                self._hand_over_alerts(inbox)
                 for service in services:
                     self.context.status.sources[service.name] = "starting"
                     task = asyncio.create_task(
@@ -159,6 +162,22 @@ class Daemon:
             await self.context.redis.aclose()
         log.info("stopped")
         return 0
+
+    def _hand_over_alerts(self, inbox: AlertInbox) -> None:
+        """Give the HTTP server its Alertmanager receiver (when enabled and DevLake is on)."""
+        settings = self.context.settings
+        if not settings.alertmanager.enabled:
+            return
+        planner = Planner.from_settings(settings, self.context.dry_run)
+        if not planner.active:
+            inbox.unavailable = ("integration.devlake is disabled: incidents would have "
+                                 "nowhere to go")
+            log.warning("alertmanager notifications refused: integration.devlake is disabled")
+            return
+        inbox.receiver = AlertReceiver(self.context, planner)
+        log.info("alertmanager receiver ready", path="/api/v1/alertmanager",
+                 incident_key=settings.alertmanager.incident_key,
+                 matchers=settings.alertmanager.matchers or "every alert")
 
     async def _supervise(self, service: Service) -> None:
         """Run a service; if it crashes, log, mark not ready and restart it with backoff."""

@@ -111,6 +111,12 @@ class Keys:
     def webrca_last_poll(self) -> str:
         return self._key("webrca", "last-poll")
 
+    # --- Alertmanager (owner: alertmanager) ----------------------------------------
+    def alertmanager_subject(self, subject: str) -> str:
+        """JSON: the latest episode of an alert (``fp:<fingerprint>``) or alert group
+        (``group:<digest>``), with a TTL of ``alertmanager.state_ttl``."""
+        return self._key("alertmanager", "subject", subject)
+
     @property
     def backfilled(self) -> str:
         """Set of deployment ids ``doraforwarder backfill`` staged (owner: backfill)."""

@@ -211,6 +211,18 @@ class Metrics:
         self.webrca_polls = Counter(
             "doraforwarder_webrca_polls", "WebRCA polls, by outcome.", ["outcome"], registry=r
         )
+        # Alertmanager
+        self.alertmanager_notifications = Counter(
+            "doraforwarder_alertmanager_notifications",
+            "Alertmanager notifications received on /api/v1/alertmanager, by answer "
+            "(accepted, bad_request, too_large, unauthorized, unavailable).",
+            ["outcome"], registry=r,
+        )
+        self.alertmanager_incidents_staged = Counter(
+            "doraforwarder_alertmanager_incidents_staged",
+            "Incident upserts from Alertmanager alerts staged for DevLake (new or changed).",
+            registry=r,
+        )
         # Sources in general
         self.source_last_success = Gauge(
             "doraforwarder_source_last_success_timestamp_seconds",

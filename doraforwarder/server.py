@@ -11,7 +11,12 @@
   ``dependencies`` map (up/down, since, last error, last success).
 - ``GET /api/v1/argocd/applications`` (JSON) and ``.../applications.toon``
   (TOON, for language-model agents): the application inventory, from the
-  watch's memory; the only routes behind ``server.api_auth``.
+  watch's memory; behind ``server.api_auth``.
+- ``POST /api/v1/alertmanager`` (with ``alertmanager.enabled``): Alertmanager's
+  webhook notifications (version 4) become incidents. A bearer token among
+  ``API_TOKENS`` is required; without any token configured, only a server
+  listening on loopback takes notifications. Bodies above
+  ``alertmanager.max_body`` are answered 413 unread.
 
 Nothing served here ever contains a secret: the status board holds no tokens
 and the metrics carry none.
@@ -25,9 +30,22 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from redis.exceptions import RedisError
 
 from doraforwarder import __version__
-from doraforwarder.apiauth import Authorizer, Refused, build_authorizer
+from doraforwarder.alertmanager.receiver import AlertReceiver
+from doraforwarder.alertmanager.webhook import BadNotification, parse_notification
+from doraforwarder.apiauth import (
+    TOKENS_ENV,
+    TOKENS_FILE_ENV,
+    Authorizer,
+    OpenAccess,
+    Refused,
+    StaticTokens,
+    build_authorizer,
+    tokens_from_environment,
+)
+from doraforwarder.config import Settings
 from doraforwarder.context import AppContext
 from doraforwarder.inventory import (
     InventoryEntry,
@@ -35,7 +53,10 @@ from doraforwarder.inventory import (
     inventory_json,
     inventory_toon,
 )
+from doraforwarder.logging import get_logger
 from doraforwarder.metrics import CONTENT_TYPE
+
+log = get_logger("api")
 
 CONTEXT_KEY = web.AppKey("context", AppContext)
 AUTHORIZER_KEY = web.AppKey("authorizer", Authorizer)
@@ -197,6 +218,107 @@ async def applications_toon(request: web.Request) -> web.Response:
     return web.Response(body=inventory_toon(document).encode(), content_type="text/plain")
 
 
+class AlertInbox:
+    """Who may post Alertmanager notifications, and the receiver once the daemon has one.
+
+    The receiver is handed over after Redis answered (the HTTP server starts
+    first); until then, and when incidents have nowhere to go, notifications
+    get 503 and Alertmanager retries them.
+    """
+
+    def __init__(self, authorizer: Authorizer | None, unavailable: str | None = None) -> None:
+        self.authorizer = authorizer
+        """None: no token configured on a non-loopback server, every post refused."""
+        self.receiver: AlertReceiver | None = None
+        self.unavailable = unavailable or "the daemon is starting (waiting for Redis)"
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> AlertInbox:
+        """Tokens from ``API_TOKENS(_FILE)`` when any; else open only on a loopback host."""
+        try:
+            tokens = tokens_from_environment()
+        except ValueError as exc:
+            log.error("API tokens unusable, Alertmanager notifications are refused",
+                      error=str(exc))
+            return cls(StaticTokens(()))
+        if tokens:
+            return cls(StaticTokens(tokens))
+        if settings.server.listens_on_loopback:
+            return cls(OpenAccess())
+        log.warning("no API token configured: Alertmanager notifications are refused "
+                    "(a server not on loopback needs one)",
+                    set=f"{TOKENS_ENV} or {TOKENS_FILE_ENV}")
+        return cls(None)
+
+
+INBOX_KEY = web.AppKey("alert-inbox", AlertInbox)
+
+
+async def _bounded_body(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None past ``limit`` bytes (then the rest is never read)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    """One Alertmanager notification: 200 once its incidents are staged (or ignored).
+
+    400 (Alertmanager does not retry it) for a body that is no notification;
+    401 without an accepted token; 413 past ``alertmanager.max_body``; 503
+    (retried by Alertmanager) while Redis or DevLake's routing is unavailable.
+    """
+    context = request.app[CONTEXT_KEY]
+    inbox = request.app[INBOX_KEY]
+    counted = context.metrics.alertmanager_notifications
+
+    def refuse(status: int, message: str, outcome: str) -> web.Response:
+        counted.labels(outcome).inc()
+        answer = go_json_response({"error": message}, status)
+        if status == 401:
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="doraforwarder"'
+        return answer
+
+    if inbox.authorizer is None:
+        return refuse(401, f"no API token is configured ({TOKENS_ENV}): notifications are "
+                           "refused on a server not listening on loopback", "unauthorized")
+    try:
+        await inbox.authorizer.allowed_namespaces(request.headers.get("Authorization"), ())
+    except Refused as refused:
+        return refuse(401, refused.message, "unauthorized")
+    limit = int(context.settings.alertmanager.max_body)
+    body = await _bounded_body(request, limit)
+    if body is None:
+        log.warning("alertmanager notification refused: too large", limit_bytes=limit)
+        return refuse(413, f"the notification is larger than {limit} bytes "
+                           "(alertmanager.max_body); lower the webhook's max_alerts", "too_large")
+    try:
+        notification = parse_notification(body)
+    except BadNotification as exc:
+        log.error("alertmanager notification refused", reason=str(exc))
+        return refuse(400, f"not an Alertmanager notification: {exc}", "bad_request")
+    receiver = inbox.receiver
+    if receiver is None:
+        return refuse(503, inbox.unavailable, "unavailable")
+    try:
+        received = await receiver.receive(notification)
+    except RedisError as exc:
+        context.metrics.redis_errors.labels("alertmanager").inc()
+        log.warning("alertmanager notification not staged: Redis failed; Alertmanager retries",
+                    error=str(exc))
+        return refuse(503, "Redis is unavailable; retry", "unavailable")
+    counted.labels("accepted").inc()
+    return go_json_response({"status": "accepted", "alerts": received.alerts,
+                             "incidents": received.incidents, "staged": received.staged})
+
+
 CORS_METHODS = "GET,OPTIONS"
 CORS_HEADERS = "Origin,Content-Type,Accept,Authorization"
 
@@ -255,12 +377,16 @@ def _vary(response: web.StreamResponse, name: str) -> None:
     response.headers["Vary"] = f"{present}, {name}" if present else name
 
 
-def build_app(context: AppContext, authorizer: Authorizer | None = None) -> web.Application:
+def build_app(context: AppContext, authorizer: Authorizer | None = None,
+              inbox: AlertInbox | None = None) -> web.Application:
     origins = tuple(context.settings.server.cors_allow_origins)
     middlewares = [cors_middleware(origins)] if origins else []
     app = web.Application(middlewares=[*middlewares, reference_errors])
     app[CONTEXT_KEY] = context
     app[AUTHORIZER_KEY] = authorizer or build_authorizer(context.settings)
+    app[INBOX_KEY] = inbox or AlertInbox.for_settings(context.settings)
+    if context.settings.alertmanager.enabled:
+        app.router.add_post("/api/v1/alertmanager", alertmanager)
     app.router.add_get("/api/v1/argocd/applications", applications)
     app.router.add_get("/api/v1/argocd/applications.toon", applications_toon)
     app.router.add_get("/", root)
@@ -278,6 +404,12 @@ async def start_http(context: AppContext, host: str, port: int) -> web.AppRunner
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     return runner
+
+
+def alert_inbox(runner: web.AppRunner) -> AlertInbox:
+    """Where the daemon hands the Alertmanager receiver over once it has one."""
+    assert runner.app is not None
+    return runner.app[INBOX_KEY]
 
 
 def bound_port(runner: web.AppRunner) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "doraforwarder"
 
-SOURCES = ("doraforwarder.argocd", "doraforwarder.webrca")
+SOURCES = ("doraforwarder.argocd", "doraforwarder.webrca", "doraforwarder.alertmanager")
 SINK = ("doraforwarder.devlake", "doraforwarder.outbox", "doraforwarder.commits.stage")
 NEUTRAL = ("doraforwarder.streams",)
 

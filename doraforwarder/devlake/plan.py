@@ -170,6 +170,23 @@ class Planner:
         return IncidentPlan(incident, targets, entries,
                             fingerprint(incident, payload, [t.key for t in targets]))
 
+    def plan_component_incident(self, incident: Incident, component: str | None,
+                                url: str | None = None) -> IncidentPlan:
+        """Entries of an incident filed under a component (an Alertmanager alert).
+
+        Routed as a deployment of ``component`` is (the global target and the
+        teams whose ``argocd_components`` hold it; no component: the global
+        target), so it lands in the projects whose change failure rate it
+        belongs to. Raises ValidationError when the contract fails.
+        """
+        payload = build_issue_payload(incident, component, "{incident_id}")
+        payload = payload.model_copy(update={"url": url or None})
+        targets = self.router.for_component(component or "") if self.router else []
+        body = payload.body()
+        entries = [e for target in targets for e in self._issue_entries(target, incident, body)]
+        return IncidentPlan(incident, targets, entries,
+                            fingerprint(incident, payload, [t.key for t in targets]))
+
     def plan_detected_incident(self, incident: DetectedIncident) -> list[OutboxEntry]:
         """Entries of an ArgoCD incident: one issue upsert per target of its component.
 

@@ -4,9 +4,10 @@ Every ``webrca.interval`` (first poll at start) the replica holding the
 Redis lease reads every page of incidents, keeps the wanted products, has
 the planner it was handed turn each into outbox entries and a fingerprint,
 and compares that fingerprint with the one stored in Redis. New and changed
-incidents are staged in the outbox in the same ``MULTI``/``EXEC`` as their
-new fingerprint, so a crash can neither lose a change nor send it twice, and
-a restart sends nothing already sent.
+incidents are staged through :mod:`doraforwarder.incident_staging` (the
+outbox entries in the same ``MULTI``/``EXEC`` as their new fingerprint), so
+a crash can neither lose a change nor send it twice, and a restart sends
+nothing already sent.
 
 The transaction ``WATCH``es the fingerprints and the lease: a replica whose
 lease expired mid-poll cannot stage anything, and two replicas never stage
@@ -18,21 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from doraforwarder.backoff import Backoff, wait_or_stop
 from doraforwarder.context import AppContext
-from doraforwarder.keys import Keys
+from doraforwarder.incident_staging import (
+    Batch,
+    IncidentPlanning,
+    PlannedIncident,
+    stage_incidents,
+)
 from doraforwarder.logging import get_logger
-from doraforwarder.records import Incident
 from doraforwarder.webrca.client import (
     ConfigurationError,
     IncidentsClient,
@@ -47,8 +51,6 @@ from doraforwarder.webrca.parse import MalformedIncident, parse_incident, wanted
 log = get_logger("webrca")
 
 READINESS = "webrca"
-STAGE_ATTEMPTS = 10
-"""Optimistic-lock retries of one page's transaction (our own lease renewal can collide)."""
 
 
 class _LeaseLost(Exception):
@@ -77,37 +79,6 @@ class PollReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
-
-
-class PlannedIncident(Protocol):
-    """What the poller needs to know of a planned incident."""
-
-    @property
-    def incident(self) -> Incident: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    @property
-    def target_keys(self) -> list[str]: ...
-
-
-Plan = TypeVar("Plan", bound=PlannedIncident)
-
-
-class IncidentPlanning(Protocol[Plan]):
-    """Turns incidents into staged outbox entries (``devlake.plan.Planner``, handed in)."""
-
-    @property
-    def active(self) -> bool:
-        """False when incidents have nowhere to go."""
-        ...
-
-    def plan_incident(self, incident: Incident, component: str | None) -> Plan:
-        """Raises ``pydantic.ValidationError`` when the incident breaks the contract."""
-        ...
-
-    def stage(self, pipe: Pipeline, keys: Keys, plans: Iterable[Plan]) -> None: ...
 
 
 @dataclass
@@ -377,35 +348,22 @@ class WebRCAPoller:
         return plan
 
     async def _stage(self, planner: IncidentPlanning[Any], plans: list[PlannedIncident]) -> int:
-        """Stage the changed plans with their fingerprints in one transaction."""
+        """Stage the changed plans with their fingerprints, while this replica holds the lease."""
         keys = self.context.keys
-        ids = [p.incident.incident_id for p in plans]
-        for _ in range(STAGE_ATTEMPTS):
-            async with self.context.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(keys.incident_fingerprints, keys.webrca_lease)
-                    if await pipe.get(keys.webrca_lease) != self.lease.owner:
-                        raise _LeaseLost()
-                    stored = await pipe.hmget(keys.incident_fingerprints, ids)
-                    changed = [p for p, old in zip(plans, stored, strict=True)
-                               if old != p.fingerprint]
-                    if not changed:
-                        return 0
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    planner.stage(pipe, keys, changed)
-                    pipe.hset(keys.incident_fingerprints,
-                              mapping={p.incident.incident_id: p.fingerprint for p in changed})
-                    await pipe.execute()
-                except WatchError:
-                    continue
-            self.context.metrics.incidents_changed.inc(len(changed))
-            previous = dict(zip(ids, stored, strict=True))
-            for p in changed:
-                log.info("incident staged for devlake", incident_id=p.incident.incident_id,
-                         status=p.incident.status, targets=p.target_keys,
-                         new=previous.get(p.incident.incident_id) is None)
-            return len(changed)
-        raise RedisError("incident fingerprints kept changing under this poll")
+
+        async def prepare(pipe: Pipeline) -> Batch:
+            if await pipe.get(keys.webrca_lease) != self.lease.owner:
+                raise _LeaseLost()
+            return Batch(plans)
+
+        staged = await stage_incidents(self.context.redis, keys, planner, prepare,
+                                       watch=(keys.webrca_lease,))
+        self.context.metrics.incidents_changed.inc(len(staged.changed))
+        for p in staged.changed:
+            log.info("incident staged for devlake", incident_id=p.incident.incident_id,
+                     status=p.incident.status, targets=p.target_keys,
+                     new=staged.previous.get(p.incident.incident_id) is None)
+        return len(staged.changed)
 
     # --- reporting ---------------------------------------------------------------
     async def _record(self, report: PollReport) -> None:

@@ -1,0 +1,167 @@
+"""``POST /api/v1/alertmanager`` over real HTTP and a real Redis: who may post, what is staged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from pydantic import SecretStr
+
+from doraforwarder.alertmanager.receiver import AlertReceiver
+from doraforwarder.alertmanager.webhook import parse_notification
+from doraforwarder.apiauth import OpenAccess, StaticTokens
+from doraforwarder.config import LoadedConfig, Secrets, validate_settings
+from doraforwarder.context import AppContext
+from doraforwarder.devlake.plan import Planner
+from doraforwarder.keys import Keys
+from doraforwarder.outbox import OutboxEntry
+from doraforwarder.server import AlertInbox, bound_port, build_app
+
+T = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+TOKEN = "receiver-test-token-0000"
+
+
+def settings(**alertmanager: Any) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1"},
+        "alertmanager": {"enabled": True, **alertmanager},
+        "integration": {"devlake": {
+            "enabled": True, "base_url": "http://devlake.invalid", "project_id": "1",
+            "teams": [{"name": "team-a", "project_id": "2", "argocd_components": ["api"]}]}},
+    }
+
+
+def context_of(redis: aioredis.Redis, document: dict[str, Any]) -> AppContext:
+    config = LoadedConfig(settings=validate_settings(document, "test"),
+                          secrets=Secrets(devlake_webhook_token=SecretStr("k")), source="test")
+    return AppContext(config=config, redis=redis, keys=Keys("t"))
+
+
+def body(status: str = "firing", start: datetime = T, end: datetime | None = None,
+         severity: str = "critical") -> bytes:
+    alert = {"status": status, "labels": {"alertname": "Down", "severity": severity,
+                                          "component": "api"},
+             "annotations": {}, "startsAt": start.isoformat(),
+             "endsAt": (end or datetime(1, 1, 1, tzinfo=UTC)).isoformat(),
+             "generatorURL": "", "fingerprint": "f00d"}
+    return json.dumps({"version": "4", "groupKey": "{}:{}", "status": status,
+                       "receiver": "df", "externalURL": "http://am", "alerts": [alert]}).encode()
+
+
+@pytest.fixture
+async def served(redis_client: aioredis.Redis
+                 ) -> AsyncIterator[tuple[AppContext, AlertInbox, str]]:
+    context = context_of(redis_client, settings(max_body="2KiB"))
+    inbox = AlertInbox(OpenAccess())
+    runner = web.AppRunner(build_app(context, OpenAccess(), inbox))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield context, inbox, f"http://127.0.0.1:{bound_port(runner)}/api/v1/alertmanager"
+    await runner.cleanup()
+
+
+async def outbox(redis: aioredis.Redis) -> list[tuple[str, str, str]]:
+    """(target, issue key, status) of every staged entry, in order."""
+    found = []
+    for _, fields in await redis.xrange(Keys("t").outbox_stream):
+        entry = OutboxEntry.model_validate_json(fields["entry"])
+        found.append((entry.target.key, entry.record_id, entry.payload["status"]))
+    return found
+
+
+async def test_each_change_is_staged_once(served: tuple[AppContext, AlertInbox, str],
+                                          redis_client: aioredis.Redis) -> None:
+    context, inbox, url = served
+    inbox.receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
+    async with httpx.AsyncClient() as client:
+        first = await client.post(url, content=body())
+        assert first.status_code == 200, first.text
+        assert first.json() == {"status": "accepted", "alerts": 1, "incidents": 1, "staged": 1}
+        again = await client.post(url, content=body())           # a retry or a repeat
+        assert again.json()["staged"] == 0
+        resolved = await client.post(url, content=body("resolved", end=T + timedelta(minutes=9)))
+        assert resolved.json()["staged"] == 1
+        ignored = await client.post(url, content=body(severity="warning"))
+        assert ignored.json() == {"status": "accepted", "alerts": 1, "incidents": 0,
+                                  "staged": 0}
+    key = f"alertmanager:f00d:{int(T.timestamp())}"
+    assert await outbox(redis_client) == [
+        ("connection_id:1", key, "TODO"), ("connection_id:2", key, "TODO"),
+        ("connection_id:1", key, "DONE"), ("connection_id:2", key, "DONE")]
+
+
+async def test_two_replicas_receiving_the_same_notification_stage_it_once(
+        redis_server: Any, redis_client: aioredis.Redis) -> None:
+    """An HA pair of Alertmanagers posts to two replicas at once: one incident, once."""
+    clients = [aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+               for _ in range(4)]
+    receivers = [AlertReceiver(context_of(c, settings()), Planner.from_settings(
+        context_of(c, settings()).settings, False)) for c in clients]
+    notification = parse_notification(body())
+    results = await asyncio.gather(*(r.receive(notification) for r in receivers))
+    assert sorted(r.staged for r in results) == [0, 0, 0, 1]
+    assert len(await outbox(redis_client)) == 2
+    for client in clients:
+        await client.aclose()
+
+
+async def test_refusals(served: tuple[AppContext, AlertInbox, str]) -> None:
+    context, inbox, url = served
+    async with httpx.AsyncClient() as client:
+        starting = await client.post(url, content=body())
+        assert starting.status_code == 503           # no receiver yet: Alertmanager retries
+        inbox.receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
+        large = await client.post(url, content=b" " * 3000)
+        assert large.status_code == 413 and "alertmanager.max_body" in large.json()["error"]
+        bad = await client.post(url, content=b'{"version": "4"}')
+        assert bad.status_code == 400 and "groupKey" in bad.json()["error"]
+        inbox.authorizer = StaticTokens([TOKEN])
+        anonymous = await client.post(url, content=body())
+        assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers
+        wrong = await client.post(url, content=body(), headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "nope" not in wrong.text
+        right = await client.post(url, content=body(),
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200
+        inbox.authorizer = None                       # no token, not on loopback
+        closed = await client.post(url, content=body(),
+                                   headers={"Authorization": f"Bearer {TOKEN}"})
+        assert closed.status_code == 401 and "API_TOKENS" in closed.json()["error"]
+    counted = context.metrics.alertmanager_notifications
+    assert {o: counted.labels(o)._value.get() for o in
+            ("accepted", "unavailable", "too_large", "bad_request", "unauthorized")} == {
+        "accepted": 1, "unavailable": 1, "too_large": 1, "bad_request": 1, "unauthorized": 3}
+
+
+@pytest.mark.parametrize(("host", "tokens", "kind"), [
+    ("127.0.0.1", "", "none"),
+    ("127.0.0.1", TOKEN, "token"),
+    ("0.0.0.0", TOKEN, "token"),
+    ("0.0.0.0", "", None),
+])
+def test_who_may_post(monkeypatch: pytest.MonkeyPatch, host: str, tokens: str,
+                      kind: str | None) -> None:
+    monkeypatch.setenv("API_TOKENS", tokens)
+    document = settings()
+    document["server"]["host"] = host
+    inbox = AlertInbox.for_settings(validate_settings(document, "test"))
+    assert (inbox.authorizer.mode if inbox.authorizer else None) == kind
+
+
+async def test_the_route_exists_only_when_enabled(redis_client: aioredis.Redis) -> None:
+    context = context_of(redis_client, settings(enabled=False))
+    runner = web.AppRunner(build_app(context, OpenAccess()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            f"http://127.0.0.1:{bound_port(runner)}/api/v1/alertmanager", content=body())
+    await runner.cleanup()
+    assert answer.status_code == 404
