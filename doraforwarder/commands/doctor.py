@@ -1,4 +1,4 @@
-"""``doraforwarder doctor``: check configuration, Kubernetes, Redis, DevLake, GitHub, WebRCA."""
+"""``doraforwarder doctor``: config, Kubernetes, Redis, DevLake, GitHub, WebRCA, registries."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from doraforwarder.keys import Keys
 from doraforwarder.ops.checks import Check, Outcome
 from doraforwarder.ops.checks import error_text as _error_text
 from doraforwarder.ops.probes import probe_kubernetes
+from doraforwarder.ops.registry_check import ImageSource, check_registries
 from doraforwarder.outbox import Target
 from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect, read_marker
@@ -349,7 +350,8 @@ async def check_webrca(config: LoadedConfig) -> list[Check]:
     return [Check("webrca token exchange", "pass", "access token issued")]
 
 
-async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) -> list[Check]:
+async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None,
+                     image_source: ImageSource | None = None) -> list[Check]:
     """Every check the configuration calls for, in the order an operator fixes them."""
     checks = [Check("configuration", "pass", f"{config.source} is valid")]
     if config.settings.argocd.enabled or config.settings.server.effective_api_auth == "kubernetes":
@@ -363,6 +365,7 @@ async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None) 
     try:
         results = await asyncio.gather(
             check_devlake(config), check_github(context), check_webrca(config),
+            check_registries(config, image_source),
         )
     finally:
         await context.redis.aclose()
