@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from doraforwarder.devlake.delivery import DeliveryPool, stored_size
+from doraforwarder.devlake.delivery import DeliveryPool
+from doraforwarder.devlake.schedule import stored_size
 from doraforwarder.outbox import OutboxEntry, StreamItem
 from doraforwarder.testing.fake_devlake import FakeDevLake
 from tests.devlake_support import (

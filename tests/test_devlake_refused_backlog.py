@@ -20,13 +20,9 @@ from pydantic import SecretStr
 
 from doraforwarder.config import LoadedConfig, Secrets, Settings
 from doraforwarder.context import AppContext
-from doraforwarder.devlake.delivery import (
-    DeliveryPool,
-    Held,
-    parked_target,
-    parking_member,
-    take_back_allowance,
-)
+from doraforwarder.devlake.delivery import DeliveryPool
+from doraforwarder.devlake.refused import parked_target, parking_member, take_back_allowance
+from doraforwarder.devlake.schedule import Held
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.outbox import OutboxEntry, StreamItem, Target
 from doraforwarder.streams import GroupConsumer, ensure_group

@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 
 from doraforwarder import outbox
 from doraforwarder.backoff import Backoff
-from doraforwarder.devlake.delivery import AckBatcher, Held, Schedule
+from doraforwarder.devlake.acks import AckBatcher
+from doraforwarder.devlake.schedule import Held, Schedule
 from doraforwarder.keys import OUTBOX_GROUP, Keys
 from doraforwarder.outbox import StreamItem, Target
 from doraforwarder.testing.redis_server import RedisServer

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.devlake import delivery as delivery_module
+from doraforwarder.devlake import sending as sending_module
 from doraforwarder.devlake.client import Answer
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import OUTBOX_GROUP, Keys
@@ -205,7 +205,7 @@ async def test_no_older_issue_state_is_sent_after_a_newer_one(
     todo, done = (StreamItem.parse(i, f) for i, f in read)
     key = "issue:connection_id:1:K"
     log: list[str] = []
-    real_gate = delivery_module.order_gate
+    real_gate = sending_module.order_gate
 
     async def gate_then_b_takes_over(redis: aioredis.Redis, keys: Keys, item: StreamItem
                                      ) -> OrderGate:
@@ -221,7 +221,7 @@ async def test_no_older_issue_state_is_sent_after_a_newer_one(
             await redis.delete(lock)
         return verdict
 
-    monkeypatch.setattr(delivery_module, "order_gate", gate_then_b_takes_over)
+    monkeypatch.setattr(sending_module, "order_gate", gate_then_b_takes_over)
     held = pool.schedule.held[todo.id]
     await pool._attempt(held, Recorder(log, "a"))
     newest = max((n for n, sent in enumerate(log) if sent.endswith("DONE")), default=len(log))
