@@ -20,6 +20,7 @@ from doraforwarder.commits.oci import (
     choose_manifest,
     commit_from_labels,
     credential_for,
+    manifest_reference,
     parse_challenge,
     parse_docker_config,
     registry_image,
@@ -155,3 +156,18 @@ def test_docker_config_errors(text: str, message: str) -> None:
     with pytest.raises(CredentialError) as caught:
         parse_docker_config(text, "f")
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("tag", "digest", "expected"), [
+    ("v1.4.2", None, "v1.4.2"),
+    (None, None, "latest"),
+    ("main_branch-1", None, "main_branch-1"),
+    ("v1 x", None, None),
+    (".hidden", None, None),
+    ("a" * 129, None, None),
+    ("v1", "sha256:" + "a" * 64, "sha256:" + "a" * 64),
+    (None, "sha256:short", None),
+    (None, "sha256:" + "a" * 64 + "/../x", None),
+])
+def test_manifest_reference(tag: str | None, digest: str | None, expected: str | None) -> None:
+    assert manifest_reference(tag, digest) == expected

@@ -303,3 +303,15 @@ async def test_per_registry_timeout() -> None:
     assert client.timeout_of(registry_image("quay.io/org/app")) == 10  # type: ignore[arg-type]
     with pytest.raises(RegistryError, match=r"slow.example/org/app:v1: no answer within 2.5s"):
         await client.digest_of(image, "v1", call())
+
+
+
+async def test_a_realm_that_is_no_url_is_one_line() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://a\x01b/t"'})
+
+    client = _mock_client(handler)
+    image = registry_image("r.example/org/app")
+    assert image is not None
+    with pytest.raises(RegistryError, match=r"^r.example/org/app:v1: token: InvalidURL: "):
+        await client.digest_of(image, "v1", call())

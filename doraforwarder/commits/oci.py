@@ -93,6 +93,22 @@ def registry_image(name: str) -> RegistryImage | None:
     return RegistryImage(registry, path)
 
 
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+
+
+def manifest_reference(tag: str | None, digest: str | None) -> str | None:
+    """What to ask the registry for: the digest, else the tag (``latest`` when none).
+
+    None when the one that would be used is malformed (the distribution spec's
+    grammar), so no odd string ever reaches a URL.
+    """
+    if digest is not None:
+        return digest if _DIGEST.fullmatch(digest) else None
+    tag = tag or "latest"
+    return tag if _TAG.fullmatch(tag) else None
+
+
 @dataclass(frozen=True)
 class LabeledCommit:
     """The commit an image's labels name, and the repository if they name one."""

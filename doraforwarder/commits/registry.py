@@ -258,7 +258,7 @@ class RegistryClient:
                                       timeout=seconds, **options)
         except httpx.TimeoutException:
             raise RegistryError(f"{what}: no answer within {seconds:g}s") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise RegistryError(f"{what}: {type(exc).__name__}: "
                                 f"{redactor.redact_text(str(exc))[:200]}") from None
 

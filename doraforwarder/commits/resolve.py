@@ -49,7 +49,12 @@ from doraforwarder.commits.github import (
     NotFound,
 )
 from doraforwarder.commits.images import TagMatcher, parse_image
-from doraforwarder.commits.oci import CredentialError, commit_from_labels, registry_image
+from doraforwarder.commits.oci import (
+    CredentialError,
+    commit_from_labels,
+    manifest_reference,
+    registry_image,
+)
 from doraforwarder.commits.plan import (
     Candidate,
     ImageChange,
@@ -282,12 +287,15 @@ class _Resolution:
         assert registry is not None
         image = parse_image(reference)
         where = registry_image(image.name) if image is not None else None
-        if image is None or where is None:
+        asked = manifest_reference(image.tag, image.digest) if image is not None else None
+        if image is None or where is None or asked is None:
+            if deployed:
+                self._unresolved("registry", "not an image reference a registry serves",
+                                 image=reference)
             return None
         name = f"{where.registry}/{where.repository}"
         try:
-            digest = image.digest or await registry.digest_of(where, image.tag or "latest",
-                                                              self.call)
+            digest = image.digest or await registry.digest_of(where, asked, self.call)
             labels = await self.r.cache.image_labels(name, digest)
             if labels is None:
                 labels = (await registry.labels_at(where, digest, self.call)).labels

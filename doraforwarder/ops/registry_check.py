@@ -22,7 +22,12 @@ from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import iter_applications
 from doraforwarder.commits.github import Call
 from doraforwarder.commits.images import TagMatcher, parse_image
-from doraforwarder.commits.oci import CredentialError, commit_from_labels, registry_image
+from doraforwarder.commits.oci import (
+    CredentialError,
+    commit_from_labels,
+    manifest_reference,
+    registry_image,
+)
 from doraforwarder.commits.registry import RegistryClient, RegistryError
 from doraforwarder.config import LoadedConfig
 from doraforwarder.ops.checks import Check
@@ -98,7 +103,8 @@ async def check_registries(config: LoadedConfig,
         for reference in images:
             parsed = parse_image(reference)
             where = registry_image(parsed.name) if parsed is not None else None
-            if where is None or matcher.sha_of(reference) is not None:
+            if where is None or parsed is None or matcher.sha_of(reference) is not None \
+                    or manifest_reference(parsed.tag, parsed.digest) is None:
                 continue
             by_registry.setdefault(where.registry, []).append(reference)
         if not by_registry:
@@ -125,7 +131,9 @@ async def _check_one(client: RegistryClient, host: str, references: list[str],
         where = registry_image(parsed.name)
         assert where is not None
         try:
-            digest = parsed.digest or await client.digest_of(where, parsed.tag or "latest", call)
+            asked = manifest_reference(parsed.tag, parsed.digest)
+            assert asked is not None
+            digest = parsed.digest or await client.digest_of(where, asked, call)
             labels = (await client.labels_at(where, digest, call)).labels
         except RegistryError as exc:
             errors.append(str(exc))
