@@ -218,7 +218,10 @@ def test_credentials_file_errors_are_one_line_without_values(tmp_path: Path) -> 
 # --- what the real server does not do on demand ---------------------------------------------
 def _mock_client(handler: Any, **settings: Any) -> RegistryClient:
     config = RegistryConfig(enabled=True, **settings)
-    return RegistryClient(config, [], httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    client = RegistryClient(config, [],
+                            httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    client.backoff_base_s, client.backoff_cap_s = 0.01, 0.02
+    return client
 
 
 async def test_429_waits_retry_after_capped_then_answers() -> None:
@@ -315,3 +318,30 @@ async def test_a_realm_that_is_no_url_is_one_line() -> None:
     assert image is not None
     with pytest.raises(RegistryError, match=r"^r.example/org/app:v1: token: InvalidURL: "):
         await client.digest_of(image, "v1", call())
+
+
+@pytest.mark.parametrize("failure", ["503", "connect", "timeout"])
+async def test_a_blip_is_retried_a_few_times_then_is_the_answer(failure: str) -> None:
+    attempts = 0
+    fail_first = 3
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= fail_first:
+            if failure == "connect":
+                raise httpx.ConnectError("refused", request=request)
+            if failure == "timeout":
+                raise httpx.ReadTimeout("slow", request=request)
+            return httpx.Response(503)
+        return httpx.Response(200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
+
+    client = _mock_client(handler)
+    image = registry_image("r.example/org/app")
+    assert image is not None
+    assert await client.digest_of(image, "v1", call()) == "sha256:" + "a" * 64
+    assert attempts == 4
+    attempts, fail_first = 0, 100
+    with pytest.raises(RegistryError):
+        await client.digest_of(image, "v1", call())
+    assert attempts == 4  # the first try and three retries

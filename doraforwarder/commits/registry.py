@@ -10,7 +10,8 @@ runtimes answer it (Bearer: a pull token for the repository's scope from the
 realm, with the registry's credentials if a credentials file has some;
 Basic: the credentials), and the token is kept for the next requests. A
 ``429`` is waited out for its ``Retry-After``, at most
-``registry.max_retry_after`` and never past the deployment's deadline.
+``registry.max_retry_after`` and never past the deployment's deadline; a
+network error or a ``5xx`` is retried :data:`TRANSIENT_RETRIES` times.
 Timeouts are per registry. Bodies are read with :mod:`doraforwarder.bodies`.
 Tokens and passwords are registered with the log redactor the moment they
 are known, and no message here ever holds one.
@@ -28,7 +29,7 @@ from typing import Any
 import httpx
 
 from doraforwarder import bodies, http_backend
-from doraforwarder.backoff import wait_or_stop
+from doraforwarder.backoff import Backoff, parse_retry_after, wait_or_stop
 from doraforwarder.commits.github import Call
 from doraforwarder.commits.oci import (
     ACCEPT,
@@ -53,6 +54,12 @@ CONFIG_LIMIT = 8 * 1024 * 1024
 """Bytes of an image config blob (labels and history; usually a few KiB)."""
 RATE_LIMIT_TRIES = 3
 """429 answers waited out for one request before it counts as failed."""
+TRANSIENT_RETRIES = 3
+"""Retries of a network error or a 5xx (capped, jittered backoff) before a read fails.
+
+Bounded, unlike GitHub's retries until ``github.resolve_timeout``: an image whose
+registry is down (or not let through the NetworkPolicy) would otherwise hold
+every deployment that ships it for the whole timeout; a blip is ridden out."""
 
 
 class RegistryError(Exception):
@@ -113,6 +120,7 @@ class RegistryClient:
         self.plain_http = {host.strip().lower() for host in config.plain_http}
         self.timeouts = {host.strip().lower(): seconds for host, seconds in config.timeouts.items()}
         self.max_retry_after = config.max_retry_after.total_seconds()
+        self.backoff_base_s, self.backoff_cap_s = 0.5, 4.0
         self._own = client is None
         self._http = client or http_backend.async_client(follow_redirects=True,
                                                          timeout=config.timeout_seconds)
@@ -225,6 +233,7 @@ class RegistryClient:
         key = (image.registry, scope)
         authenticated = False
         waits = 0
+        backoff = Backoff(self.backoff_base_s, self.backoff_cap_s)
         while True:
             if call.stop.is_set():
                 raise asyncio.CancelledError("stopping")
@@ -234,22 +243,35 @@ class RegistryClient:
             headers = {"Accept": ACCEPT}
             if key in self._auth:
                 headers["Authorization"] = self._auth[key]
-            response = await self._send(method, self._url(image, path), limit, headers,
-                                        min(self.timeout_of(image), left), what)
+            try:
+                response = await self._send(method, self._url(image, path), limit, headers,
+                                            min(self.timeout_of(image), left), what)
+            except _Transient as exc:
+                if backoff.failures >= TRANSIENT_RETRIES:
+                    raise RegistryError(str(exc)) from None
+                await self._pause(backoff.next_delay(), call)
+                continue
+            if response.status_code >= 500 and backoff.failures < TRANSIENT_RETRIES:
+                await self._pause(backoff.next_delay(), call)
+                continue
             if response.status_code == 401 and not authenticated:
                 authenticated = True
                 await self._authenticate(image, scope, response, call, what)
                 continue
             if response.status_code == 429 and waits < RATE_LIMIT_TRIES:
                 waits += 1
-                wait = min(_retry_after(response), self.max_retry_after,
-                           max(0.0, call.seconds_left()))
+                wait = min(_retry_after(response), self.max_retry_after)
                 self.log.warning("registry rate limit: waiting", registry=image.registry,
                                  seconds=round(wait, 1))
-                if await wait_or_stop(call.stop, wait):
-                    raise asyncio.CancelledError("stopping")
+                await self._pause(wait, call)
                 continue
             return response
+
+    @staticmethod
+    async def _pause(seconds: float, call: Call) -> None:
+        """Wait, at most until the deadline; CancelledError once ``stop`` is set."""
+        if await wait_or_stop(call.stop, min(seconds, max(0.0, call.seconds_left()))):
+            raise asyncio.CancelledError("stopping")
 
     async def _send(self, method: str, url: str, limit: int, headers: dict[str, str],
                     seconds: float, what: str, **options: Any) -> httpx.Response:
@@ -257,7 +279,10 @@ class RegistryClient:
             return await bodies.fetch(self._http, method, url, limit=limit, headers=headers,
                                       timeout=seconds, **options)
         except httpx.TimeoutException:
-            raise RegistryError(f"{what}: no answer within {seconds:g}s") from None
+            raise _Transient(f"{what}: no answer within {seconds:g}s") from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"{what}: {type(exc).__name__}: "
+                             f"{redactor.redact_text(str(exc))[:200]}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise RegistryError(f"{what}: {type(exc).__name__}: "
                                 f"{redactor.redact_text(str(exc))[:200]}") from None
@@ -309,8 +334,10 @@ class RegistryClient:
         self._auth[key] = f"Bearer {token}"
 
 
+class _Transient(RegistryError):
+    """A network error or a timeout: retried a few times before it is the answer."""
+
+
 def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "1")))
-    except ValueError:
-        return 1.0
+    found = parse_retry_after(response.headers.get("Retry-After"))
+    return 1.0 if found is None else found
