@@ -73,12 +73,16 @@ def test_head_images_include_unchanged_ones_once_per_sha() -> None:
     assert [(h.image, h.head) for h in heads] == [("quay.io/o/x", a), ("quay.io/o/y", b)]
 
 
-@pytest.mark.parametrize(("sources", "images", "reason"), [
-    ([], [], "no_source"),
-    ([], ["quay.io/o/x:v1"], "no_source"),
-    ([], ["quay.io/o/x:" + "a" * 40], "unresolved"),
-    ([GitSource(repo_url="", revision="main")], [], "unresolved"),
+@pytest.mark.parametrize(("sources", "images", "labels", "reason"), [
+    ([], [], False, "no_source"),
+    ([], ["quay.io/o/x:v1"], False, "no_source"),
+    ([], ["quay.io/o/x:" + "a" * 40], False, "unresolved"),
+    ([GitSource(repo_url="", revision="main")], [], False, "unresolved"),
+    # With registry.enabled, an image without a SHA tag may carry its commit in its labels.
+    ([], ["quay.io/o/x:v1"], True, "unresolved"),
+    ([], [], True, "no_source"),
 ])
-def test_no_commit_reason(sources: list[GitSource], images: list[str], reason: str) -> None:
+def test_no_commit_reason(sources: list[GitSource], images: list[str], labels: bool,
+                          reason: str) -> None:
     deployment = detected().model_copy(update={"sources": sources, "images": images})
-    assert no_commit_reason(deployment, TagMatcher()) == reason
+    assert no_commit_reason(deployment, TagMatcher(), labels=labels) == reason

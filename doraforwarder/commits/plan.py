@@ -41,14 +41,16 @@ def row_repo_url(url: str, web_base: str = GITHUB_WEB) -> str | None:
     return text.lower() or None
 
 
-def no_commit_reason(deployment: DetectedDeployment, matcher: TagMatcher) -> str:
+def no_commit_reason(deployment: DetectedDeployment, matcher: TagMatcher, *,
+                     labels: bool = False) -> str:
     """Why a deployment has nothing to send as a commit, for the metric and its dead letter.
 
-    ``no_source``: no gitops source and no image tag carrying a SHA;
-    ``unresolved``: there were candidates but every one was blacklisted,
-    had no usable repository, or could not be found.
+    ``no_source``: no gitops source and no image that could give a commit (a
+    tag carrying a SHA; any image when ``labels``, ``registry.enabled``, may read
+    one from its labels); ``unresolved``: there were candidates but every one
+    was blacklisted, had no usable repository, or could not be found.
     """
-    has_image_sha = any(matcher.sha_of(reference) for reference in deployment.images)
+    has_image_sha = any(labels or matcher.sha_of(reference) for reference in deployment.images)
     if not deployment.sources and not has_image_sha:
         return "no_source"
     return "unresolved"
