@@ -14,7 +14,13 @@ import redis.asyncio as aioredis
 from doraforwarder.config import load_config
 from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
-from doraforwarder.ops.doctor import Check, parse_version, render, run_checks
+from doraforwarder.ops.doctor import (
+    Check,
+    check_alertmanager,
+    parse_version,
+    render,
+    run_checks,
+)
 from doraforwarder.ops.permissions import Permission
 from doraforwarder.storage import RedisWatch
 from doraforwarder.testing.http_fake import free_port
@@ -73,6 +79,7 @@ async def test_everything_passes(world: FakeWorld) -> None:
         "github token": "pass",
         "webrca token exchange": "pass",
         "registry": "skip",
+        "alertmanager receiver": "skip",
     }
     text = render(list(checks.values()))
     assert "0 failed" in text
@@ -337,6 +344,33 @@ async def test_disabled_parts_are_skipped(world: FakeWorld) -> None:
     checks = await checks_for(world, {"argocd": {"enabled": False}, "webrca": {"enabled": False},
                                       "integration": {"devlake": {"enabled": False}}})
     assert {checks[n].outcome for n in ("kubernetes", "webrca", "devlake")} == {"skip"}
+
+
+@pytest.mark.parametrize(("host", "tokens", "outcome", "says"), [
+    ("127.0.0.1", "", "warn", "NOT authenticated"),
+    ("127.0.0.1", "t0ken-one,t0ken-two", "pass", "API_TOKENS (2) is required"),
+    ("0.0.0.0", "t0ken-one", "pass", "authenticated"),
+    ("0.0.0.0", "", "fail", "every notification is refused (401)"),
+])
+async def test_alertmanager_receiver_enabled_and_authenticated(
+        world: FakeWorld, monkeypatch: pytest.MonkeyPatch, host: str, tokens: str,
+        outcome: str, says: str) -> None:
+    monkeypatch.setenv("API_TOKENS", tokens)
+    monkeypatch.setenv("DEVLAKE_WEBHOOK_TOKEN", "k")
+    config = load_config(world.write_config(
+        {"server": {"host": host}, "alertmanager": {"enabled": True}}, name="am.yaml"))
+    (check,) = check_alertmanager(config)
+    assert (check.name, check.outcome) == ("alertmanager receiver", outcome)
+    assert says in check.detail and "fingerprint" in check.detail
+    assert "t0ken" not in check.detail + check.hint
+
+
+def test_alertmanager_receiver_without_devlake(world: FakeWorld) -> None:
+    config = load_config(world.write_config(
+        {"alertmanager": {"enabled": True}, "integration": {"devlake": {"enabled": False}}},
+        name="am-off.yaml"))
+    (check,) = check_alertmanager(config)
+    assert check.outcome == "fail" and "answered 503" in check.detail
 
 
 def test_cli_exit_codes(world: FakeWorld, clean_env: dict[str, str]) -> None:

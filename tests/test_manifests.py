@@ -335,11 +335,12 @@ def test_daemon_environment_and_secrets(rendered: tuple[str, tuple[Obj, ...]]) -
     # Service links would set REDIS_PORT=tcp://..., which the daemon reads as an override.
     assert pod["enableServiceLinks"] is False
     assert env["REDIS_PORT"]["value"] == "6379"
-    for secret in ("REDIS_PASSWORD", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "GITHUB_TOKEN"):
+    for secret in ("REDIS_PASSWORD", "DEVLAKE_WEBHOOK_TOKEN", "OFFLINE_TOKEN", "GITHUB_TOKEN",
+                   "API_TOKENS"):
         ref = env[secret]["valueFrom"]["secretKeyRef"]
         assert ref == {**ref, "name": "doraforwarder-secrets", "key": secret}, f"{name}: {secret}"
     # A Redis without a password needs no key; WebRCA and GitHub tokens are optional too.
-    for secret in ("REDIS_PASSWORD", "OFFLINE_TOKEN", "GITHUB_TOKEN"):
+    for secret in ("REDIS_PASSWORD", "OFFLINE_TOKEN", "GITHUB_TOKEN", "API_TOKENS"):
         assert env[secret]["valueFrom"]["secretKeyRef"].get("optional") is True, f"{name}: {secret}"
     assert "optional" not in env["DEVLAKE_WEBHOOK_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert not container.get("envFrom")

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import AuthenticationError, OutOfMemoryError
 
+from doraforwarder.apiauth import TOKENS_ENV, TOKENS_FILE_ENV, tokens_from_environment
 from doraforwarder.commits.github import GitHubClient
 from doraforwarder.config import LoadedConfig
 from doraforwarder.context import AppContext
@@ -350,6 +351,40 @@ async def check_webrca(config: LoadedConfig) -> list[Check]:
     return [Check("webrca token exchange", "pass", "access token issued")]
 
 
+def check_alertmanager(config: LoadedConfig) -> list[Check]:
+    """Whether ``POST /api/v1/alertmanager`` is served, and who may post to it.
+
+    Read from the configuration and ``API_TOKENS(_FILE)`` as the daemon reads
+    them at start: a token set means a bearer token is required; none means
+    open on a loopback host and every notification refused (401) elsewhere.
+    """
+    settings = config.settings
+    alerts = settings.alertmanager
+    name = "alertmanager receiver"
+    if not alerts.enabled:
+        return [Check(name, "skip", "alertmanager.enabled is false")]
+    if not settings.integration.devlake.enabled:
+        return [Check(name, "fail", "integration.devlake is disabled: every notification is "
+                                    "answered 503", "enable integration.devlake")]
+    what = (f"POST /api/v1/alertmanager, incident per {alerts.incident_key}, matchers "
+            f"{', '.join(alerts.matchers) or '(every alert)'}, component label "
+            f"{alerts.component_label}")
+    hint = (f"set {TOKENS_ENV} (or {TOKENS_FILE_ENV}) and the same token in the webhook's "
+            "http_config.authorization.credentials")
+    try:
+        tokens = tokens_from_environment()
+    except ValueError as exc:
+        return [Check(name, "fail", f"{what}; {exc}: every notification is refused", hint)]
+    if tokens:
+        return [Check(name, "pass", f"{what}; authenticated: a bearer token among "
+                                    f"{TOKENS_ENV} ({len(tokens)}) is required")]
+    if settings.server.listens_on_loopback:
+        return [Check(name, "warn", f"{what}; NOT authenticated: no {TOKENS_ENV}, any local "
+                                    f"process on {settings.server.host} may post", hint)]
+    return [Check(name, "fail", f"{what}; no {TOKENS_ENV}: every notification is refused (401) "
+                                f"on {settings.server.host}", hint)]
+
+
 async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None,
                      image_source: ImageSource | None = None) -> list[Check]:
     """Every check the configuration calls for, in the order an operator fixes them."""
@@ -371,6 +406,7 @@ async def run_checks(config: LoadedConfig, kube_probe: KubeProbe | None = None,
         await context.redis.aclose()
     for group in results:
         checks += group
+    checks += check_alertmanager(config)
     return checks
 
 
