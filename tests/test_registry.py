@@ -345,3 +345,40 @@ async def test_a_blip_is_retried_a_few_times_then_is_the_answer(failure: str) ->
     with pytest.raises(RegistryError):
         await client.digest_of(image, "v1", call())
     assert attempts == 4  # the first try and three retries
+
+
+async def test_a_blob_redirected_to_storage_gets_no_registry_credential() -> None:
+    config = json.dumps({"config": {"Labels": {OCI_REVISION: SHA}}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2,
+                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"digest": config_digest, "size": len(config)},
+                           "layers": []}).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    at_storage: list[httpx.Headers] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            at_storage.append(request.headers)
+            return httpx.Response(200, content=config)
+        assert request.headers["Authorization"] == "Bearer registry-token-0000"
+        if "/blobs/" in request.url.path:
+            return httpx.Response(307, headers={"Location": "https://storage.example/b?sig=1"})
+        return httpx.Response(200, content=manifest)
+
+    client = RegistryClient(RegistryConfig(enabled=True), [], httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), follow_redirects=True))
+    client._auth[("r.example", "repository:org/app:pull")] = "Bearer registry-token-0000"
+    image = registry_image("r.example/org/app")
+    assert image is not None
+    found = await client.labels_at(image, manifest_digest, call())
+    assert found.labels == {OCI_REVISION: SHA}
+    assert len(at_storage) == 1 and "Authorization" not in at_storage[0]
+
+
+async def test_the_daemons_client_follows_redirects() -> None:
+    client = RegistryClient.from_config(RegistryConfig(enabled=True))
+    try:
+        assert client._http.follow_redirects  # blobs are served from storage elsewhere
+    finally:
+        await client.aclose()
