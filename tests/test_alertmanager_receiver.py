@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,8 @@ from doraforwarder.devlake.plan import Planner
 from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry
 from doraforwarder.server import AlertInbox, bound_port, build_app
+from tests.alertmanager_support import Alertmanager
+from tests.alertmanager_support import binary as am_binary
 
 T = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 TOKEN = "receiver-test-token-0000"
@@ -165,3 +168,69 @@ async def test_the_route_exists_only_when_enabled(redis_client: aioredis.Redis) 
             f"http://127.0.0.1:{bound_port(runner)}/api/v1/alertmanager", content=body())
     await runner.cleanup()
     assert answer.status_code == 404
+
+
+# --- group_key, against the real Alertmanager --------------------------------------------
+
+
+async def wait_outbox(redis: aioredis.Redis, count: int, timeout: float = 20.0
+                      ) -> list[tuple[str, str, str]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await outbox(redis)
+        if len(found) >= count:
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"outbox holds {found}, wanted {count} entries")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.skipif(am_binary() is None, reason="prometheus-alertmanager is not installed")
+async def test_group_key_incidents_from_the_real_alertmanager(
+        redis_client: aioredis.Redis, tmp_path: Path) -> None:
+    """One incident per alert group: open while any alert fires, closed when all resolved,
+    a new one when the group fires again."""
+    document = settings(incident_key="group_key", title="{alertname} ({component})")
+    document["integration"]["devlake"]["teams"] = []
+    context = context_of(redis_client, document)
+    inbox = AlertInbox(StaticTokens([TOKEN]))
+    inbox.receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
+    runner = web.AppRunner(build_app(context, OpenAccess(), inbox))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{bound_port(runner)}/api/v1/alertmanager"
+    now = datetime.now(UTC).replace(microsecond=0)
+    labels = {"alertname": "Down", "severity": "critical", "component": "api"}
+    try:
+        with Alertmanager(tmp_path / "am", url, token=TOKEN, group_by=["alertname"]) as am:
+            start = now - timedelta(minutes=30)
+            starts = {"a": start + timedelta(minutes=1), "b": start + timedelta(minutes=2)}
+            for instance, starts_at in starts.items():
+                await asyncio.to_thread(am.post, {**labels, "instance": instance},
+                                        starts_at=starts_at)
+            (opened,) = await wait_outbox(redis_client, 1)
+            key = opened[1]
+            assert key.startswith("alertmanager:group:") and opened[2] == "TODO"
+            await asyncio.to_thread(am.post, {**labels, "instance": "a"},
+                                    starts_at=starts["a"], ends_at=now - timedelta(minutes=20))
+            served = context.metrics.alertmanager_notifications.labels("accepted")
+            seen = served._value.get()
+            async with asyncio.timeout(20):          # the group re-sent, b still firing
+                while served._value.get() < seen + 2:
+                    await asyncio.sleep(0.05)
+            assert len(await outbox(redis_client)) == 1
+            await asyncio.to_thread(am.post, {**labels, "instance": "b"},
+                                    starts_at=starts["b"], ends_at=now - timedelta(minutes=10))
+            resolved = (await wait_outbox(redis_client, 2))[1]
+            assert resolved == ("connection_id:1", key, "DONE")
+            await asyncio.to_thread(am.post, {**labels, "instance": "a"},
+                                    starts_at=now - timedelta(minutes=5))
+            again = (await wait_outbox(redis_client, 3))[2]
+            assert again[1] != key and again[2] == "TODO"
+    finally:
+        await runner.cleanup()
+    entries = [OutboxEntry.model_validate_json(fields["entry"])
+               for _, fields in await redis_client.xrange(Keys("t").outbox_stream)]
+    assert [e.payload["title"] for e in entries] == ["Down (api)"] * 3
+    assert entries[0].payload["createdDate"] == (start + timedelta(minutes=1)).isoformat()
+    assert entries[1].payload["resolutionDate"] == (now - timedelta(minutes=10)).isoformat()
