@@ -201,3 +201,29 @@ def test_bookmarks_come_each_interval_and_just_before_the_timeout(
     assert events[0]["object"] == {"kind": "Application", "apiVersion": "argoproj.io/v1alpha1",
                                    "metadata": {"resourceVersion": rv}}
     assert watch_lines(api, rv, timeout=1) == [], "no bookmarks unless asked"
+
+
+def test_a_restart_refuses_watches_while_the_cache_fills_then_expires_older_versions(
+        kube: FakeKube, tmp_path: Path) -> None:
+    from kubernetes.client import Configuration
+    from kubernetes.config import load_kube_config
+    configuration = Configuration()
+    load_kube_config(str(kube.write_kubeconfig(tmp_path / "kc")),
+                     client_configuration=configuration)
+    configuration.retries = False  # as the daemon: urllib3 would retry a 429 by itself
+    api = CustomObjectsApi(ApiClient(configuration))
+    kube.apply(LiveApp("svc").snapshot())
+    seen = str(kube.resource_version)
+    kube.apply(LiveApp("other", "elsewhere").snapshot())  # a write the argocd watch never sees
+    kube.restart()
+    with pytest.raises(ApiException) as caught:
+        watch_lines(api, seen)
+    body = json.loads(caught.value.body)
+    assert (caught.value.status, body["reason"], body["message"]) == (
+        429, "TooManyRequests", "storage is (re)initializing")
+    assert caught.value.headers["Retry-After"] == "1"
+    assert api.list_namespaced_custom_object(G, V, "argocd", P)["items"], "lists are served"
+    [event] = watch_lines(api, seen)
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+    assert event["object"]["message"].startswith(f"too old resource version: {seen} (")
+    assert watch_lines(api, str(kube.resource_version)) == []

@@ -434,6 +434,27 @@ async def test_410_in_the_middle_of_a_burst(harness: Harness) -> None:
     assert metrics.watch_restarts.labels("argocd", "expired")._value.get() == 1
 
 
+async def test_an_api_server_restart_is_survived_as_on_the_real_server(
+        harness: Harness) -> None:
+    """As apiextensions-apiserver v0.36.3 restarts: watches cut, 429 while its watch
+    cache fills, then 410 for the version the watcher held (later writes elsewhere moved
+    etcd's revision on): the watcher waits, lists again, and loses nothing."""
+    app = LiveApp("svc")
+    harness.apply(app.snapshot())
+    run = await harness.start()
+    harness.apply(*app.sync(sha("r1"), [image("svc", "r1")]))
+    await harness.settle()
+    harness.kube.apply(LiveApp("other", "elsewhere").snapshot())
+    harness.kube.restart(unready_watches=1)
+    harness.apply(*app.sync(sha("r2"), [image("svc", "r2")]))
+    await harness.settle()
+    assert [r.revision for r in await harness.deployments()] == [sha("r1"), sha("r2")]
+    restarts = run.context.metrics.watch_restarts
+    assert restarts.labels("argocd", "http 429")._value.get() == 1
+    assert restarts.labels("argocd", "expired")._value.get() == 1
+    assert run.context.metrics.relists.labels("argocd")._value.get() == 2
+
+
 async def test_replica_pair_produces_each_deployment_once(harness: Harness) -> None:
     apps = [LiveApp(f"svc{i}") for i in range(6)]
     harness.apply(*(a.snapshot() for a in apps))

@@ -232,6 +232,8 @@ class FakeKube(FakeServer):
         self.request_log: list[tuple[str, str]] = []
         self.calls: list[Permission] = []
         """Every request as the authorization question it asks, in order."""
+        self._unready_watches = 0
+        """Watch requests still to refuse with 429 after :meth:`restart`."""
         self.bookmark_interval = 60.0
         """Seconds between the BOOKMARKs of a watch that asked for them (the real
         watch cache sends one a minute)."""
@@ -283,6 +285,29 @@ class FakeKube(FakeServer):
     def close(self) -> None:
         self.drop_watches()
         super().close()
+
+    def restart(self, *, unready_watches: int = 1) -> None:
+        """Restart as a real API server restarts (seen on apiextensions-apiserver v0.36.3).
+
+        Open watches are cut; the watch cache is rebuilt from etcd at the current
+        revision, so a watch from any older resourceVersion (one the client saw before
+        later writes to other namespaces, say) gets the 410 ERROR event (``too old
+        resource version``) and the client must list again;
+        while the cache fills, the first ``unready_watches`` watch requests are
+        answered 429 ``storage is (re)initializing`` with ``Retry-After: 1``
+        (lists are served meanwhile: the real server reads them from etcd).
+        Continue tokens stay valid (etcd still holds their revision).
+        """
+        self.stop()
+
+        async def rebuild() -> None:
+            self._events.clear()
+            self._event_rvs.clear()
+            self._horizon = self._rv
+            self._unready_watches = unready_watches
+
+        self.start()
+        self.server.call(rebuild())
 
     def write_kubeconfig(self, path: Path, *, token: str | None = None) -> Path:
         """A kubeconfig pointing at this server (plain HTTP, bearer token)."""
@@ -584,6 +609,11 @@ class FakeKube(FakeServer):
         if refused is not None:
             return refused
         if watching:
+            if self._unready_watches > 0:
+                self._unready_watches -= 1
+                body = status_body(429, "TooManyRequests", "storage is (re)initializing")
+                body["details"] = {"retryAfterSeconds": 1}
+                return web.json_response(body, status=429, headers={"Retry-After": "1"})
             return await self._watch(request, namespace)
         return self._list(request, namespace)
 
