@@ -89,12 +89,17 @@ async def test_each_change_is_staged_once(served: tuple[AppContext, AlertInbox, 
         assert first.json() == {"status": "accepted", "alerts": 1, "incidents": 1, "staged": 1}
         again = await client.post(url, content=body())           # a retry or a repeat
         assert again.json()["staged"] == 0
+        key = f"alertmanager:f00d:{int(T.timestamp())}"
+        fingerprints = Keys("t").incident_fingerprints
+        assert list(await redis_client.hkeys(fingerprints)) == [key]
         resolved = await client.post(url, content=body("resolved", end=T + timedelta(minutes=9)))
         assert resolved.json()["staged"] == 1
+        assert await redis_client.hkeys(fingerprints) == []   # only open incidents kept
+        for late in (body("resolved", end=T + timedelta(minutes=9)), body()):
+            assert (await client.post(url, content=late)).json()["staged"] == 0
         ignored = await client.post(url, content=body(severity="warning"))
         assert ignored.json() == {"status": "accepted", "alerts": 1, "incidents": 0,
                                   "staged": 0}
-    key = f"alertmanager:f00d:{int(T.timestamp())}"
     assert await outbox(redis_client) == [
         ("connection_id:1", key, "TODO"), ("connection_id:2", key, "TODO"),
         ("connection_id:1", key, "DONE"), ("connection_id:2", key, "DONE")]

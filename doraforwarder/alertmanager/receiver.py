@@ -93,9 +93,16 @@ class AlertReceiver:
                 if episode is not None:
                     states[key] = episode.to_json()
 
+            resolved = [p.incident.incident_id for p in plans if p.incident.is_resolved]
+
             def writes(pipe: Pipeline) -> None:
                 for key, value in states.items():
                     pipe.set(key, value, ex=ttl)
+                if resolved:
+                    # A resolved episode is final: its subject's state answers every later
+                    # notification of it, so its fingerprint need not stay (the hash holds
+                    # open alert incidents only, however many alerts come and go).
+                    pipe.hdel(keys.incident_fingerprints, *resolved)
 
             return Batch(plans, writes if states else None)
 
