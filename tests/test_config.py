@@ -14,10 +14,10 @@ from doraforwarder.config import (
     ENV_OVERRIDES,
     ConfigError,
     RedisConfig,
-    _describe,
     load_config,
     parse_duration,
 )
+from doraforwarder.config.loading import _describe
 from tests.conftest import COMPAT_CONFIGS, ROOT, UPSTREAM_REFERENCE_CONFIGS, write_config
 
 VALID_DEVLAKE = """
