@@ -176,3 +176,49 @@ def test_alertmanager_incidents_reach_devlake_once_through_a_restart(
         assert numbers.incidents == 2, project
         assert numbers.change_failure_rate == 1 / 2, project
         assert numbers.time_to_restore_minutes == 10, project   # lower median of 30 and 10
+
+
+def test_an_ha_pair_posting_to_two_replicas_gives_each_state_once(
+        world: FakeWorld, daemons: DaemonFactory, tmp_path: Path,
+        clean_env: dict[str, str]) -> None:
+    """Two Alertmanagers (an HA pair, each notifying on its own) post every notification to
+    two daemon processes on one Redis: DevLake still gets each incident state once."""
+    clean_env["API_TOKENS"] = TOKEN
+    ports = [free_port(), free_port()]
+    replicas = [daemons({"server": {"port": str(port)}, "argocd": {"enabled": False},
+                         "webrca": {"enabled": False},
+                         "alertmanager": {"enabled": True, "incident_key": "fingerprint"},
+                         "integration": {"devlake": {"teams": TEAMS}}}, name=f"replica-{i}")
+                for i, port in enumerate(ports)]
+    for replica in replicas:
+        replica.wait_ready()
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = now - timedelta(minutes=40), now - timedelta(minutes=15)
+    pair = [Alertmanager(tmp_path / f"am-{i}", f"http://127.0.0.1:{port}/api/v1/alertmanager",
+                         token=TOKEN) for i, port in enumerate(ports)]
+    try:
+        for am in pair:
+            am.start()
+        for am in pair:
+            am.post(CRITICAL, starts_at=start)
+        wait_for(lambda: all(alert_issues(world, c) for c in (1, 2)), 30,
+                 lambda: "no incident")
+        for am in pair:
+            am.post(CRITICAL, starts_at=start, ends_at=end)
+        wait_for(lambda: all(issue.get("status") == "DONE" for c in (1, 2)
+                             for issue in alert_issues(world, c).values()), 30,
+                 lambda: f"not resolved: {alert_issues(world, 1)}")
+        served = [metric(r, ACCEPTED) for r in replicas]
+        wait_for(lambda: all(metric(r, ACCEPTED) >= 2 for r in replicas), 30,
+                 lambda: f"a replica got no notification: {served}")
+    finally:
+        for am in pair:
+            am.close()
+    for replica in replicas:
+        assert replica.terminate() == 0
+    posts = Counter((p.connection_id, p.record_id, p.body["status"])
+                    for p in world.devlake.accepted("issue"))
+    assert set(posts.values()) == {1} and len(posts) == 4, posts
+    for connection in (1, 2):
+        (issue,) = alert_issues(world, connection).values()
+        assert issue["resolutionDate"] == end.isoformat()
