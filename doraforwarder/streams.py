@@ -165,14 +165,23 @@ def missing_group(exc: BaseException) -> bool:
 HEARTBEAT_BATCH = 500
 """Entry ids refreshed per ``XCLAIM`` call."""
 
-_HAND_OVER = LuaScript("""
-local moved = {}
-for i = 4, #ARGV do
-  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if found[1] and found[1][2] == ARGV[2] then
-    moved[#moved + 1] = ARGV[i]
+_PENDING_FOR = """
+local function pending_for(member, first)
+  local owned = {}
+  for i = first, #ARGV do
+    local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+    if found[1] and found[1][2] == member then
+      owned[#owned + 1] = ARGV[i]
+    end
   end
+  return owned
 end
+"""
+"""Lua: the ids among ``ARGV[first..]`` pending for ``member`` in group ``ARGV[1]``, the
+ownership check every script that moves, refreshes or acknowledges entries starts with."""
+
+_HAND_OVER = LuaScript(_PENDING_FOR + """
+local moved = pending_for(ARGV[2], 4)
 if #moved > 0 then
   local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[3], '0'}
   for _, id in ipairs(moved) do claim[#claim + 1] = id end
@@ -182,7 +191,9 @@ end
 return moved
 """)
 """KEYS: stream. ARGV: group, from member, to member, entry ids. Moves only the ids
-pending for ``from``, in one step: an entry another member took meanwhile stays its."""
+pending for ``from``, in one step: an entry another member took meanwhile stays its.
+Handed from a member to itself, the ids are refreshed: ``XCLAIM`` resets their idle
+time (``JUSTID`` leaves the delivery count alone), see :meth:`GroupConsumer.refresh`."""
 
 _TAKE_FROM = LuaScript("""
 local found = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[4]), ARGV[2])
@@ -197,33 +208,8 @@ return redis.call(unpack(claim))
 entries pending for ``from``, moved to ``to`` and returned (deleted ones are dropped);
 two callers never get the same entry."""
 
-_REFRESH_OWNED = LuaScript("""
-local owned = {}
-for i = 3, #ARGV do
-  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if found[1] and found[1][2] == ARGV[2] then
-    owned[#owned + 1] = ARGV[i]
-  end
-end
-if #owned > 0 then
-  local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}
-  for _, id in ipairs(owned) do claim[#claim + 1] = id end
-  claim[#claim + 1] = 'JUSTID'
-  redis.call(unpack(claim))
-end
-return owned
-""")
-"""KEYS: stream. ARGV: group, member, entry ids. Resets the idle time of the ids still
-pending for ``member`` and returns them; an id another member took over is left to it."""
-
-_ACK_OWNED = LuaScript("""
-local owned = {}
-for i = 3, #ARGV do
-  local found = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if found[1] and found[1][2] == ARGV[2] then
-    owned[#owned + 1] = ARGV[i]
-  end
-end
+_ACK_OWNED = LuaScript(_PENDING_FOR + """
+local owned = pending_for(ARGV[2], 3)
 if #owned == 0 then
   return {0}
 end
@@ -238,6 +224,7 @@ pending for ``member``; returns ``{deleted, acknowledged ids...}``. ``XACK`` fir
 script runs over ``maxmemory``."""
 
 HAND_OVER_BATCH = 250
+"""Entry ids moved per script call (a Lua call's arguments stay small)."""
 
 
 async def ack_owned(redis: aioredis.Redis, stream: str, group: str, consumer: str,
@@ -255,7 +242,6 @@ async def ack_owned(redis: aioredis.Redis, stream: str, group: str, consumer: st
         deleted += int(answer[0])
         acked.update(str(entry_id) for entry_id in answer[1:])
     return deleted, acked
-"""Entry ids moved per script call (a Lua call's arguments stay small)."""
 
 
 @dataclass
@@ -392,8 +378,9 @@ class GroupConsumer:
         ids = list(entry_ids)
         owned: set[str] = set()
         for start in range(0, len(ids), HEARTBEAT_BATCH):
-            answer = await _REFRESH_OWNED.run(self.redis, [self.stream], [
-                self.group, self.consumer, *ids[start:start + HEARTBEAT_BATCH]])
+            answer = await _HAND_OVER.run(self.redis, [self.stream], [
+                self.group, self.consumer, self.consumer,
+                *ids[start:start + HEARTBEAT_BATCH]])
             owned.update(str(entry_id) for entry_id in answer or [])
         return owned
 
