@@ -195,6 +195,8 @@ class StatusBoard:
     """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
     redis_data_lost: dict[str, Any] | None = None
     """The last time this process found Redis had lost its data (see storage.report_data_lost)."""
+    alertmanager: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``last_accepted`` and ``last_refused`` notification of this process (server.py)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -210,6 +212,8 @@ class StatusBoard:
             **({"redis": dict(self.redis)} if self.redis is not None else {}),
             "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
             "redis_data_lost": dict(self.redis_data_lost) if self.redis_data_lost else None,
+            **({"alertmanager": {key: dict(value) for key, value in self.alertmanager.items()}}
+               if self.alertmanager else {}),
         }
 
 

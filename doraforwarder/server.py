@@ -281,6 +281,8 @@ async def alertmanager(request: web.Request) -> web.Response:
 
     def refuse(status: int, message: str, outcome: str) -> web.Response:
         counted.labels(outcome).inc()
+        context.status.alertmanager["last_refused"] = {
+            "at": go_time(datetime.now(UTC)), "status": status, "reason": message}
         answer = go_json_response({"error": message}, status)
         if status == 401:
             answer.headers["WWW-Authenticate"] = 'Bearer realm="doraforwarder"'
@@ -315,6 +317,9 @@ async def alertmanager(request: web.Request) -> web.Response:
                     error=str(exc))
         return refuse(503, "Redis is unavailable; retry", "unavailable")
     counted.labels("accepted").inc()
+    context.status.alertmanager["last_accepted"] = {
+        "at": go_time(datetime.now(UTC)), "status": notification.status,
+        "alerts": received.alerts, "incidents": received.incidents, "staged": received.staged}
     return go_json_response({"status": "accepted", "alerts": received.alerts,
                              "incidents": received.incidents, "staged": received.staged})
 

@@ -142,6 +142,9 @@ async def test_refusals(served: tuple[AppContext, AlertInbox, str]) -> None:
         closed = await client.post(url, content=body(),
                                    headers={"Authorization": f"Bearer {TOKEN}"})
         assert closed.status_code == 401 and "API_TOKENS" in closed.json()["error"]
+    board = context.status.snapshot()["alertmanager"]
+    assert board["last_accepted"]["alerts"] == 1 and board["last_refused"]["status"] == 401
+    assert TOKEN not in json.dumps(board)
     counted = context.metrics.alertmanager_notifications
     assert {o: counted.labels(o)._value.get() for o in
             ("accepted", "unavailable", "too_large", "bad_request", "unauthorized")} == {
