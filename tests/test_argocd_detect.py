@@ -9,14 +9,9 @@ from typing import Any
 
 import pytest
 
-from doraforwarder.argocd.detect import (
-    apply_dedupe,
-    decide,
-    dedupe_key,
-    deployment_id,
-    history_deployments,
-    mark_deleted,
-)
+from doraforwarder.argocd.dedupe import apply_dedupe
+from doraforwarder.argocd.deployment_records import history_deployments
+from doraforwarder.argocd.detect import decide, dedupe_key, deployment_id, mark_deleted
 from doraforwarder.argocd.model import parse_application, parse_time
 from doraforwarder.argocd.state import AppState
 from doraforwarder.config import ArgoCDConfig
@@ -519,7 +514,7 @@ _T = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 )
 def test_a_syncs_start_is_its_own(deploy_started: str, operation: tuple[datetime, datetime] | None,
                                   expected: datetime) -> None:
-    from doraforwarder.argocd.detect import started_at
+    from doraforwarder.argocd.settled import started_at
     from doraforwarder.testing.argocd_objects import application, history_entry, operation_state
 
     recorded = _T - timedelta(minutes=5) if deploy_started.startswith("recorded") else None

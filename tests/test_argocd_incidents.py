@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from doraforwarder.argocd.detect import Decision, decide, history_deployments, mark_deleted
+from doraforwarder.argocd.deployment_records import history_deployments
+from doraforwarder.argocd.detect import Decision, decide, mark_deleted
 from doraforwarder.argocd.model import parse_application, parse_time
 from doraforwarder.argocd.state import AppState, DegradedSpell, load_state
 from doraforwarder.config import ArgoCDConfig

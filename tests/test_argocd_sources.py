@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from doraforwarder.argocd.detect import apply_dedupe, decide
+from doraforwarder.argocd.dedupe import apply_dedupe
+from doraforwarder.argocd.detect import decide
 from doraforwarder.argocd.ids import revision_key
 from doraforwarder.argocd.intake import Intake, Observed
 from doraforwarder.argocd.model import MalformedApplication, SourceView, parse_application

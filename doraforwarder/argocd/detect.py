@@ -42,11 +42,14 @@ Pure: no I/O, no clock, no randomness, so every rule below is a table test.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
+from doraforwarder.argocd.degraded import spell_incident, track_degraded
+from doraforwarder.argocd.deployment_records import (
+    deployment_record,
+    failed_attempt,
+)
 from doraforwarder.argocd.identity import Identity, Skip, resolve_identity
 from doraforwarder.argocd.ids import (
     claim_value,
@@ -54,41 +57,35 @@ from doraforwarder.argocd.ids import (
     deployment_dedupe_key,
     deployment_id,
     incident_key,
-    parse_claim,
-    revision_key,
     scope_cluster,
 )
 from doraforwarder.argocd.model import (
     AppView,
-    HistoryEntry,
-    app_key,
-    deployed_sources,
-    git_sources,
-    gitops_revision,
 )
-from doraforwarder.argocd.state import AppState, Baseline, DegradedSpell, PendingSync
+from doraforwarder.argocd.settled import (
+    SETTLED_FAILURE,
+    SETTLED_SUCCESS,
+    baseline_of,
+    candidate_revisions,
+    is_settled,
+    pending_sync,
+    sync_in_flight,
+)
+from doraforwarder.argocd.state import AppState, Baseline, PendingSync
 from doraforwarder.config import ArgoCDConfig
-from doraforwarder.records import DetectedDeployment, DetectedIncident, GitSource, Result
+from doraforwarder.records import DetectedDeployment, DetectedIncident, Result
 
 __all__ = [
     "Decision",
-    "DedupeOutcome",
-    "apply_dedupe",
     "claim_value",
     "decide",
     "dedupe_key",
     "deployment_dedupe_key",
     "deployment_id",
-    "history_deployments",
-    "is_settled",
     "mark_deleted",
     "scope_cluster",
     "stale_reason",
-    "track_degraded",
 ]
-
-SETTLED_SUCCESS = frozenset({"Healthy", "Unknown"})
-SETTLED_FAILURE = frozenset({"Degraded"})
 
 
 @dataclass(frozen=True)
@@ -111,79 +108,6 @@ class Decision:
     def recheck_at(self) -> datetime | None:
         """When to decide again from the same view if no event comes first."""
         return self.state.next_deadline if self.state is not None else None
-
-
-# --- dedupe -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DedupeOutcome:
-    kept: list[DetectedDeployment]
-    claims: dict[str, str]
-    """Dedupe scope key -> claim value to write (with TTL = ``argocd.dedupe_window``)."""
-    reasons: list[str]
-
-
-def apply_dedupe(
-    deployments: list[DetectedDeployment],
-    holders: Mapping[str, str | None],
-    config: ArgoCDConfig,
-) -> DedupeOutcome:
-    """Drop deployments whose scope another app already claimed within the window.
-
-    ``holders`` maps each scope key to its current claim (``"<app> <id>"``) or
-    None. The same app deploying a revision again (a rollback, a re-sync that
-    changed images) is a new deployment; another app (another cluster) with
-    the same component+revision inside the window is the same deployment.
-    """
-    current = dict(holders)
-    kept: list[DetectedDeployment] = []
-    claims: dict[str, str] = {}
-    reasons: list[str] = []
-    for deployment in deployments:
-        key = deployment_dedupe_key(deployment, config)
-        holder = current.get(key)
-        holder_app = parse_claim(holder).app if holder else None
-        if holder_app is not None and holder_app != deployment.app:
-            reasons.append(f"{deployment.id}: duplicate of {holder} (dedupe scope {key})")
-            continue
-        kept.append(deployment)
-        claims[key] = current[key] = claim_value(deployment.app, deployment.id)
-    return DedupeOutcome(kept=kept, claims=claims, reasons=reasons)
-
-
-# --- settled state ------------------------------------------------------------------
-
-
-def is_settled(view: AppView) -> bool:
-    """The last operation succeeded and a comparison after it already ran (Synced or not)."""
-    operation = view.operation
-    if operation is None or operation.phase != "Succeeded" or operation.finished_at is None:
-        return False
-    return view.reconciled_at is None or view.reconciled_at >= operation.finished_at
-
-
-def _in_flight(view: AppView, entry: HistoryEntry) -> bool:
-    """Whether the operation that wrote ``entry`` is still running or not compared yet.
-
-    A drifted app (OutOfSync long after its last sync) is *not* in flight:
-    a comparison ran after the operation finished.
-    """
-    operation = view.operation
-    if (
-        operation is None
-        or operation.started_at is None
-        or operation.started_at > entry.deployed_at
-    ):
-        return False
-    if operation.phase == "Running":
-        return True
-    return (
-        operation.phase == "Succeeded"
-        and operation.finished_at is not None
-        and view.reconciled_at is not None
-        and view.reconciled_at < operation.finished_at
-    )
 
 
 # --- the decision -------------------------------------------------------------------
@@ -257,66 +181,21 @@ def decide(view: AppView, stored: AppState | None, config: ArgoCDConfig, now: da
     return _follow(view, stored, identity, config, now)
 
 
-def started_at(view: AppView, entry: HistoryEntry) -> datetime:
-    """When the sync of ``entry`` started: ``deployStartedAt``, else its operation's start.
-
-    The operation counts only when it is the one that wrote the entry (it
-    started before the entry's ``deployedAt`` and did not finish before it);
-    with neither, the sync is taken to have started when it was deployed.
-    """
-    if entry.started_at is not None:
-        return entry.started_at
-    operation = view.operation
-    if (
-        operation is not None
-        and operation.started_at is not None
-        and operation.started_at <= entry.deployed_at
-        and (operation.finished_at is None or operation.finished_at >= entry.deployed_at)
-    ):
-        return operation.started_at
-    return entry.deployed_at
-
-
-def _pending(view: AppView, entry: HistoryEntry, deadline: datetime) -> PendingSync:
-    return PendingSync(
-        history_id=entry.id,
-        revision=entry.revision,
-        revisions=list(entry.revisions),
-        sources=entry.git_sources(),
-        started_at=started_at(view, entry),
-        deployed_at=entry.deployed_at,
-        deadline=deadline,
-    )
-
-
-def _baseline(entry: HistoryEntry | None, images: tuple[str, ...]) -> Baseline | None:
-    if entry is None:
-        return None
-    return Baseline(
-        history_id=entry.id,
-        revision=entry.revision,
-        revisions=list(entry.revisions),
-        sources=entry.git_sources(),
-        images=list(images),
-        deployed_at=entry.deployed_at,
-    )
-
-
 def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision:
     latest = view.latest
     operation = view.operation
     last_failure = (
         operation.finished_at if operation is not None and operation.failed_attempt else None
     )
-    in_flight = latest is not None and _in_flight(view, latest)
+    in_flight = latest is not None and sync_in_flight(view, latest)
     if latest is not None and in_flight:
         previous = view.history[-2] if len(view.history) > 1 else None
         state = AppState(
             uid=view.uid,
             created_at=view.created_at,
-            baseline=_baseline(previous, view.images),
+            baseline=baseline_of(previous, view.images),
             last_history_id=latest.id,
-            pending=[_pending(view, latest, now + config.health_timeout)],
+            pending=[pending_sync(view, latest, now + config.health_timeout)],
             last_failure_at=last_failure,
         )
         reasons = [f"first sight: sync {latest.id} in progress, following it"]
@@ -329,7 +208,7 @@ def _first_sight(view: AppView, config: ArgoCDConfig, now: datetime) -> Decision
             True,
             incidents=decision.incidents,
         )
-    baseline = _baseline(latest, view.images)
+    baseline = baseline_of(latest, view.images)
     spell, _, spell_reasons = track_degraded(
         view,
         None,
@@ -386,7 +265,7 @@ def _follow(
         uid = uid or view.uid
         new_entries = [e for e in view.history if last_history_id is None or e.id > last_history_id]
     for entry in new_entries:
-        pending.append(_pending(view, entry, now + config.health_timeout))
+        pending.append(pending_sync(view, entry, now + config.health_timeout))
         reasons.append(f"sync {entry.id} ({entry.revision}) seen, waiting for it to settle")
     if new_entries:
         last_history_id = new_entries[-1].id
@@ -449,7 +328,7 @@ def _follow(
         final_images = images if images is not None else (baseline.images if baseline else [])
         if (
             baseline is not None
-            and _revisions(candidate) == baseline.all_revisions()
+            and candidate_revisions(candidate) == baseline.all_revisions()
             and final_images == baseline.images
         ):
             reasons.append(
@@ -457,7 +336,7 @@ def _follow(
             )
         else:
             deployments.append(
-                _deployment(
+                deployment_record(
                     view, identity, candidate, verdict, final_images, baseline, config, now, why
                 )
             )
@@ -465,7 +344,7 @@ def _follow(
         baseline = Baseline(
             history_id=candidate.history_id,
             revision=candidate.revision,
-            revisions=_revisions(candidate),
+            revisions=candidate_revisions(candidate),
             sources=candidate.sources,
             images=final_images,
             deployed_at=candidate.deployed_at,
@@ -473,7 +352,7 @@ def _follow(
 
     if failed is not None and failed.finished_at is not None:
         last_failure_at = failed.finished_at
-        deployments.append(_failed_attempt(view, identity, baseline, config, now))
+        deployments.append(failed_attempt(view, identity, baseline, config, now))
         reasons.append(f"operation {failed.phase} at {failed.finished_at.isoformat()}")
 
     spell, incidents, spell_reasons = track_degraded(
@@ -501,10 +380,6 @@ def _follow(
     if stored.deleted_at is not None:
         reasons.append("application is back")
     return Decision(state, deployments, reasons, changed=state != stored, incidents=incidents)
-
-
-def _revisions(candidate: PendingSync) -> list[str]:
-    return list(candidate.revisions) or [candidate.revision]
 
 
 def mark_deleted(
@@ -543,264 +418,7 @@ def mark_deleted(
             )
         else:
             identity = Identity(spell.component, spell.cluster, spell.environment)
-            incidents.append(_spell_incident(namespace, name, identity, spell, now, deleted=True))
+            incidents.append(spell_incident(namespace, name, identity, spell, now, deleted=True))
             reasons.append("incident resolved: application deleted")
     state = stored.model_copy(update={"deleted_at": now, "degraded": spell})
     return Decision(state, [], reasons, changed=True, incidents=incidents)
-
-
-# --- records ------------------------------------------------------------------------
-
-
-def _record(view: AppView, identity: Identity, baseline: Baseline | None, config: ArgoCDConfig,
-            now: datetime, *, key: str, at: datetime, failed: bool = False,
-            **fields: Any) -> DetectedDeployment:
-    """A deployment of ``view``: the id and the fields every record shares, plus ``fields``."""
-    return DetectedDeployment(
-        id=deployment_id(identity.component, key, at,
-                         cluster=scope_cluster(config, identity.cluster), failed=failed),
-        app_namespace=view.namespace,
-        app_name=view.name,
-        component=identity.component,
-        cluster=identity.cluster,
-        environment=identity.environment,
-        previous_images=baseline.images if baseline is not None else [],
-        detected_at=now,
-        **fields,
-    )
-
-
-def _deployment(
-    view: AppView,
-    identity: Identity,
-    candidate: PendingSync,
-    result: Result,
-    images: list[str],
-    baseline: Baseline | None,
-    config: ArgoCDConfig,
-    now: datetime,
-    why: str,
-) -> DetectedDeployment:
-    return _record(
-        view, identity, baseline, config, now,
-        key=revision_key(_revisions(candidate)), at=candidate.deployed_at,
-        result=result,
-        revision=candidate.revision,
-        sources=candidate.sources,
-        history_id=candidate.history_id,
-        started_at=candidate.started_at,
-        deployed_at=candidate.deployed_at,
-        images=images,
-        message=why,
-    )
-
-
-def _failed_attempt(
-    view: AppView,
-    identity: Identity,
-    baseline: Baseline | None,
-    config: ArgoCDConfig,
-    now: datetime,
-) -> DetectedDeployment:
-    operation = view.operation
-    assert operation is not None and operation.finished_at is not None
-    revisions = operation.revisions or tuple(s.target_revision for s in view.sources)
-    if view.hydrator is not None and operation.revisions:
-        deployed, revisions = deployed_sources((view.hydrator.sync,), revisions, view.hydrator)
-    else:
-        deployed = view.sources
-    revision = gitops_revision(deployed, revisions) or "unknown"
-    sources: list[GitSource] = git_sources(deployed, revisions)
-    key = revision_key(list(revisions)) if len(revisions) > 1 else revision
-    return _record(
-        view, identity, baseline, config, now,
-        key=key, at=operation.finished_at, failed=True,
-        result="FAILURE",
-        revision=revision,
-        sources=sources,
-        history_id=None,
-        started_at=operation.started_at or operation.finished_at,
-        deployed_at=operation.finished_at,
-        images=list(view.images),
-        message=operation.message or f"sync operation {operation.phase}",
-    )
-
-
-def history_deployments(
-    view: AppView, config: ArgoCDConfig, now: datetime
-) -> list[DetectedDeployment]:
-    """Every ``status.history`` entry of one app as a deployment, with the live path's ids.
-
-    For ``backfill``: old entries carry no images (ArgoCD keeps none), so only
-    the latest entry of a settled app gets the current images; the result is
-    SUCCESS except a latest entry whose settled health is Degraded (without
-    ``argocd.failures_as_incidents``).
-    """
-    identity = resolve_identity(view, config)
-    if isinstance(identity, Skip):
-        return []
-    records: list[DetectedDeployment] = []
-    previous: Baseline | None = None
-    settled = is_settled(view)
-    for entry in view.history:
-        candidate = _pending(view, entry, entry.deployed_at)
-        is_latest = entry is view.latest
-        images = list(view.images) if is_latest and settled else []
-        result: Result = (
-            "FAILURE"
-            if is_latest
-            and settled
-            and view.health_status in SETTLED_FAILURE
-            and not config.failures_as_incidents
-            else "SUCCESS"
-        )
-        records.append(
-            _deployment(
-                view, identity, candidate, result, images, previous, config, now, "backfill"
-            )
-        )
-        previous = Baseline(
-            history_id=entry.id,
-            revision=entry.revision,
-            revisions=list(entry.revisions),
-            images=images,
-        )
-    return records
-
-
-# --- incidents ----------------------------------------------------------------------
-
-
-def track_degraded(
-    view: AppView,
-    spell: DegradedSpell | None,
-    identity: Identity,
-    config: ArgoCDConfig,
-    now: datetime,
-    revision: str,
-    *,
-    first_sight: bool = False,
-) -> tuple[DegradedSpell | None, list[DetectedIncident], list[str]]:
-    """Follow the app's Degraded spells; return the spell to store and the incidents due.
-
-    Only with ``argocd.failures_as_incidents`` and for production apps. A
-    spell starts when the app is Degraded (at ``status.health.lastTransitionTime``,
-    else now) and lasts until the app is Healthy again (Progressing after
-    Degraded is not a recovery); it becomes an open incident once it lasted
-    ``incident_after`` (the caller rechecks at :attr:`DegradedSpell.open_at`),
-    and ends when the app is Healthy again (or deleted: :func:`mark_deleted`), resolving
-    the incident if one was opened; the spell keeps who it was for. A
-    spell under way at first sight is remembered but never reported (no
-    flood on the first start). The ended spell stays stored, so a late view
-    of it (Degraded since before the recovery) starts nothing again.
-    """
-    if not config.failures_as_incidents or identity.environment != "PRODUCTION":
-        return spell, [], []
-    if spell is not None and spell.opened and spell.resolved_at is None and not spell.component:
-        # Opened before spells kept who the incident is for: learn it, for a deletion.
-        spell = _with_identity(spell, identity)
-    health = view.health_status
-    since = view.health_since
-    incidents: list[DetectedIncident] = []
-    reasons: list[str] = []
-    if health == "Degraded":
-        start = since or now
-        if spell is not None and spell.resolved_at is None:
-            if spell.open_at is not None and since is not None and since < spell.since:
-                # ArgoCD's own transition time is better than when we first saw it.
-                spell = spell.model_copy(
-                    update={"since": since, "open_at": since + config.incident_after}
-                )
-        elif spell is not None and spell.resolved_at is not None and start <= spell.resolved_at:
-            return spell, [], [f"Degraded since {start.isoformat()}: that spell is over"]
-        else:
-            spell = DegradedSpell(
-                since=start,
-                open_at=None if first_sight else start + config.incident_after,
-                revision=revision,
-            )
-            reasons.append(
-                f"Degraded since {start.isoformat()}"
-                + (" (before first sight: not reported)" if first_sight else "")
-            )
-    elif health == "Healthy" and spell is not None and spell.resolved_at is None:
-        if since is not None and since < spell.since:
-            return spell, [], ["Healthy since before the Degraded spell: older view"]
-        spell = spell.model_copy(update={"open_at": None, "resolved_at": since or now})
-        if spell.opened:
-            incidents.append(_incident(view, identity, spell, now))
-            reasons.append("incident resolved: Healthy again")
-        else:
-            reasons.append("Degraded spell over before it became an incident")
-    if (
-        health != "Healthy"
-        and spell is not None
-        and spell.resolved_at is None
-        and spell.open_at is not None
-        and now >= spell.open_at
-    ):
-        spell = _with_identity(
-            spell.model_copy(update={"open_at": None, "opened": True}), identity
-        )
-        incidents.append(_incident(view, identity, spell, now))
-        reasons.append(f"incident opened: not Healthy for more than {config.incident_after}")
-    return spell, incidents, reasons
-
-
-def _with_identity(spell: DegradedSpell, identity: Identity) -> DegradedSpell:
-    return spell.model_copy(update={
-        "component": identity.component,
-        "cluster": identity.cluster,
-        "environment": identity.environment,
-    })
-
-
-def _incident(
-    view: AppView, identity: Identity, spell: DegradedSpell, now: datetime
-) -> DetectedIncident:
-    return _spell_incident(view.namespace, view.name, identity, spell, now)
-
-
-def _spell_incident(
-    namespace: str,
-    name: str,
-    identity: Identity,
-    spell: DegradedSpell,
-    now: datetime,
-    *,
-    deleted: bool = False,
-) -> DetectedIncident:
-    """The incident of ``spell``: open, or resolved (Healthy again, or ``deleted``).
-
-    The key depends on the app and ``spell.since`` only, which no longer
-    moves once the spell opened: the open and the resolved record share it.
-    """
-    if spell.resolved_at is None:
-        ended = "."
-    elif deleted:
-        ended = (
-            f"; the application was deleted at {spell.resolved_at.isoformat()} before it was "
-            "Healthy again: resolved then, as a deleted application serves no traffic."
-        )
-    else:
-        ended = f"; Healthy again at {spell.resolved_at.isoformat()}."
-    revision = f" with revision {spell.revision}" if spell.revision else ""
-    return DetectedIncident(
-        key=incident_key(namespace, name, spell.since),
-        app_namespace=namespace,
-        app_name=name,
-        component=identity.component,
-        cluster=identity.cluster,
-        environment=identity.environment,
-        status="resolved" if spell.resolved_at is not None else "open",
-        created_at=spell.since,
-        resolved_at=spell.resolved_at,
-        resolved_by="Deleted" if deleted else "Healthy",
-        title=f"{identity.component} Degraded in {identity.cluster}",
-        description=(
-            f"ArgoCD application {app_key(namespace, name)} ({identity.environment}) turned "
-            f"Degraded at {spell.since.isoformat()}{revision}{ended}"
-        ),
-        revision=spell.revision,
-        detected_at=now,
-    )

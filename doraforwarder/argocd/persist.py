@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from doraforwarder.argocd.detect import Decision, apply_dedupe, deployment_dedupe_key
+from doraforwarder.argocd.dedupe import apply_dedupe
+from doraforwarder.argocd.detect import Decision, deployment_dedupe_key
 from doraforwarder.argocd.reference_marks import (
     mark_from_pttl,
     may_be_marked,

@@ -2,7 +2,7 @@
 
 ArgoCD keeps the last few syncs of every Application. Backfill turns them into
 deployments with exactly the ids the live path gives them
-(:func:`doraforwarder.argocd.detect.history_deployments`), so running it
+(:func:`doraforwarder.argocd.deployment_records.history_deployments`), so running it
 twice, or while the daemon runs, only upserts the same DevLake records.
 
 The same component+revision on several clusters within the dedupe window is
@@ -37,7 +37,9 @@ from typing import Any, Literal
 from kubernetes.client import CustomObjectsApi
 from redis.exceptions import RedisError, WatchError
 
-from doraforwarder.argocd.detect import apply_dedupe, deployment_dedupe_key, history_deployments
+from doraforwarder.argocd.dedupe import apply_dedupe
+from doraforwarder.argocd.deployment_records import history_deployments
+from doraforwarder.argocd.detect import deployment_dedupe_key
 from doraforwarder.argocd.ids import claim_deployed_at
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import iter_applications
@@ -114,7 +116,7 @@ def dedupe_within_window(deployments: Sequence[DetectedDeployment], config: Argo
                              list[DetectedDeployment], list[DetectedDeployment]]:
     """Pure: (kept, duplicates), deployments oldest first.
 
-    The live rule (:func:`~doraforwarder.argocd.detect.apply_dedupe`) replayed
+    The live rule (:func:`~doraforwarder.argocd.dedupe.apply_dedupe`) replayed
     over history: a claim lives ``dedupe_window`` (in Redis its TTL does that;
     here a claim further than the window from the deployment is let go), and
     another app's deployment of the same scope while the claim lives is a
