@@ -110,6 +110,8 @@ class Daemon:
             if dry_run else None
         self.stop = asyncio.Event()
         self.port: int | None = None
+        self.alerts: AlertInbox | None = None
+        """The HTTP server's Alertmanager inbox (its receiver is handed over once Redis answers)."""
         self._services_factory = services_factory
 
     def request_stop(self) -> None:
@@ -130,7 +132,7 @@ class Daemon:
         self._install_signal_handlers()
         runner = await start_http(self.context, settings.server.host, settings.server.port_number)
         self.port = bound_port(runner)
-        inbox = alert_inbox(runner)
+        inbox = self.alerts = alert_inbox(runner)
         log.info(
             "http listening",
             host=settings.server.host,

@@ -20,12 +20,15 @@ from doraforwarder.alertmanager.webhook import parse_notification
 from doraforwarder.apiauth import OpenAccess, StaticTokens
 from doraforwarder.config import LoadedConfig, Secrets, validate_settings
 from doraforwarder.context import AppContext
+from doraforwarder.daemon import Daemon
 from doraforwarder.devlake.plan import Planner
 from doraforwarder.keys import Keys
 from doraforwarder.outbox import OutboxEntry
 from doraforwarder.server import AlertInbox, bound_port, build_app
+from doraforwarder.testing.world import FakeWorld
 from tests.alertmanager_support import Alertmanager
 from tests.alertmanager_support import binary as am_binary
+from tests.devlake_support import eventually
 
 T = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 TOKEN = "receiver-test-token-0000"
@@ -242,3 +245,36 @@ async def test_group_key_incidents_from_the_real_alertmanager(
     assert [e.payload["title"] for e in entries] == ["Down (api)"] * 3
     assert entries[0].payload["createdDate"] == (start + timedelta(minutes=1)).isoformat()
     assert entries[1].payload["resolutionDate"] == (now - timedelta(minutes=10)).isoformat()
+
+
+# --- the daemon hands the receiver over ------------------------------------------------------
+
+
+@pytest.mark.parametrize("devlake", [True, False])
+async def test_the_daemon_serves_notifications_once_redis_answers(
+        tmp_path: Path, devlake: bool) -> None:
+    """With DevLake on, the running daemon stages notifications; off, it answers 503 saying
+    why (Alertmanager retries), never 200 for incidents that would go nowhere."""
+    with FakeWorld(tmp_path / "world", redis_appendonly=False) as world:
+        daemon = Daemon(world.config({
+            "argocd": {"enabled": False}, "webrca": {"enabled": False},
+            "alertmanager": {"enabled": True},
+            "integration": {"devlake": {"enabled": devlake}}}))
+        task = asyncio.create_task(daemon.run())
+        try:
+            await eventually(lambda: daemon.alerts is not None and (
+                daemon.alerts.receiver is not None
+                or "integration.devlake" in daemon.alerts.unavailable), what="the hand-over")
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(
+                    f"http://127.0.0.1:{daemon.port}/api/v1/alertmanager", content=body())
+            if devlake:
+                assert answer.status_code == 200 and answer.json()["staged"] == 1
+                await eventually(lambda: len(world.devlake.accepted("issue")) == 1,
+                                 what="the incident in DevLake")
+            else:
+                assert answer.status_code == 503
+                assert "integration.devlake is disabled" in answer.json()["error"]
+        finally:
+            daemon.request_stop()
+            await asyncio.wait_for(task, 30)
