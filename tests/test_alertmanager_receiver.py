@@ -131,6 +131,13 @@ async def test_refusals(served: tuple[AppContext, AlertInbox, str]) -> None:
         inbox.receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
         large = await client.post(url, content=b" " * 3000)
         assert large.status_code == 413 and "alertmanager.max_body" in large.json()["error"]
+
+        async def chunks() -> AsyncIterator[bytes]:   # chunked, no Content-Length
+            for _ in range(64):
+                yield b" " * 1024
+
+        chunked = await client.post(url, content=chunks())
+        assert chunked.status_code == 413
         bad = await client.post(url, content=b'{"version": "4"}')
         assert bad.status_code == 400 and "groupKey" in bad.json()["error"]
         inbox.authorizer = StaticTokens([TOKEN])
@@ -151,7 +158,7 @@ async def test_refusals(served: tuple[AppContext, AlertInbox, str]) -> None:
     counted = context.metrics.alertmanager_notifications
     assert {o: counted.labels(o)._value.get() for o in
             ("accepted", "unavailable", "too_large", "bad_request", "unauthorized")} == {
-        "accepted": 1, "unavailable": 1, "too_large": 1, "bad_request": 1, "unauthorized": 3}
+        "accepted": 1, "unavailable": 1, "too_large": 2, "bad_request": 1, "unauthorized": 3}
 
 
 @pytest.mark.parametrize(("host", "tokens", "kind"), [
