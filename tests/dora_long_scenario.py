@@ -1,12 +1,14 @@
-"""A six-day estate, three teams, four components on two clusters, checked on DevLake v1.0.3.
+"""A six-day estate, three teams, four components on two clusters, checked on DevLake.
 
-Played through the real daemon into the real DevLake v1.0.3 (built from its repository,
-its DORA dashboard SQL read on MariaDB), the model and DevLake agreed on every number of
-every project; :data:`TRUTH` is what both showed. It differs from what the scenario means
-in one place, a DevLake limit the model reproduces: the change failure rate panel joins
-incident links to deployments by id across projects, so team-c's ITN-2 (linked to the ui
-deployment D11) marks the global copy of D11 failed too, and global's ITN-2 (linked to
-D12, api) marks team-a's D12: global 5/13 and team-a 3/9 instead of 4/13 and 2/9.
+Played through the real daemon into the real DevLake (v1.0.3 and main 420e494b, built from
+its repository, its DORA dashboard SQL read on MariaDB), the model and DevLake agree on every
+number of every project, and :data:`TRUTH` is what each project's own deployments and
+incidents give. It is the scenario that found DevLake's cross-project join: the change
+failure rate panel joins incident links to deployments by id without the project, so while
+one deployment had one id in every connection, team-c's ITN-2 (linked to the ui deployment
+D11) marked the global copy of D11 failed too, and global's ITN-2 (linked to D12, api)
+marked team-a's D12: global 5/13 and team-a 3/9. Since each team target gets its own
+deployment id (``argocd/ids.py``: ``target_deployment_id``), DevLake shows 4/13 and 2/9.
 
 Day 1 08:00-09:00 ITN-0 (ui) before any deployment. 10:00 D1 api anchor (prod-east; prod-west
 10:05 same revision). 11:00 D2 ui anchor (prod-west 11:10 same).
@@ -67,13 +69,13 @@ def overrides() -> dict[str, Any]:
 # open). Recovery: ITN-1 90 after D8, ArgoCD 30 after D10, ITN-2 180 after D12 (global) and
 # 240 after D11 (team-c).
 TRUTH = {
-    "global": Numbers(13, 6, 1260, 5 / 13, 60, 90),
-    "team-a": Numbers(9, 6, 1140, 3 / 9, 60, 90),
+    "global": Numbers(13, 6, 1260, 4 / 13, 60, 90),
+    "team-a": Numbers(9, 6, 1140, 2 / 9, 60, 90),
     "team-b": Numbers(2, 2, 1500, 1 / 2, 30, 30),
     "team-c": Numbers(2, 2, 1320, 1 / 2, 60, 240),
 }
-MEANT_CHANGE_FAILURE_RATE = {"global": 4 / 13, "team-a": 2 / 9}
-"""Each project's own incidents on its own deployments (what DevLake does not show)."""
+SHARED_ID_CHANGE_FAILURE_RATE = {"global": 5 / 13, "team-a": 3 / 9}
+"""What DevLake showed while team targets got the global target's deployment ids."""
 
 
 class LongEstate:

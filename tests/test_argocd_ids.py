@@ -67,6 +67,22 @@ def test_ids_stay_under_255_characters() -> None:
     assert huge != deployment_id("c" * 200, "r" * 199, NOW, cluster="k" * 200, failed=True)
 
 
+@pytest.mark.parametrize(("team", "want"), [
+    (None, f"svc:{A}:1735732800"),  # the global target: the id every version sent
+    ("team-a", f"svc:{A}:1735732800@team-a"),
+    ("global", f"svc:{A}:1735732800@global"),  # a team called so is still a team
+])
+def test_target_deployment_id(team: str | None, want: str) -> None:
+    assert ids.target_deployment_id(deployment_id("svc", A, NOW), team) == want
+
+
+def test_target_deployment_ids_stay_under_255_characters_and_apart() -> None:
+    long_id = deployment_id("c" * 60, "r" * 120, NOW, cluster="k" * 60)
+    a, b = (ids.target_deployment_id(long_id, t * 40) for t in "ab")
+    assert len(long_id) < 255 and len(a) < 255 and len(b) < 255
+    assert a != b and a.startswith("c" * 60 + ":sha256-")
+
+
 def _deployment(sources: list[GitSource], revision: str = A, failed: bool = False,
                 ) -> DetectedDeployment:
     return DetectedDeployment(

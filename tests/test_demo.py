@@ -92,7 +92,11 @@ def test_demo_json(clean_env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     deployments = {line["payload"]["id"] for line in lines if line["kind"] == "deployment"}
-    assert len(deployments) == 7
+    # a team's copy carries the team's name (its own id in DevLake), the global one does not
+    assert all(i.endswith(f"@{line['target']}") == (line["target"] != "global")
+               for line in lines if line["kind"] == "deployment"
+               for i in [line["payload"]["id"]])
+    assert len({i.split("@")[0] for i in deployments}) == 7
     issues = [line for line in lines if line["kind"] == "issue"]
     assert {line["payload"]["issueKey"] for line in issues} == {"ITN-2025-00101", "ITN-2025-00102"}
     for line in lines:

@@ -63,8 +63,15 @@ async def test_dashboard_numbers_per_project_in_head_mode(world: FakeWorld) -> N
                                         "org/web#3": 240}
     assert model.warnings == []
     devlake = world.devlake
-    # one deployment keeps one id in every connection it is sent to
-    assert devlake.deployment_ids(2) | devlake.deployment_ids(3) == devlake.deployment_ids(1)
+    # the global connection keeps each deployment's own id; a team's copy names the team,
+    # so no two projects share a cicd_deployments row or an incident link
+    global_ids = devlake.deployment_ids(1)
+    assert all("@" not in deployment_id for deployment_id in global_ids)
+    team_copies = ({i.removesuffix("@team-a") for i in devlake.deployment_ids(2)}
+                   | {i.removesuffix("@team-b") for i in devlake.deployment_ids(3)})
+    assert team_copies == global_ids
+    assert all(i.endswith("@team-a") for i in devlake.deployment_ids(2))
+    assert all(i.endswith("@team-b") for i in devlake.deployment_ids(3))
     rows = [row for row in devlake.commit_rows([1])
             if row["repo_url"] == "https://github.com/org/api"]
     assert {row["result"] for row in rows} == {"SUCCESS"}
@@ -89,9 +96,11 @@ async def test_range_mode_sends_every_commit_of_the_image_range(world: FakeWorld
     assert {row["started_date"].hour for row in redeploy} == {11, 12}
 
 
-async def test_long_scenario_numbers_as_devlake_v103_showed_them(tmp_path: Path) -> None:
+async def test_long_scenario_numbers_as_devlake_shows_them(tmp_path: Path) -> None:
     """Six days, three teams (tests/dora_long_scenario.py): the model gives, per project,
-    the numbers the real DevLake v1.0.3 dashboard showed for the same script."""
+    the numbers the real DevLake dashboard showed for the same script (v1.0.3, main
+    420e494b), which are the truth since team targets get their own deployment ids
+    (with shared ids, DevLake's cross-project join gave global 5/13 and team-a 3/9)."""
     from tests import dora_long_scenario as long
 
     with FakeWorld(tmp_path / "long", redis_appendonly=False,

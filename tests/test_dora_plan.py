@@ -1,4 +1,4 @@
-"""Planning for the dashboard: one id across connections, ArgoCD incidents, row decisions."""
+"""Planning for the dashboard: a deployment id per target, ArgoCD incidents, row decisions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from doraforwarder.commits.images import TagMatcher
 from doraforwarder.commits.plan import is_git_sha, no_commit_reason, plan_head_images, row_repo_url
 from doraforwarder.config import DevLakeConfig
 from doraforwarder.devlake.plan import Planner
+from doraforwarder.outbox.entries import OutboxEntry
 from doraforwarder.records import DetectedIncident, GitSource
 from tests.devlake_support import T0, commit, detected, devlake_section
 
@@ -21,11 +22,41 @@ def planner() -> Planner:
     return Planner(DevLakeConfig.model_validate(devlake_section("http://devlake", teams=TEAMS)))
 
 
-def test_one_deployment_keeps_one_id_in_every_connection() -> None:
+def test_each_team_target_gets_its_own_deployment_id_the_global_one_keeps_it() -> None:
+    """DevLake keeps one cicd_deployments row per raw id and its change failure rate panel
+    joins incident links by deployment id across projects: a shared id let a team's incident
+    mark the global project's copy failed (tests/dora_long_scenario.py: 5/13 for 4/13)."""
     plan = planner().plan_deployment(detected("build-service"), [commit()])
-    assert len(plan.entries) == 3
-    assert {entry.payload["id"] for entry in plan.entries} == {plan.deployment.id}
-    assert len({str(entry.payload) for entry in plan.entries}) == 1
+    deployment_id = plan.deployment.id
+    assert [(e.target.key, e.record_id, e.payload["id"]) for e in plan.entries] == [
+        ("connection_id:1", deployment_id, deployment_id),
+        ("connection_id:2", f"{deployment_id}@a", f"{deployment_id}@a"),
+        ("project_name:b", f"{deployment_id}@b", f"{deployment_id}@b"),
+    ]
+    # the rest of the body is the same for every target
+    assert len({str({**e.payload, "id": ""}) for e in plan.entries}) == 1
+
+
+def test_dead_letters_carry_the_target_id_too() -> None:
+    plan = planner().plan_without_commits(detected("build-service"), "no_source")
+    entries = [OutboxEntry.from_fields(d) for d in plan.dead]
+    assert [(e.record_id, e.payload["id"]) for e in entries] == [
+        (plan.deployment.id, plan.deployment.id),
+        (f"{plan.deployment.id}@a", f"{plan.deployment.id}@a"),
+        (f"{plan.deployment.id}@b", f"{plan.deployment.id}@b")]
+
+
+def test_a_team_on_the_global_target_or_named_global_is_told_apart_by_target() -> None:
+    """The global target's copy is the one whose target is the global target, not the one
+    whose team is called "global"; a team naming the global target shares its entry."""
+    teams = [{"name": "global", "project_id": "2", "argocd_components": ["build-service"]},
+             {"name": "same", "project_id": "1", "argocd_components": ["build-service"]}]
+    plan = Planner(DevLakeConfig.model_validate(
+        devlake_section("http://devlake", teams=teams))).plan_deployment(
+            detected("build-service"), [commit()])
+    deployment_id = plan.deployment.id
+    assert [(e.target.key, e.payload["id"]) for e in plan.entries] == [
+        ("connection_id:1", deployment_id), ("connection_id:2", f"{deployment_id}@global")]
 
 
 def test_argocd_incident_goes_to_the_component_connections_with_a_stable_key() -> None:

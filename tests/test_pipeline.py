@@ -72,7 +72,7 @@ async def test_stages_one_entry_per_target_and_acknowledges(redis_client) -> Non
         await eventually(lambda: context.metrics.resolve_queue_depth._value.get() == 0)
     items = await outbox.read_stream(redis_client, context.keys.outbox_stream)
     routed = sorted((i.entry.record_id, i.entry.target.key) for i in items if i.entry)
-    assert routed == sorted([(first.id, "connection_id:1"), (first.id, "connection_id:6"),
+    assert routed == sorted([(first.id, "connection_id:1"), (f"{first.id}@build", "connection_id:6"),
                              (second.id, "connection_id:1")])
     payload = items[0].entry.payload
     assert payload["deploymentCommits"][0]["commitSha"] == "b" * 40

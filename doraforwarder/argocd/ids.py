@@ -1,8 +1,9 @@
 """The one place that formats and parses deployment ids, dedupe keys, claims and incident keys.
 
 Ids are deterministic, so a redelivery of the same deployment is an upsert
-in DevLake, never a second deployment, and one deployment keeps one id in
-every connection it is sent to. A single-source deployment keeps the format
+in DevLake, never a second deployment. Each team target gets its own copy of
+the id (:func:`target_deployment_id`), so no two DevLake projects share a
+deployment row or an incident link. A single-source deployment keeps the format
 ``<component>:<revision>:<deployedAt epoch>[:<cluster>][:failed]`` that
 existing installations already sent (changing it would send everything
 again). A multi-source deployment is identified by *every* source's
@@ -85,6 +86,33 @@ def deployment_id(
     if len(full) <= MAX_ID_LENGTH:
         return full
     return f"{component[:100]}:{DIGEST_PREFIX}{_digest(full)}"
+
+
+TARGET_SEPARATOR = "@"
+"""Between a deployment id and the team whose target copy it names."""
+
+
+def target_deployment_id(deployment_id_: str, team: str | None) -> str:
+    """The id one target's copy of a deployment is sent under: ``<id>@<team>``, or ``<id>``.
+
+    ``team`` is None for the global target: it keeps the id every version
+    sent, so an existing global project's history stays one row per
+    deployment. A team target gets its own id because DevLake stores one
+    ``cicd_deployments`` row per raw id, and its DORA dashboard joins
+    ``project_incident_deployment_relationships`` by deployment id without
+    the project: with a shared id, a team's incident linked to the team's copy
+    marks the global project's copy failed too (and the reverse). The team
+    name, not the target's URL, names the copy, so re-pointing a team from
+    ``project_id`` to the same connection's ``connection_name`` changes no id.
+    An id that would exceed :data:`MAX_ID_LENGTH` becomes
+    ``<component, cut>:sha256-<digest of the full id>``.
+    """
+    if team is None:
+        return deployment_id_
+    full = f"{deployment_id_}{TARGET_SEPARATOR}{team}"
+    if len(full) <= MAX_ID_LENGTH:
+        return full
+    return f"{deployment_id_.split(':')[0][:100]}:{DIGEST_PREFIX}{_digest(full)}"
 
 
 def dedupe_key(

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
 
+from doraforwarder.argocd.ids import target_deployment_id
 from doraforwarder.config import DevLakeConfig, Settings
 from doraforwarder.devlake.issues import (
     build_detected_issue_payload,
@@ -119,10 +120,11 @@ class Planner:
                         source_id: str = "") -> DeploymentPlan:
         """Entries for each target; dead letters (from ``source_id``) if the contract fails.
 
-        Every target gets the same body, so one deployment keeps one id in
-        every connection (DevLake's dashboard joins incidents to deployments
-        by id across projects). A deployment without commits is refused by
-        DevLake: see :meth:`plan_without_commits`.
+        Every target gets the same body but for its id: the global target
+        the deployment's id, each team target its own copy
+        (:meth:`target_id`), because DevLake's dashboard joins incident links
+        to deployments by id across projects. A deployment without commits is
+        refused by DevLake: see :meth:`plan_without_commits`.
         """
         targets = self.deployment_targets(deployment)
         try:
@@ -155,10 +157,18 @@ class Planner:
         ]
         return DeploymentPlan(deployment, targets, dead=dead, error=reason)
 
+    def target_id(self, target: Target, deployment_id: str) -> str:
+        """The id ``target``'s copy of a deployment is sent under (see
+        :func:`~doraforwarder.argocd.ids.target_deployment_id`): the global target's
+        is the deployment's own id, a team target's names the team."""
+        is_global = self.router is None or target.key == self.router.global_target.key
+        return target_deployment_id(deployment_id, None if is_global else target.team)
+
     def _deployment_entry(self, target: Target, deployment: DetectedDeployment,
                           body: dict[str, Any]) -> OutboxEntry:
-        return OutboxEntry(kind="deployment", target=target, record_id=deployment.id,
-                           payload=body)
+        record_id = self.target_id(target, deployment.id)
+        return OutboxEntry(kind="deployment", target=target, record_id=record_id,
+                           payload={**body, "id": record_id})
 
     # --- incidents -------------------------------------------------------------------
     def plan_incident(self, incident: Incident, component: str | None) -> IncidentPlan:

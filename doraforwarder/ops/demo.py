@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
+from doraforwarder.argocd.ids import TARGET_SEPARATOR
 from doraforwarder.daemon import Daemon
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.dora import DoraModel, ProjectNumbers
@@ -317,7 +318,9 @@ class Reporter:
             print(json.dumps({"kind": post.kind, "target": target, "payload": body}),
                   file=self.out, flush=True)
         if post.kind == "deployment":
-            record = self.deployments.setdefault(str(body.get("id")), {"targets": [], **body})
+            # a team's copy is sent as "<id>@<team>" (argocd/ids.py: target_deployment_id)
+            deployment_id = str(body.get("id")).removesuffix(f"{TARGET_SEPARATOR}{target}")
+            record = self.deployments.setdefault(deployment_id, {"targets": [], **body})
             record["targets"].append(target)
             title = str(body.get("displayTitle", ""))
             component = _title_field(title, "Component")

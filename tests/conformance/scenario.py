@@ -83,13 +83,13 @@ class Names:
 # PR 2: 0 + 60 + 1020 (merged day 2 16:00 -> D4 day 3 09:00) = 1080. Lower median: 1080.
 # Global: D1..D5 (the FAILURE does not count) on days 1, 2, 3. Both incidents follow D5
 # (worker, day 3 10:00): the worker's 30 min, WebRCA's 60 min to restore; recovery from
-# D5's finish: 30 and 120. Team-a links WebRCA's incident to D4 (its latest deployment),
-# and the dashboard joins incident links by deployment id across projects (one id per
-# deployment in every connection), so D4 counts as failed in the global project too:
-# 2 of 5. Recovery in the global project reads every link to its deployments, team-a's
-# (180) and team-b's (30) too: [30, 30, 120, 180] -> 30.
+# D5's finish: 30 and 120. Team-a links WebRCA's incident to its own copy of D4 (its latest
+# deployment), which is team-a's alone (a team target's copy is ``<id>@<team>``), so the
+# global project counts D5 failed only: 1 of 5 (with one id in every connection DevLake's
+# cross-project join made it 2 of 5). Recovery reads the links to a project's own
+# deployments: global [30, 120] -> 30, team-a [180], team-b [30].
 TRUTH = {
-    "global": Numbers(5, 3, 1080, 2 / 5, 30, 30),
+    "global": Numbers(5, 3, 1080, 1 / 5, 30, 30),
     "team-a": Numbers(3, 3, 1080, 1 / 3, 60, 180),
     "team-b": Numbers(2, 2, None, 1 / 2, 30, 30),
 }

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import redis
 
 from doraforwarder.argocd.detect import deployment_id
+from doraforwarder.argocd.ids import target_deployment_id
 from doraforwarder.argocd.model import parse_time
 from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.testing.argocd_objects import LiveApp, source
@@ -60,6 +61,13 @@ IMAGE_COMMITS = 60
 """Commits in each component repository (images are tagged with them)."""
 FIRST_IMAGE = 5
 KEY_PREFIX = "dora-metrics"
+
+
+def sent_id(connection: int, deployment_id: str) -> str:
+    """The id ``connection``'s copy of a deployment has: the global one keeps the
+    deployment's id, a team's names the team (argocd/ids.py: target_deployment_id)."""
+    team = None if connection == GLOBAL else CONNECTIONS[connection]
+    return target_deployment_id(deployment_id, team)
 
 
 def connections_of_component(component: str) -> set[int]:
@@ -416,7 +424,7 @@ def missing_records(world: FakeWorld, estate: Estate) -> list[str]:
     missing = []
     for expected in estate.required():
         for connection in sorted(expected.connections):
-            if devlake.deployment(connection, expected.id) is None:
+            if devlake.deployment(connection, sent_id(connection, expected.id)) is None:
                 missing.append(f"deployment {connection}/{expected.id}")
     for incident in estate.incidents.values():
         for connection in sorted(incident.connections):
@@ -496,8 +504,8 @@ def verify(world: FakeWorld, estate: Estate, *, commits: CommitCheck = "exact") 
     exact_commits = commits == "exact"
     devlake = world.devlake
     problems: list[str] = []
-    expected_by_id = {e.id: e for e in estate.expected}
     for connection in CONNECTIONS:
+        expected_by_id = {sent_id(connection, e.id): e for e in estate.expected}
         for record_id in sorted(devlake.deployment_ids(connection)):
             expected = expected_by_id.get(record_id)
             if expected is None:
@@ -508,7 +516,7 @@ def verify(world: FakeWorld, estate: Estate, *, commits: CommitCheck = "exact") 
     problems += [f"missing {m}" for m in missing_records(world, estate)]
     for expected in estate.expected:
         for connection in sorted(expected.connections):
-            body = devlake.deployment(connection, expected.id)
+            body = devlake.deployment(connection, sent_id(connection, expected.id))
             if body is not None:
                 problems += _check_deployment(expected, connection, body, exact_commits)
                 if exact_commits:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from doraforwarder.argocd.ids import target_deployment_id
 from doraforwarder.keys import Keys
 from doraforwarder.testing.world import FakeWorld
 from tests.e2e.harness import (
@@ -46,6 +47,12 @@ TEAMS: list[dict[str, Any]] = [
      "argocd_components": ["svc01"], "webrca_products": ["konflux"]},
 ]
 WHERE = {"svc00": {1, 2, 4}, "svc01": {1, PROJECT_CONNECTION}}
+TEAM_OF = {2: "team-a", 4: "team-c", PROJECT_CONNECTION: "release"}
+"""Each team connection's team: its copy of a deployment is sent as ``<id>@<team>``."""
+
+
+def sent_id(connection: int, record: str) -> str:
+    return target_deployment_id(record, TEAM_OF.get(connection))
 
 Start = Callable[[str, dict[str, str]], DaemonProcess]
 
@@ -97,17 +104,18 @@ def arrived(world: FakeWorld, deployments: list[tuple[str, str]]) -> list[str]:
     """What DevLake does not hold yet."""
     return [f"{conn}/{record}" for component, record in deployments
             for conn in sorted(WHERE[component])
-            if world.devlake.deployment(conn, record) is None]
+            if world.devlake.deployment(conn, sent_id(conn, record)) is None]
 
 
 def assert_exactly_once(world: FakeWorld, deployments: list[tuple[str, str]]) -> None:
     posted = Counter((p.connection_id, p.record_id) for p in world.devlake.accepted("deployment"))
-    wanted = Counter((conn, record) for component, record in deployments
+    wanted = Counter((conn, sent_id(conn, record)) for component, record in deployments
                      for conn in WHERE[component])
     assert posted == wanted
     for connection in (*CONNECTIONS, PROJECT_CONNECTION):
         held = world.devlake.deployment_ids(connection)
-        assert held == {r for c, r in deployments if connection in WHERE[c]}, connection
+        assert held == {sent_id(connection, r) for c, r in deployments
+                        if connection in WHERE[c]}, connection
 
 
 def status(daemon: DaemonProcess) -> dict[str, Any]:
