@@ -7,7 +7,11 @@ and the staging run inside one transaction of the shared incident staging
 (:func:`~doraforwarder.incident_staging.stage_incidents`), which ``WATCH``es
 the subjects' keys and the fingerprints: Alertmanager's retries and repeats,
 two replicas receiving from an HA pair, and restarts neither lose an
-incident nor stage it twice.
+incident nor stage it twice. The subject ``WATCH`` is not covered by the
+fingerprints one: two updates of a group that leave what DevLake is told
+unchanged (an alert joining an open episode) write no fingerprint, and without
+it the later ``EXEC`` would overwrite the alerts the other one recorded
+(``tests/test_alertmanager_subject_race.py``).
 """
 
 from __future__ import annotations
