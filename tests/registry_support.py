@@ -45,6 +45,8 @@ def registry_missing() -> str | None:
     """Why the registry tests cannot run here, or None."""
     if shutil.which(REGISTRY_BINARY) is None:
         return "docker-registry is not installed (apt-get install docker-registry)"
+    if shutil.which("openssl") is None:  # the token service signs its JWTs with it
+        return "openssl is not installed (apt-get install openssl)"
     return None
 
 

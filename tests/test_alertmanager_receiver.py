@@ -203,7 +203,7 @@ async def wait_outbox(redis: aioredis.Redis, count: int, timeout: float = 20.0
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.skipif(am_binary() is None, reason="prometheus-alertmanager is not installed")
+@pytest.mark.skipif(am_binary() is None, reason="prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
 async def test_group_key_incidents_from_the_real_alertmanager(
         redis_client: aioredis.Redis, tmp_path: Path) -> None:
     """One incident per alert group: open while any alert fires, closed when all resolved,
