@@ -10,6 +10,7 @@ ownership was checked, its heartbeat took them back and both sent them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -230,3 +231,60 @@ async def test_no_older_issue_state_is_sent_after_a_newer_one(
     # A's send does not count as delivered: the entry is B's now, B acknowledges it.
     assert await redis_client.hget(KEYS.delivery_order(key), "delivered") is None
     assert await owners(redis_client) == {todo.id: "b", done.id: "b"}
+
+
+async def test_a_requeued_older_state_is_not_sent_over_a_newer_one(
+        redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TODO was dead-lettered; A checks DONE (nothing earlier is outstanding: ready); an
+    operator's ``outbox requeue`` of TODO lands; B reads TODO and checks it (nothing
+    delivered yet: ready) while A sends DONE.
+
+    With each check made before its lock, B then locks and sends TODO over
+    DONE. Under the lock, B either finds A's lock (and checks again later) or
+    checks after A acknowledged DONE: TODO is obsolete and dropped unsent.
+    """
+    context_a = make_context(redis_client, devlake_section("http://127.0.0.1:9"),
+                             delivery={"claim_idle": "60s"}, prefix="t")
+    context_b = make_context(redis_client, devlake_section("http://127.0.0.1:9"),
+                             delivery={"claim_idle": "60s"}, prefix="t")
+    a, b = DeliveryPool(context_a, consumer="a"), DeliveryPool(context_b, consumer="b")
+    await a.stream.ensure_group()
+    await stage(redis_client, KEYS, issue_entries("K", "TODO", "DONE"))
+    read = await a.stream.read_new(10, block=False)
+    await a._take_in(read)
+    todo, done = (StreamItem.parse(i, f) for i, f in read)
+    dead_id = await outbox.dead_letter(redis_client, KEYS, todo, reason="x", consumer="a")
+    assert dead_id is not None
+    a.schedule.release(todo.id)
+    log: list[str] = []
+    real_gate = sending_module.order_gate
+    b_checked, a_finished = asyncio.Event(), asyncio.Event()
+    b_attempt: asyncio.Task[None] | None = None
+
+    async def interleaved(redis: aioredis.Redis, keys: Keys, item: StreamItem) -> OrderGate:
+        nonlocal b_attempt
+        verdict = await real_gate(redis, keys, item)
+        if item.id == done.id and b_attempt is None:      # A's check of DONE
+            await outbox.requeue(redis, KEYS, dead_id)
+            await b._take_in(await b.stream.read_new(10, block=False))
+            [requeued] = list(b.schedule.held.values())
+            b_attempt = asyncio.create_task(b._attempt(requeued, Recorder(log, "b")))
+            checked = asyncio.create_task(b_checked.wait())
+            await asyncio.wait([b_attempt, checked], return_when=asyncio.FIRST_COMPLETED)
+            checked.cancel()
+        elif item.id != done.id and not b_checked.is_set():  # B's check of TODO
+            b_checked.set()
+            await a_finished.wait()
+        return verdict
+
+    monkeypatch.setattr(sending_module, "order_gate", interleaved)
+    await a._attempt(a.schedule.held[done.id], Recorder(log, "a"))
+    a_finished.set()
+    assert b_attempt is not None
+    await asyncio.wait_for(b_attempt, 10)
+    for held in list(b.schedule.held.values()):       # B checks again (it found A's lock)
+        await b._attempt(held, Recorder(log, "b"))
+    assert log == ["a:DONE"], f"an older state was sent over a newer one: {log}"
+    assert await redis_client.xlen(KEYS.outbox_stream) == 0
+    assert await redis_client.hget(KEYS.delivery_order("issue:connection_id:1:K"),
+                                   "delivered") == "2"

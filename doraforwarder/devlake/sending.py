@@ -94,9 +94,14 @@ class Sending(TargetWaits):
                                body: dict[str, Any] | None) -> None:
         """Send an ordered entry under its key's lock, taken only while the entry is ours.
 
-        The order check runs under the lock: a state another consumer delivered
-        since (after taking the entry over from this one) is then seen, and the
-        older state is not sent over it.
+        The order check runs under the lock. Two entries of one key can both
+        pass a check only when an operator's ``outbox requeue`` puts an older
+        state back after the newer one was checked; with each check made before
+        its lock, the requeued one, checked before the newer was acknowledged,
+        would lock afterwards and be sent over it. Under the lock it is checked
+        after that acknowledgement and dropped as obsolete
+        (``tests/test_outbox_ownership.py``). A consumer that lost the entry to
+        another cannot take the lock at all.
         """
         item = held.item
         entry = item.entry
