@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from doraforwarder import outbox
 from doraforwarder.devlake import sending as sending_module
@@ -118,8 +119,13 @@ async def test_a_stalled_pool_lets_go_of_what_another_took_over(
     await pool._take_in(await pool.stream.read_new(10, block=False))
     ids = list(pool.schedule.held)
     await redis_client.xclaim(KEYS.outbox_stream, OUTBOX_GROUP, "b", 0, ids[:2], justid=True)
-    await pool._heartbeat()
+    with capture_logs() as logs:
+        await pool._heartbeat()
     assert list(pool.schedule.held) == ids[2:] and pool.lost == 2
+    # A stall loses many entries at once: one warning says so, the rest are debug lines.
+    warnings = [line["event"] for line in logs if line["log_level"] == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "outbox entries taken over by another consumer"), warnings
     assert await owners(redis_client) == {ids[0]: "b", ids[1]: "b", ids[2]: "a"}
     # A stalled worker (its last confirmation older than the trust window) asks Redis first.
     held = pool.schedule.held[ids[2]]
