@@ -100,7 +100,14 @@ class Keys:
     # --- WebRCA (owner: webrca) -------------------------------------------------
     @property
     def incident_fingerprints(self) -> str:
-        """Hash: incident_id -> fingerprint of what DevLake was last given."""
+        """Hash: incident_id -> fingerprint of what DevLake was last given.
+
+        Shared by every incident source (WebRCA and Alertmanager, through
+        ``incident_staging``; their incident ids cannot collide). Named
+        ``webrca:fingerprints`` from when WebRCA was the only one: renaming it
+        would lose the stored fingerprints on upgrade (every open incident
+        sent again), so the name stays.
+        """
         return self._key("webrca", "fingerprints")
 
     @property

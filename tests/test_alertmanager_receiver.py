@@ -123,6 +123,39 @@ async def test_two_replicas_receiving_the_same_notification_stage_it_once(
         await client.aclose()
 
 
+async def test_a_late_firing_never_reopens_a_resolved_incident(
+        redis_client: aioredis.Redis) -> None:
+    """Sticky resolution, and its cost: the same alert firing again with the same
+    ``startsAt`` after its resolution (an HA peer's late notification, or an alert
+    Alertmanager resolved on ``resolve_timeout`` that its sender resumes) is ignored;
+    only a new ``startsAt`` opens an incident (a new one)."""
+    context = context_of(redis_client, settings())
+    receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
+    staged = [(await receiver.receive(parse_notification(b))).staged for b in (
+        body(), body("resolved", end=T + timedelta(minutes=9)),
+        body(), body(start=T), body(start=T + timedelta(minutes=20)))]
+    assert staged == [1, 1, 0, 0, 1]
+    keys = [key for target, key, _ in await outbox(redis_client)
+            if target == "connection_id:1"]
+    assert keys == [f"alertmanager:f00d:{int(T.timestamp())}"] * 2 + [
+        f"alertmanager:f00d:{int((T + timedelta(minutes=20)).timestamp())}"]
+
+
+async def test_close_resolved_applies_to_alert_incidents(redis_client: aioredis.Redis) -> None:
+    """``webrca.close_resolved`` is the planner's: a resolved alert incident is closed too."""
+    document = settings()
+    document["webrca"] = {"close_resolved": True}
+    document["integration"]["devlake"]["teams"] = []
+    context = context_of(redis_client, document)
+    receiver = AlertReceiver(context, Planner.from_settings(context.settings, False))
+    for sent in (body(), body("resolved", end=T + timedelta(minutes=9))):
+        await receiver.receive(parse_notification(sent))
+    entries = [OutboxEntry.model_validate_json(fields["entry"])
+               for _, fields in await redis_client.xrange(Keys("t").outbox_stream)]
+    assert [(e.kind, e.payload.get("status")) for e in entries] == [
+        ("issue", "TODO"), ("issue", "DONE"), ("close", None)]
+
+
 async def test_refusals(served: tuple[AppContext, AlertInbox, str]) -> None:
     context, inbox, url = served
     async with httpx.AsyncClient() as client:
