@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,6 +101,9 @@ def test_backfill_sends_history_once_with_live_ids(world: FakeWorld,
     assert len(expected) == 5
     assert world.devlake.deployment_ids(1) == expected
     assert "duplicate" in first.stdout and "staged" in first.stdout
+    # Progress on stderr (the README's claim), the report on stdout.
+    assert re.search(r"backfill: \d+/\d+ applications done, 5 records staged", first.stderr), \
+        first.stderr
     posts = len(world.devlake.accepted("deployment"))
     second = run_backfill(world, config, clean_env, "--since", since.isoformat())
     assert second.returncode == 0, second.stderr
