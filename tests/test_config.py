@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from doraforwarder.config import (
     ENV_OVERRIDES,
     ConfigError,
     RedisConfig,
+    Settings,
     load_config,
     parse_duration,
 )
@@ -294,3 +297,26 @@ def test_token_in_file_is_used_without_offline_token_with_a_warning(
     assert "secrets belong in the environment" in out
     assert "offline-in-file-1234" not in out
     assert "offline-in-file-1234" not in str(config.redacted())
+
+
+def _setting_keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted path, key as written in a file) of every field, nested sections included."""
+    found = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if field.exclude:  # secrets read from the environment only (sentinel_password, token)
+            continue
+        found.append((prefix + key, key))
+        for kind in (*getattr(field.annotation, "__args__", ()), field.annotation):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += _setting_keys(kind, prefix + key + ".")
+    return found
+
+
+def test_the_example_file_documents_every_key() -> None:
+    """The README says config/config.yaml documents every key: a new field must appear there
+    (as a key, or named in a comment as the matchers of environment_rules are)."""
+    text = (ROOT / "config" / "config.yaml").read_text()
+    missing = [path for path, key in _setting_keys(Settings)
+               if not re.search(rf"(^|[\s#{{,(]){re.escape(key)}[:,)]", text, re.M)]
+    assert not missing, missing
