@@ -124,6 +124,10 @@ class Keys:
         (``group:<digest>``), with a TTL of ``alertmanager.state_ttl``."""
         return self._key("alertmanager", "subject", subject)
 
+    def alertmanager_subject_pattern(self) -> str:
+        """SCAN ``MATCH`` pattern of every :meth:`alertmanager_subject` key (glob-escaped)."""
+        return glob_escape(self._key("alertmanager", "subject", "")) + "*"
+
     @property
     def backfilled(self) -> str:
         """Set of deployment ids ``doraforwarder backfill`` staged (owner: backfill)."""
