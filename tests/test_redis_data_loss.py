@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from doraforwarder.commands.status import read_status
+from doraforwarder.commands.status import read_status, render
 from doraforwarder.context import AppContext
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.keys import OUTBOX_GROUP
@@ -121,6 +121,7 @@ async def test_a_first_start_on_an_empty_redis_is_not_a_loss(redis_client: aiore
                                                        decode_responses=True), context.keys)
     assert status["redis_data"]["kept_since"] is not None
     assert status["redis_data"]["lost_at"] is None
+    assert f"kept since {status['redis_data']['kept_since']}" in render({**status, "redis": "x"})
 
 
 async def test_a_second_replica_learns_of_the_loss_from_the_new_marker(
