@@ -13,14 +13,19 @@ and ``backfill`` (exit 2) alike.
 from __future__ import annotations
 
 import os
+import warnings
 
 import yaml
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.config import load_incluster_config, load_kube_config
 from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import InsecureRequestWarning
 
 from doraforwarder import __version__
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.logging import get_logger
+
+log = get_logger("argocd")
 
 USER_AGENT = f"doraforwarder/{__version__}"
 
@@ -80,6 +85,13 @@ def build_api_client(config: ArgoCDConfig) -> ApiClient:
             + f" is unusable: {_one_line(exc)}"
         ) from None
     configuration.retries = False
+    if not configuration.verify_ssl:
+        # urllib3 shows InsecureRequestWarning "always": two plain-text stderr lines for
+        # every list page and watch (136 in a few minutes against a real API server).
+        # Said once, in the log, instead.
+        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+        log.warning("kubernetes API server certificate not verified "
+                    "(insecure-skip-tls-verify in the kubeconfig)")
     client = ApiClient(configuration)
     # The API server's audit log (and the RBAC tests' ledger) tells our calls apart.
     client.user_agent = USER_AGENT
