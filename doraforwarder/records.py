@@ -11,6 +11,7 @@ restarts.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -21,6 +22,16 @@ Result = Literal["SUCCESS", "FAILURE"]
 RESOLVED_STATUSES = frozenset({"resolved", "closed"})
 """Incident statuses that mean the incident is over."""
 Environment = Literal["PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT"]
+
+MAX_ID_LENGTH = 254
+"""DevLake stores deployment ids in ``varchar(255)``: the sources' ids and the targets' copies."""
+DIGEST_PREFIX = "sha256-"
+"""Starts the digest that stands for an id too long for :data:`MAX_ID_LENGTH`."""
+
+
+def id_digest(text: str) -> str:
+    """The hex SHA-256 of ``text``, for ids that would be too long (lone surrogates kept)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def utc(value: datetime) -> datetime:

@@ -8,7 +8,7 @@ failure rate panel joins incident links to deployments by id without the project
 one deployment had one id in every connection, team-c's ITN-2 (linked to the ui deployment
 D11) marked the global copy of D11 failed too, and global's ITN-2 (linked to D12, api)
 marked team-a's D12: global 5/13 and team-a 3/9. Since each team target gets its own
-deployment id (``argocd/ids.py``: ``target_deployment_id``), DevLake shows 4/13 and 2/9.
+deployment id (``devlake/target_ids.py``: ``target_deployment_id``), DevLake shows 4/13 and 2/9.
 
 Day 1 08:00-09:00 ITN-0 (ui) before any deployment. 10:00 D1 api anchor (prod-east; prod-west
 10:05 same revision). 11:00 D2 ui anchor (prod-west 11:10 same).

@@ -17,6 +17,7 @@ from doraforwarder.argocd.ids import (
     revision_key,
 )
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.records import DetectedDeployment, GitSource
 from doraforwarder.testing.argocd_objects import sha
 
@@ -73,12 +74,12 @@ def test_ids_stay_under_255_characters() -> None:
     ("global", f"svc:{A}:1735732800@global"),  # a team called so is still a team
 ])
 def test_target_deployment_id(team: str | None, want: str) -> None:
-    assert ids.target_deployment_id(deployment_id("svc", A, NOW), team) == want
+    assert target_deployment_id(deployment_id("svc", A, NOW), team) == want
 
 
 def test_target_deployment_ids_stay_under_255_characters_and_apart() -> None:
     long_id = deployment_id("c" * 60, "r" * 120, NOW, cluster="k" * 60)
-    a, b = (ids.target_deployment_id(long_id, t * 40) for t in "ab")
+    a, b = (target_deployment_id(long_id, t * 40) for t in "ab")
     assert len(long_id) < 255 and len(a) < 255 and len(b) < 255
     assert a != b and a.startswith("c" * 60 + ":sha256-")
 

@@ -2,7 +2,7 @@
 
 Ids are deterministic, so a redelivery of the same deployment is an upsert
 in DevLake, never a second deployment. Each team target gets its own copy of
-the id (:func:`target_deployment_id`), so no two DevLake projects share a
+the id (``devlake/target_ids.py``), so no two DevLake projects share a
 deployment row or an incident link. A single-source deployment keeps the format
 ``<component>:<revision>:<deployedAt epoch>[:<cluster>][:failed]`` that
 existing installations already sent (changing it would send everything
@@ -13,20 +13,16 @@ form that keeps ids under DevLake's 255 characters.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from doraforwarder.config import ArgoCDConfig
-from doraforwarder.records import DetectedDeployment
+from doraforwarder.records import DIGEST_PREFIX, MAX_ID_LENGTH, DetectedDeployment, id_digest
 
-MAX_ID_LENGTH = 254
-"""DevLake stores deployment ids in ``varchar(255)``."""
 MAX_REVISION_KEY_LENGTH = 120
 SHORT_SHA = 12
-DIGEST_PREFIX = "sha256-"
 
 _HEX_SHA = re.compile(r"[0-9a-f]{12,64}")
 _UNSAFE_IN_KEY = frozenset("+: ")
@@ -53,7 +49,7 @@ def revision_key(revisions: Sequence[str]) -> str:
         not part or _UNSAFE_IN_KEY & set(part) for part in parts
     ):
         return compact
-    return DIGEST_PREFIX + _digest("\n".join(revisions))[:40]
+    return DIGEST_PREFIX + id_digest("\n".join(revisions))[:40]
 
 
 def deployment_revision_key(deployment: DetectedDeployment) -> str:
@@ -85,34 +81,7 @@ def deployment_id(
     full = ":".join(parts)
     if len(full) <= MAX_ID_LENGTH:
         return full
-    return f"{component[:100]}:{DIGEST_PREFIX}{_digest(full)}"
-
-
-TARGET_SEPARATOR = "@"
-"""Between a deployment id and the team whose target copy it names."""
-
-
-def target_deployment_id(deployment_id_: str, team: str | None) -> str:
-    """The id one target's copy of a deployment is sent under: ``<id>@<team>``, or ``<id>``.
-
-    ``team`` is None for the global target: it keeps the id every version
-    sent, so an existing global project's history stays one row per
-    deployment. A team target gets its own id because DevLake stores one
-    ``cicd_deployments`` row per raw id, and its DORA dashboard joins
-    ``project_incident_deployment_relationships`` by deployment id without
-    the project: with a shared id, a team's incident linked to the team's copy
-    marks the global project's copy failed too (and the reverse). The team
-    name, not the target's URL, names the copy, so re-pointing a team from
-    ``project_id`` to the same connection's ``connection_name`` changes no id.
-    An id that would exceed :data:`MAX_ID_LENGTH` becomes
-    ``<component, cut>:sha256-<digest of the full id>``.
-    """
-    if team is None:
-        return deployment_id_
-    full = f"{deployment_id_}{TARGET_SEPARATOR}{team}"
-    if len(full) <= MAX_ID_LENGTH:
-        return full
-    return f"{deployment_id_.split(':')[0][:100]}:{DIGEST_PREFIX}{_digest(full)}"
+    return f"{component[:100]}:{DIGEST_PREFIX}{id_digest(full)}"
 
 
 def dedupe_key(
@@ -183,7 +152,3 @@ def claim_deployed_at(claim: str) -> datetime | None:
 def incident_key(namespace: str, name: str, degraded_since: datetime) -> str:
     """``argocd:<namespace>/<app>:<degraded-since epoch>``: one key per Degraded spell."""
     return f"argocd:{namespace}/{name}:{int(degraded_since.timestamp())}"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -20,7 +20,6 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
 
-from doraforwarder.argocd.ids import target_deployment_id
 from doraforwarder.config import DevLakeConfig, Settings
 from doraforwarder.devlake.issues import (
     build_detected_issue_payload,
@@ -33,6 +32,7 @@ from doraforwarder.devlake.payloads import (
     unchecked_deployment_body,
 )
 from doraforwarder.devlake.routing import Router, Target
+from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.keys import Keys
 from doraforwarder.outbox.entries import OutboxEntry, dead_fields
 from doraforwarder.outbox.staging import stage_dead, stage_entries
@@ -159,7 +159,7 @@ class Planner:
 
     def target_id(self, target: Target, deployment_id: str) -> str:
         """The id ``target``'s copy of a deployment is sent under (see
-        :func:`~doraforwarder.argocd.ids.target_deployment_id`): the global target's
+        :func:`~doraforwarder.devlake.target_ids.target_deployment_id`): the global target's
         is the deployment's own id, a team target's names the team."""
         is_global = self.router is None or target.key == self.router.global_target.key
         return target_deployment_id(deployment_id, None if is_global else target.team)

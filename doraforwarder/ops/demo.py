@@ -25,8 +25,8 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from doraforwarder.argocd.ids import TARGET_SEPARATOR
 from doraforwarder.daemon import Daemon
+from doraforwarder.devlake.target_ids import TARGET_SEPARATOR
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.dora import DoraModel, ProjectNumbers
 from doraforwarder.testing.fake_devlake import Posted, parse_devlake_date
@@ -318,7 +318,7 @@ class Reporter:
             print(json.dumps({"kind": post.kind, "target": target, "payload": body}),
                   file=self.out, flush=True)
         if post.kind == "deployment":
-            # a team's copy is sent as "<id>@<team>" (argocd/ids.py: target_deployment_id)
+            # a team's copy is sent as "<id>@<team>" (devlake/target_ids.py: target_deployment_id)
             deployment_id = str(body.get("id")).removesuffix(f"{TARGET_SEPARATOR}{target}")
             record = self.deployments.setdefault(deployment_id, {"targets": [], **body})
             record["targets"].append(target)

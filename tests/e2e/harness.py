@@ -33,8 +33,8 @@ from typing import Any, Literal
 import redis
 
 from doraforwarder.argocd.detect import deployment_id
-from doraforwarder.argocd.ids import target_deployment_id
 from doraforwarder.argocd.model import parse_time
+from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.fake_devlake import parse_devlake_date
@@ -65,7 +65,7 @@ KEY_PREFIX = "dora-metrics"
 
 def sent_id(connection: int, deployment_id: str) -> str:
     """The id ``connection``'s copy of a deployment has: the global one keeps the
-    deployment's id, a team's names the team (argocd/ids.py: target_deployment_id)."""
+    deployment's id, a team's names the team (devlake/target_ids.py: target_deployment_id)."""
     team = None if connection == GLOBAL else CONNECTIONS[connection]
     return target_deployment_id(deployment_id, team)
 

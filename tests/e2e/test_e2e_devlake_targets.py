@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from doraforwarder.argocd.ids import target_deployment_id
+from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.keys import Keys
 from doraforwarder.testing.world import FakeWorld
 from tests.e2e.harness import (
