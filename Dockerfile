@@ -50,7 +50,7 @@ ARG VERSION=0.1.0
 ARG SOURCE_URL=https://github.com/doraforwarder/doraforwarder
 
 LABEL org.opencontainers.image.title="doraforwarder" \
-      org.opencontainers.image.description="Forwards ArgoCD deployments and WebRCA incidents to Apache DevLake for DORA metrics." \
+      org.opencontainers.image.description="Forwards ArgoCD deployments and WebRCA or Alertmanager incidents to Apache DevLake for DORA metrics." \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.version="${VERSION}"
