@@ -16,7 +16,8 @@ from doraforwarder.devlake.client import (
     classify,
     connection_just_created,
 )
-from doraforwarder.testing.fake_devlake import FakeDevLake, parse_devlake_date
+from doraforwarder.testing.fake_devlake import FakeDevLake
+from doraforwarder.testing.fake_devlake_bodies import parse_devlake_date
 from tests.devlake_support import TOKEN, deployment_entry, deployment_payload, issue_payload
 
 CLASSIFY = [

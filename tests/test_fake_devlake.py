@@ -10,13 +10,9 @@ from typing import Any
 
 import pytest
 
-from doraforwarder.testing.fake_devlake import (
-    FakeDevLake,
-    backend_view,
-    go_escape,
-    parse_devlake_date,
-    through_config_ui,
-)
+from doraforwarder.testing.fake_devlake import FakeDevLake
+from doraforwarder.testing.fake_devlake_bodies import parse_devlake_date
+from doraforwarder.testing.fake_devlake_routing import backend_view, go_escape, through_config_ui
 from tests.devlake_support import deployment_payload, issue_payload
 
 GLOBAL_KEY = "global-key"

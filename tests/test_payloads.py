@@ -17,7 +17,7 @@ from doraforwarder.devlake.payloads import (
     row_started,
     unchecked_deployment_body,
 )
-from doraforwarder.testing.fake_devlake import check_deployment, check_issue
+from doraforwarder.testing.fake_devlake_bodies import check_deployment, check_issue
 from tests.devlake_support import T0, commit, deployment_payload, detected, issue_payload
 
 

@@ -29,7 +29,8 @@ from doraforwarder.daemon import Daemon
 from doraforwarder.devlake.target_ids import TARGET_SEPARATOR
 from doraforwarder.testing.argocd_objects import LiveApp, source
 from doraforwarder.testing.dora import DoraModel, ProjectNumbers
-from doraforwarder.testing.fake_devlake import Posted, parse_devlake_date
+from doraforwarder.testing.fake_devlake_bodies import parse_devlake_date
+from doraforwarder.testing.fake_devlake_records import Posted
 from doraforwarder.testing.world import FakeWorld
 
 CLUSTERS = ["prod-east-1", "prod-west-1"]

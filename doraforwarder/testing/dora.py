@@ -39,7 +39,8 @@ from datetime import date, datetime
 from itertools import pairwise
 from typing import Any
 
-from doraforwarder.testing.fake_devlake import FakeDevLake, parse_devlake_date
+from doraforwarder.testing.fake_devlake import FakeDevLake
+from doraforwarder.testing.fake_devlake_bodies import parse_devlake_date
 from doraforwarder.testing.fake_github import FakeGitHub, FakePullRequest
 
 

@@ -28,365 +28,59 @@ default 503), :meth:`rate_limit_next` (429 with ``Retry-After``),
 :meth:`slow` (answers late, for client timeouts), :meth:`hold` /
 :meth:`release` (requests wait until released: a client can be killed
 mid-request), and :meth:`stop` / :meth:`start` (connection refused).
+
+The server is here; its pure parts beside it: :mod:`.fake_devlake_routing`
+(paths and routes), :mod:`.fake_devlake_bodies` (dates, decoding,
+validation), :mod:`.fake_devlake_records` (keys, projects, requests answered).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Self
 
 from aiohttp import web
 
+from doraforwarder.testing.fake_devlake_bodies import (
+    DecodeError,
+    Invalid,
+    check_deployment,
+    check_issue,
+    parse_devlake_date,
+)
+from doraforwarder.testing.fake_devlake_records import (
+    ApiKey,
+    Posted,
+    Project,
+    connection_key_value,
+    deployment_commit_row_id,
+)
+from doraforwarder.testing.fake_devlake_routing import (
+    SUCCESS,
+    BadEscape,
+    HandlerError,
+    Route,
+    backend_view,
+    devlake_error,
+    gin_404,
+    match_route,
+    middleware_error,
+    peek_route,
+    record_id_of,
+    redirects,
+    request_kind,
+    through_config_ui,
+)
 from doraforwarder.testing.http_fake import BackgroundServer, FakeServer
 
-ENVIRONMENTS = ("PRODUCTION", "STAGING", "TESTING", "DEVELOPMENT")
-ISSUE_STATUSES = ("TODO", "DONE", "IN_PROGRESS")
 GLOBAL_ALLOWED_PATH = "/plugins/webhook/.*"
 NAME_LIMIT = 100
-
-# --- dates -------------------------------------------------------------------------------
-
-_FRACTION = r"(?:\.\d+)?"
-_DATE = r"\d{4}-\d{2}-\d{2}"
-_TIME = r"\d{2}:\d{2}:\d{2}"
-# DevLake v1.0.3 picks one Go layout by the end of the string (first match wins),
-# then parses the whole string with it; Go accepts a fraction after the seconds
-# even when the layout has none, except where the layout fixes its digits.
-_LAYOUTS: tuple[tuple[str, str], ...] = (
-    (r"[+-]\d{4}$", rf"{_DATE}T{_TIME}{_FRACTION}[+-]\d{{4}}"),
-    (r"\d{3}[+-]\d{2}:\d{2}$", rf"{_DATE}T{_TIME}\.\d{{3}}[+-]\d{{2}}:\d{{2}}"),
-    (r"[+-]\d{2}:\d{2}$", rf"{_DATE}T{_TIME}{_FRACTION}[+-]\d{{2}}:\d{{2}}"),
-    (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", rf"{_DATE} {_TIME}"),
-    (r"[+-]\d{2}-\d{2}$", _DATE),
-    (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}$", rf"{_DATE} \d{{2}}:\d{{2}}"),
-)
-_RFC3339 = rf"{_DATE}T{_TIME}{_FRACTION}(?:Z|[+-]\d{{2}}:\d{{2}})"
-_COMPILED_LAYOUTS = tuple((re.compile(selector), re.compile(whole))
-                          for selector, whole in _LAYOUTS)
-_COMPILED_RFC3339 = re.compile(_RFC3339)
-
-
-def parse_devlake_date(value: object) -> datetime | None:
-    """A date as DevLake v1.0.3's webhook plugin parses it (aware, UTC); None if refused.
-
-    Layouts without a zone are UTC. Microseconds with a ``+00:00`` offset are
-    refused: v1.0.3 reads them with the milliseconds layout.
-    """
-    if not isinstance(value, str) or not value:
-        return None
-    for selector, whole in _COMPILED_LAYOUTS:
-        if selector.search(value):
-            return _parse(value) if whole.fullmatch(value) else None
-    return _parse(value) if _COMPILED_RFC3339.fullmatch(value) else None
-
-
-def _parse(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-# --- bodies -------------------------------------------------------------------------------
-
-
-class Invalid(Exception):
-    """A body DevLake refuses with 400 (struct validation: DevLake's error body)."""
-
-
-class DecodeError(Invalid):
-    """A body DevLake cannot decode (a bad date or type): 400 with a bare JSON string."""
-
-
-def _decode_string(body: Mapping[str, Any], name: str, where: str) -> None:
-    if body.get(name) is not None and not isinstance(body[name], str):
-        raise DecodeError(f"1 error(s) decoding:\n\n* '{where}{name}' expected type "
-                          f"'string', got {type(body[name]).__name__}")
-
-
-def _decode_date(body: Mapping[str, Any], name: str, where: str) -> None:
-    value = body.get(name)
-    if value in (None, ""):
-        return
-    if parse_devlake_date(value) is None:
-        raise DecodeError(f"1 error(s) decoding:\n\n* error decoding '{where}{name}': "
-                          f"cannot parse {value!r} as a date")
-
-
-def _required(body: Mapping[str, Any], name: str, where: str) -> None:
-    if body.get(name) in (None, ""):
-        raise Invalid(f"input json error: {where}{name} is required")
-
-
-def check_deployment(body: Any) -> None:
-    """DevLake's decoding and checks of a webhook deployment (``WebhookDeploymentReq``)."""
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise DecodeError("input json error: the body must be a JSON object")
-    for name in ("id", "environment", "result", "displayTitle", "name",
-                 "originalEnvironment"):
-        _decode_string(body, name, "")
-    for name in ("startedDate", "finishedDate", "createdDate"):
-        _decode_date(body, name, "")
-    commits = body.get("deploymentCommits")
-    if commits is not None and not isinstance(commits, list):
-        raise DecodeError("1 error(s) decoding:\n\n* 'deploymentCommits': source data must "
-                          "be an array or slice")
-    for index, commit in enumerate(commits or []):
-        where = f"deploymentCommits[{index}]."
-        if not isinstance(commit, dict):
-            raise DecodeError(f"1 error(s) decoding:\n\n* '{where[:-1]}' expected a map")
-        for name in ("repoUrl", "commitSha", "refName", "commitMsg", "displayTitle", "name",
-                     "result", "status", "repoId"):
-            _decode_string(commit, name, where)
-        for name in ("startedDate", "finishedDate", "createdDate"):
-            _decode_date(commit, name, where)
-    _required(body, "id", "")
-    _required(body, "startedDate", "")
-    _required(body, "finishedDate", "")
-    environment = body.get("environment")
-    if environment not in (None, "") and environment not in ENVIRONMENTS:
-        raise Invalid(f"input json error: environment must be one of {' '.join(ENVIRONMENTS)}")
-    for index, commit in enumerate(commits or []):
-        where = f"deploymentCommits[{index}]."
-        for name in ("repoUrl", "commitSha", "startedDate", "finishedDate"):
-            _required(commit, name, where)
-    if not commits:
-        raise Invalid("deployment_commits is empty")
-
-
-def check_issue(body: Any) -> None:
-    """DevLake's decoding and checks of a webhook issue (``WebhookIssueRequest``)."""
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise DecodeError("input json error: the body must be a JSON object")
-    for name in ("issueKey", "title", "status", "originalStatus", "type", "url",
-                 "description", "epicKey", "parentIssueKey", "priority", "creatorId",
-                 "creatorName", "assigneeId", "assigneeName", "severity", "component"):
-        _decode_string(body, name, "")
-    for name in ("createdDate", "resolutionDate", "updatedDate"):
-        _decode_date(body, name, "")
-    point = body.get("storyPoint")
-    if point is not None and (isinstance(point, bool) or not isinstance(point, int | float)):
-        raise DecodeError("1 error(s) decoding:\n\n* 'storyPoint' expected type 'float64'")
-    lead = body.get("leadTimeMinutes")
-    if lead is not None and (isinstance(lead, bool) or not isinstance(lead, int) or lead < 0):
-        raise DecodeError("1 error(s) decoding:\n\n* 'leadTimeMinutes' expected type 'uint'"
-                          " (leadTimeMinutes must be an unsigned integer)")
-    for name in ("originalEstimateMinutes", "timeSpentMinutes", "timeRemainingMinutes"):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise DecodeError(f"1 error(s) decoding:\n\n* '{name}' expected type 'int64'")
-    for name in ("issueKey", "title"):
-        _required(body, name, "")
-    if body.get("status") not in ISSUE_STATUSES:
-        raise Invalid(f"input json error: status must be one of {' '.join(ISSUE_STATUSES)}")
-    for name in ("originalStatus", "createdDate"):
-        _required(body, name, "")
-
-
-# --- paths --------------------------------------------------------------------------------
-
-_GO_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                     b"-_.~$&+,/:;=@")
-_GO_KEPT = re.compile(r"[A-Za-z0-9\-_.~$&+,/:;=@]*")
-"""Paths Go's escaping leaves as they are (only characters of ``_GO_KEEP``)."""
-_NGINX_ESCAPE = frozenset(b' "#%<>?\\^`{|}\x7f') | frozenset(range(0x20)) \
-    | frozenset(range(0x80, 0x100))
-
-
-class BadEscape(ValueError):
-    """A ``%`` not followed by two hex digits: Go's server answers 400."""
-
-
-def go_unescape(raw: str) -> str:
-    """Go's ``unescape(s, encodePath)``: ``%XX`` to bytes, ``+`` kept."""
-    if "%" not in raw:
-        return raw
-    out = bytearray()
-    data = raw.encode("utf-8", "surrogateescape")
-    index = 0
-    while index < len(data):
-        if data[index] == ord("%"):
-            pair = data[index + 1:index + 3]
-            if len(pair) != 2 or not all(chr(c) in "0123456789abcdefABCDEF" for c in pair):
-                raise BadEscape(raw)
-            out.append(int(pair, 16))
-            index += 3
-        else:
-            out.append(data[index])
-            index += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
-def go_escape(path: str) -> str:
-    """Go's ``escape(path, encodePath)`` (``URL.EscapedPath``): uppercase hex."""
-    if _GO_KEPT.fullmatch(path):
-        return path
-    return "".join(chr(b) if b in _GO_KEEP else f"%{b:02X}"
-                   for b in path.encode("utf-8", "surrogateescape"))
-
-
-def nginx_escape(path: str) -> str:
-    """nginx's ``NGX_ESCAPE_URI`` (1.21.1+), used when a rewritten URI is proxied."""
-    return "".join(f"%{b:02X}" if b in _NGINX_ESCAPE else chr(b)
-                   for b in path.encode("utf-8", "surrogateescape"))
-
-
-def through_config_ui(raw_path: str) -> str | None:
-    """The raw path config-ui's nginx sends to the backend; None when it serves it itself.
-
-    ``/api/rest/...``: the decoded path, re-escaped by nginx when the client
-    used escapes, without ``/api``. ``/api/...``: the raw path without ``/api``.
-    """
-    if raw_path.startswith("/api/rest/"):
-        if "%" in raw_path:
-            return nginx_escape(go_unescape(raw_path))[len("/api"):]
-        return raw_path[len("/api"):]
-    if raw_path.startswith("/api/"):
-        return raw_path[len("/api"):]
-    return None
-
-
-def backend_view(raw_path: str) -> tuple[str, str | None]:
-    """(``URL.Path``, ``URL.RawPath``) as Go's ``url.setPath`` sets them."""
-    decoded = go_unescape(raw_path)
-    return decoded, (None if go_escape(decoded) == raw_path else raw_path)
-
-
-# --- routes -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Route:
-    kind: str
-    """deployment, issue, close, pull_request, connections, connection, create_connection."""
-    connection_ref: tuple[str, str] | None = None
-    """("id", "6") or ("name", "team-build")."""
-    project: str | None = None
-    issue_key: str | None = None
-
-
-_ID = "(?P<id>[^/]+)"
-_NAME = "(?P<name>[^/]+)"
-_KEY = "(?P<key>[^/]+)"
-_ROUTES: tuple[tuple[str, str, str], ...] = (
-    # gin tries static segments before parameters: by-name before :connectionId.
-    ("GET", "connections", "connections"),
-    ("POST", "connections", "create_connection"),
-    ("GET", f"connections/by-name/{_NAME}", "connection"),
-    ("POST", f"connections/by-name/{_NAME}/deployments", "deployment"),
-    ("POST", f"connections/by-name/{_NAME}/pull_requests", "pull_request"),
-    ("POST", f"connections/by-name/{_NAME}/issues", "issue"),
-    ("POST", f"connections/by-name/{_NAME}/issue/{_KEY}/close", "close"),
-    ("GET", f"connections/{_ID}", "connection"),
-    ("POST", f"connections/{_ID}/deployments", "deployment"),
-    ("POST", f"connections/{_ID}/pull_requests", "pull_request"),
-    ("POST", f"connections/{_ID}/issues", "issue"),
-    ("POST", f"connections/{_ID}/issue/{_KEY}/close", "close"),
-    ("POST", "projects/(?P<project>[^/]+)/deployments", "deployment"),
-    ("POST", f"{_ID}/deployments", "deployment"),
-    ("POST", f"{_ID}/pull_requests", "pull_request"),
-    ("POST", f"{_ID}/issues", "issue"),
-    ("POST", f"{_ID}/issue/{_KEY}/close", "close"),
-)
-_PLUGIN = "/plugins/webhook/"
-_COMPILED_ROUTES = tuple((method, re.compile(pattern), kind) for method, pattern, kind in _ROUTES)
-
-
-def _unescape_param(value: str, raw: bool) -> str:
-    """gin's parameter value: from the decoded path, or QueryUnescape'd from the raw one."""
-    return go_unescape(value.replace("+", " ")) if raw else value
-
-
-def match_route(method: str, path: str, raw: bool = False) -> _Route | None:
-    """The webhook route gin dispatches ``path`` (without ``/rest``) to, if any."""
-    if not path.startswith(_PLUGIN):
-        return None
-    tail = path[len(_PLUGIN):]
-    for route_method, pattern, kind in _COMPILED_ROUTES:
-        if route_method != method:
-            continue
-        found = pattern.fullmatch(tail)
-        if found is None:
-            continue
-        params = {k: _unescape_param(v, raw) for k, v in found.groupdict().items()}
-        ref = (("name", params["name"]) if "name" in params
-               else ("id", params["id"]) if "id" in params else None)
-        return _Route(kind, connection_ref=ref, project=params.get("project"),
-                      issue_key=params.get("key"))
-    return None
-
-
-def _redirects(path: str) -> bool:
-    """gin's trailing-slash redirect: the path without its slash is a route (any method)."""
-    if not path.endswith("/") or len(path) <= 1:
-        return False
-    return any(match_route(method, path[:-1]) for method in ("GET", "POST"))
-
-
-# --- keys, connections, projects --------------------------------------------------------
-
-
-@dataclass
-class ApiKey:
-    """An API key as DevLake stores it: the regex of paths it may call."""
-
-    key: str
-    allowed_path: str
-    expired: bool = False
-    connection_id: int | None = None
-    """The webhook connection it was created with, if any."""
-
-
-@dataclass
-class Project:
-    """A DevLake project; it holds connections through its blueprint."""
-
-    name: str
-    blueprint: bool = True
-    connection_ids: list[int] = field(default_factory=list)
-
-
-def connection_key_value(connection_id: int) -> str:
-    """The (fake) key DevLake returns when a webhook connection is created."""
-    return f"devlake-connection-{connection_id}-key"
-
-
-def deployment_commit_row_id(connection_id: int, deployment_id: str, repo_url: str,
-                             sha: str) -> str:
-    """DevLake's ``GenerateDeploymentCommitId``."""
-    digest = hashlib.md5(repo_url.encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"webhook:{connection_id}:{deployment_id}:{digest}:{sha}"
-
-
-@dataclass(frozen=True)
-class Posted:
-    """One request the fake answered (kept for assertions)."""
-
-    method: str
-    path: str
-    kind: str
-    """deployment, issue, close, connection, connections, other."""
-    connection_id: int | None
-    record_id: str | None
-    status: int
-    body: Any
-    authorization: str | None
-    at: float
 
 
 @dataclass
@@ -398,32 +92,6 @@ class _Faults:
     drop_count: int = 0
     retry_after: str = "1"
     delay: float = 0.0
-
-
-class _HandlerError(Exception):
-    """A DevLake ``errors.Error``: rendered ``message (status)`` in DevLake's error body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _middleware_error(status: int, message: str) -> web.Response:
-    return web.json_response({"success": False, "message": message}, status=status)
-
-
-def _devlake_error(status: int, message: str, causes: list[str] | None = None
-                   ) -> web.Response:
-    return web.json_response({"success": False, "message": f"{message} ({status})",
-                              "causes": causes, "data": None}, status=status)
-
-
-def _gin_404() -> web.Response:
-    return web.Response(status=404, text="404 page not found", content_type="text/plain")
-
-
-_SUCCESS = {"success": True, "message": "success"}
 
 
 class FakeDevLake(FakeServer):
@@ -717,8 +385,8 @@ class FakeDevLake(FakeServer):
         with self._lock:
             self.requests.append(Posted(
                 method=request.method, path=request.path,
-                kind=_kind(route), connection_id=connection_id,
-                record_id=_record_id(route, body), status=response.status,
+                kind=request_kind(route), connection_id=connection_id,
+                record_id=record_id_of(route, body), status=response.status,
                 body=None if isinstance(body, _Unparsable) else body,
                 authorization=request.headers.get("Authorization"), at=time.time(),
             ))
@@ -730,20 +398,20 @@ class FakeDevLake(FakeServer):
             if faults.fail_forever or faults.fail_count > 0:
                 if not faults.fail_forever:
                     faults.fail_count -= 1
-                return _devlake_error(faults.fail_status, "injected failure")
+                return devlake_error(faults.fail_status, "injected failure")
             if faults.rate_limit_count > 0:
                 faults.rate_limit_count -= 1
-                response = _middleware_error(429, "too many requests")
+                response = middleware_error(429, "too many requests")
                 response.headers["Retry-After"] = faults.retry_after
                 return response
         return None
 
     def _answer(self, request: web.Request, body: Any, arrival: int = 2**62
-                ) -> tuple[web.Response, _Route | None, int | None]:
+                ) -> tuple[web.Response, Route | None, int | None]:
         raw = request.raw_path.split("?", 1)[0]
         injected = self._injected()
         if injected is not None:
-            return injected, _peek_route(request.method, raw), None
+            return injected, peek_route(request.method, raw), None
         try:
             forwarded = through_config_ui(raw)
             if forwarded is None and raw.startswith("/api"):
@@ -760,17 +428,17 @@ class FakeDevLake(FakeServer):
             if refused is not None:
                 return refused, None, None
             if raw_path is not None:  # gin routes on the raw path, which still says /rest
-                return _gin_404(), None, None
+                return gin_404(), None, None
             route = match_route(request.method, path)
         elif raw_path is not None:
             route, path = match_route(request.method, raw_path, raw=True), raw_path
         else:
             route = match_route(request.method, path)
         if route is None:
-            if _redirects(path):
+            if redirects(path):
                 status = 301 if request.method == "GET" else 307
                 return web.Response(status=status, headers={"Location": path[:-1]}), None, None
-            return _gin_404(), None, None
+            return gin_404(), None, None
         if isinstance(body, _Unparsable) or not isinstance(body, dict | None):
             message = body.text if isinstance(body, _Unparsable) else (
                 "json: cannot unmarshal into Go value of type map[string]interface {}")
@@ -779,8 +447,8 @@ class FakeDevLake(FakeServer):
         with self._lock:
             try:
                 return self._serve(route, body, arrival)
-            except _HandlerError as exc:
-                return _devlake_error(exc.status, exc.message), route, None
+            except HandlerError as exc:
+                return devlake_error(exc.status, exc.message), route, None
 
     def _check_key(self, header: str | None, path: str) -> web.Response | None:
         """DevLake's ``CheckAuthorizationHeader`` on the path without ``/rest``."""
@@ -788,21 +456,21 @@ class FakeDevLake(FakeServer):
             if self.token is None and not self._keys_added:
                 return None
             if not header:
-                return _middleware_error(401, "token is missing")
+                return middleware_error(401, "token is missing")
             value = header.removeprefix("Bearer ")
             if value == header or not value:
-                return _middleware_error(401, "token is not present or malformed")
+                return middleware_error(401, "token is not present or malformed")
             key = self.api_keys.get(value)
             if key is None:
-                return _middleware_error(403, "api key is invalid")
+                return middleware_error(403, "api key is invalid")
             if key.expired:
-                return _middleware_error(403, "api key has expired")
+                return middleware_error(403, "api key has expired")
             try:
                 matched = re.search(key.allowed_path, path) is not None
             except re.error as exc:
-                return _middleware_error(500, str(exc))
+                return middleware_error(500, str(exc))
             if not matched:
-                return _middleware_error(403, "path doesn't match api key's scope")
+                return middleware_error(403, "path doesn't match api key's scope")
             return None
 
     def _connection_named(self, name: str) -> int | None:
@@ -815,15 +483,15 @@ class FakeDevLake(FakeServer):
         kind, value = ref
         if kind == "id":
             if not value.isascii() or not value.isdigit() or int(value) < 1:
-                raise _HandlerError(400, "invalid connectionId")
+                raise HandlerError(400, "invalid connectionId")
             if int(value) not in self.connections:
-                raise _HandlerError(404, "record not found")
+                raise HandlerError(404, "record not found")
             return int(value)
         if len(value) > NAME_LIMIT:
-            raise _HandlerError(400, "invalid connectionName")
+            raise HandlerError(400, "invalid connectionName")
         found = self._connection_named(value)
         if found is None:
-            raise _HandlerError(404, "record not found")
+            raise HandlerError(404, "record not found")
         return found
 
     def _project_connection(self, name: str, arrival: int = 2**62) -> int:
@@ -835,20 +503,20 @@ class FakeDevLake(FakeServer):
         (:meth:`hold`) look it up as they arrive.
         """
         if len(name) > NAME_LIMIT:
-            raise _HandlerError(400, "invalid projectName")
+            raise HandlerError(400, "invalid projectName")
         project = self.projects.get(name)
         if project is None:
-            raise _HandlerError(404, f"could not find project [{name}] in DB")
+            raise HandlerError(404, f"could not find project [{name}] in DB")
         if not project.blueprint:
-            raise _HandlerError(400, f"project has no blueprint: {name}")
+            raise HandlerError(400, f"project has no blueprint: {name}")
         wanted = f"{name}_deployments"
         for connection_id in project.connection_ids:
             if self.connections.get(connection_id) == wanted:
                 if self._created.get(connection_id, 0) >= arrival:
-                    raise _HandlerError(400, "the connection name already exists")
+                    raise HandlerError(400, "the connection name already exists")
                 return connection_id
         if self._connection_named(wanted) is not None:
-            raise _HandlerError(400, "the connection name already exists")
+            raise HandlerError(400, "the connection name already exists")
         connection_id = max(self.connections, default=0) + 1
         self.connections[connection_id] = wanted  # no key of its own
         project.connection_ids.append(connection_id)
@@ -856,10 +524,10 @@ class FakeDevLake(FakeServer):
         # DevLake v1.0.3 (and 420e494) returns the lookup's not-found error after creating
         # and attaching the connection (a shadowed ``err`` in getOrCreateConnection): the
         # call that creates it stores nothing and answers 404; the next one is stored.
-        raise _HandlerError(404, "record not found")
+        raise HandlerError(404, "record not found")
 
-    def _serve(self, route: _Route, body: dict[str, Any] | None, arrival: int = 2**62
-               ) -> tuple[web.Response, _Route, int | None]:
+    def _serve(self, route: Route, body: dict[str, Any] | None, arrival: int = 2**62
+               ) -> tuple[web.Response, Route, int | None]:
         """Route handlers; called with the lock held."""
         if route.kind == "connections":
             listing = [self._connection_json(i) for i in sorted(self.connections)]
@@ -888,7 +556,7 @@ class FakeDevLake(FakeServer):
                 assert route.issue_key is not None
                 issue = self.issues.get((connection_id, route.issue_key))
                 if issue is None:
-                    raise _HandlerError(404, "issue not found")
+                    raise HandlerError(404, "issue not found")
                 issue["status"] = "DONE"
                 issue["originalStatus"] = ""
                 issue["closed"] = True
@@ -900,10 +568,10 @@ class FakeDevLake(FakeServer):
                 return web.json_response({
                     "success": False, "message": f"input json error (400): {detail[18:]}",
                     "causes": [detail[18:]], "data": None}, status=400), route, connection_id
-            return _devlake_error(400, detail), route, connection_id
-        except _HandlerError as exc:
-            return _devlake_error(exc.status, exc.message), route, connection_id
-        return web.json_response(_SUCCESS), route, connection_id
+            return devlake_error(400, detail), route, connection_id
+        except HandlerError as exc:
+            return devlake_error(exc.status, exc.message), route, connection_id
+        return web.json_response(SUCCESS), route, connection_id
 
     def _connection_json(self, connection_id: int) -> dict[str, Any]:
         return {"id": connection_id, "name": self.connections[connection_id]}
@@ -911,9 +579,9 @@ class FakeDevLake(FakeServer):
     def _create_connection(self, body: dict[str, Any] | None) -> web.Response:
         name = (body or {}).get("name")
         if not isinstance(name, str) or not name:
-            return _devlake_error(400, "name is required")
+            return devlake_error(400, "name is required")
         if self._connection_named(name) is not None:
-            return _devlake_error(400, "the connection name already exists")
+            return devlake_error(400, "the connection name already exists")
         connection_id = max(self.connections, default=0) + 1
         key = connection_key_value(connection_id)
         self.connections[connection_id] = name
@@ -962,32 +630,3 @@ class FakeDevLake(FakeServer):
 @dataclass(frozen=True)
 class _Unparsable:
     text: str = field(repr=False)
-
-
-def _peek_route(method: str, raw: str) -> _Route | None:
-    """The route a request aims at, ignoring keys and escaping (to record injected faults)."""
-    try:
-        forwarded = through_config_ui(raw)
-        path = go_unescape(forwarded if forwarded is not None else raw)
-    except BadEscape:
-        return None
-    return match_route(method, path.removeprefix("/rest"))
-
-
-def _kind(route: _Route | None) -> str:
-    if route is None:
-        return "other"
-    if route.kind in ("connection", "connections", "create_connection"):
-        return "connection" if route.kind == "connection" else "connections"
-    return route.kind
-
-
-def _record_id(route: _Route | None, body: Any) -> str | None:
-    if route is None:
-        return None
-    if route.kind == "close":
-        return route.issue_key
-    if isinstance(body, dict):
-        value = body.get("id") if route.kind == "deployment" else body.get("issueKey")
-        return value if isinstance(value, str) else None
-    return None

@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from doraforwarder.testing.fake_devlake import FakeDevLake, Posted
+from doraforwarder.testing.fake_devlake import FakeDevLake
+from doraforwarder.testing.fake_devlake_records import Posted
 from doraforwarder.testing.fake_github import FakeGitHub
 from doraforwarder.testing.fake_kube import FakeKube
 from doraforwarder.testing.fake_webrca import FakeWebRCA

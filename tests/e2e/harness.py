@@ -37,7 +37,7 @@ from doraforwarder.argocd.model import parse_time
 from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
 from doraforwarder.testing.argocd_objects import LiveApp, source
-from doraforwarder.testing.fake_devlake import parse_devlake_date
+from doraforwarder.testing.fake_devlake_bodies import parse_devlake_date
 from doraforwarder.testing.world import FakeWorld
 
 CLUSTERS = ("prod-east-1", "prod-west-1", "prod-eu-1", "prod-ap-1")
