@@ -46,7 +46,8 @@ def test_faults_throughout_lose_and_invent_nothing(
 ) -> None:
     """Watches dropped every few seconds, two 410 Expired, API server 500s, DevLake
     answering 503 for a long stretch and refusing connections for another, GitHub's
-    rate limit exhausted once."""
+    rate limit exhausted once, and an API server restart as the real one restarts (watches
+    answered 429 while its cache fills, then 410 for the versions held)."""
     estate = Estate(world, seed=2)
     daemon = daemons(base_overrides())
     daemon.wait_ready()
@@ -68,6 +69,7 @@ def test_faults_throughout_lose_and_invent_nothing(
         120: expire_history,  # 410 Expired #2 (+ list 500s)
         140: lambda: devlake.start(),                      # ...until here
         150: lambda: kube.fail_next(2, 0, kind="watch"),   # dropped connections
+        170: lambda: kube.restart(unready_watches=3),       # as a real API server restarts
     }
     last_drop = time.monotonic()
     for n in range(SYNCS):
@@ -90,6 +92,7 @@ def test_faults_throughout_lose_and_invent_nothing(
     # Every fault was really met by the daemon.
     restarts = [line for line in daemon.lines() if line.get("event") == "watch restarting"]
     assert sum(line.get("reason") == "expired" for line in restarts) >= 2, "410s not exercised"
+    assert any(line.get("reason") == "http 429" for line in restarts), "restart not met"
     assert kube.requests["faulted"] == 7, "API server faults not all served"
     assert devlake.posts(status=503), "DevLake's 503 stretch was never met"
     assert github.count(status=403) >= 1, "GitHub's exhausted rate limit was never met"
