@@ -79,6 +79,27 @@ def test_argocd_incident_goes_to_the_component_connections_with_a_stable_key() -
     assert opened[0].order_key == entries[0].order_key
 
 
+def test_argocd_incident_resolved_is_closed_too_when_close_resolved_is_on() -> None:
+    """``webrca.close_resolved`` is the planner's: ArgoCD's Degraded incidents get the close
+    call after their resolved upsert, in the same order key, as WebRCA and alert incidents."""
+    section = {**devlake_section("http://devlake", teams=TEAMS[:1])}
+    closing = Planner(DevLakeConfig.model_validate(section), close_resolved=True)
+    incident = DetectedIncident(
+        key="argocd:argocd/build-service-prod:1714564800", app_namespace="argocd",
+        app_name="build-service-prod", component="build-service", cluster="prod",
+        environment="PRODUCTION", status="resolved", created_at=T0,
+        resolved_at=T0 + timedelta(minutes=30), title="build-service Degraded in prod")
+    entries = closing.plan_detected_incident(incident)
+    assert [(e.target.key, e.kind) for e in entries] == [
+        ("connection_id:1", "issue"), ("connection_id:1", "close"),
+        ("connection_id:2", "issue"), ("connection_id:2", "close")]
+    assert entries[0].order_key == entries[1].order_key
+    assert entries[1].record_id == incident.key
+    opened = closing.plan_detected_incident(incident.model_copy(
+        update={"status": "open", "resolved_at": None}))
+    assert [e.kind for e in opened] == ["issue", "issue"]
+
+
 @pytest.mark.parametrize(("revision", "git"), [
     ("a" * 40, True), ("abc1234", True), ("1.4.2", False), ("HEAD", False), ("v1", False)])
 def test_is_git_sha(revision: str, git: bool) -> None:

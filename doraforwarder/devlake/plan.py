@@ -176,7 +176,9 @@ class Planner:
         payload = build_issue_payload(incident, component, self.incident_url)
         targets = self.router.for_products(incident.products) if self.router else []
         body = payload.body()
-        entries = [e for target in targets for e in self._issue_entries(target, incident, body)]
+        entries = [e for target in targets
+                   for e in self._issue_entries(target, incident.incident_id, body,
+                                                resolved=incident.is_resolved)]
         return IncidentPlan(incident, targets, entries,
                             fingerprint(incident, payload, [t.key for t in targets]))
 
@@ -193,7 +195,9 @@ class Planner:
         payload = payload.model_copy(update={"url": url or None})
         targets = self.router.for_component(component or "") if self.router else []
         body = payload.body()
-        entries = [e for target in targets for e in self._issue_entries(target, incident, body)]
+        entries = [e for target in targets
+                   for e in self._issue_entries(target, incident.incident_id, body,
+                                                resolved=incident.is_resolved)]
         return IncidentPlan(incident, targets, entries,
                             fingerprint(incident, payload, [t.key for t in targets]))
 
@@ -206,22 +210,22 @@ class Planner:
         takes it through the connection its project route creates
         (``<projectName>_deployments``, by name), as a WebRCA incident. The
         issue key is the incident's stable key: its open and resolved upserts
-        (and any redelivery) update one issue.
+        (and any redelivery) update one issue; ``webrca.close_resolved`` adds the
+        close call after the resolved one, as for every other incident source.
         """
         targets = self.router.for_component(incident.component) if self.router else []
         body = build_detected_issue_payload(incident).body()
-        return [OutboxEntry(kind="issue", target=target, record_id=incident.key,
-                            payload=body, order_key=f"issue:{target.key}:{incident.key}")
-                for target in targets]
+        return [entry for target in targets
+                for entry in self._issue_entries(target, incident.key, body,
+                                                 resolved=incident.status == "resolved")]
 
-    def _issue_entries(self, target: Target, incident: Incident,
-                       body: dict[str, Any]) -> list[OutboxEntry]:
+    def _issue_entries(self, target: Target, incident_id: str, body: dict[str, Any], *,
+                       resolved: bool) -> list[OutboxEntry]:
         """The upsert, then (resolved, when enabled) the close call, in one order key."""
-        incident_id = incident.incident_id
         order_key = f"issue:{target.key}:{incident_id}"
         entries = [OutboxEntry(kind="issue", target=target, record_id=incident_id,
                                payload=body, order_key=order_key)]
-        if self.close_resolved and incident.is_resolved:
+        if self.close_resolved and resolved:
             entries.append(OutboxEntry(kind="close", target=target, record_id=incident_id,
                                        payload={}, order_key=order_key))
         return entries
