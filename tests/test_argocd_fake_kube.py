@@ -13,7 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
 from doraforwarder.testing.argocd_objects import LiveApp
-from doraforwarder.testing.fake_kube import FakeKube, scoped_namespaces
+from doraforwarder.testing.fake_kube import FakeKube
+from doraforwarder.testing.fake_kube_auth import scoped_namespaces
 
 G, V, P = "argoproj.io", "v1alpha1", "applications"
 

@@ -36,7 +36,8 @@ from doraforwarder.inventory import (
 )
 from doraforwarder.server import bound_port, build_app, cors_middleware
 from doraforwarder.testing.argocd_objects import LiveApp, image
-from doraforwarder.testing.fake_kube import SCOPES_EXTRA, FakeKube, KubeUser
+from doraforwarder.testing.fake_kube import FakeKube
+from doraforwarder.testing.fake_kube_auth import SCOPES_EXTRA, KubeUser
 from tests.conftest import write_config
 from tests.test_argocd_watch import Harness, harness, kube  # noqa: F401 - fixtures
 

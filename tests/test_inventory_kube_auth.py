@@ -23,7 +23,7 @@ from doraforwarder.apiauth import (
 )
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.context import AppContext
-from doraforwarder.testing.fake_kube import KubeUser
+from doraforwarder.testing.fake_kube_auth import KubeUser
 from tests.test_argocd_watch import Harness, harness, kube  # noqa: F401 - fixtures
 from tests.test_inventory import app_names, ours, serve, watched  # noqa: F401 - fixtures
 

@@ -15,7 +15,7 @@ Three links, each a test:
    no 403, and the calls they make (verb, group, resource, namespace or
    cluster) are exactly the grants: every call granted, every rule used.
 3. Across the whole test session, every API call the daemon made (the fake's
-   :data:`~doraforwarder.testing.fake_kube.LEDGER`, recorded by User-Agent)
+   :data:`~doraforwarder.testing.fake_kube_auth.LEDGER`, recorded by User-Agent)
    has the shape of a rule some variant grants, and every rule shape was
    used. That test runs after every other one (``after_everything``).
 """
@@ -40,7 +40,7 @@ from doraforwarder.config import Settings, load_config
 from doraforwarder.ops.doctor import run_checks
 from doraforwarder.ops.permissions import Permission, granted, required_permissions
 from doraforwarder.testing.argocd_objects import LiveApp
-from doraforwarder.testing.fake_kube import LEDGER, SELF_ACCESS_REVIEW, KubeUser
+from doraforwarder.testing.fake_kube_auth import LEDGER, SELF_ACCESS_REVIEW, KubeUser
 from doraforwarder.testing.world import FakeWorld, deep_merge
 from tests.e2e.harness import DaemonProcess, wait_for
 from tests.test_manifests import MANIFESTS, NAMESPACE, Obj, _kustomize_ready
