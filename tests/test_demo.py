@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import time
+from typing import Any
 
 import pytest
 
@@ -120,3 +124,33 @@ def test_demo_without_redis_server_uses_fakeredis(clean_env: dict[str, str]) -> 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "store: fakeredis (redis-server is not installed)" in result.stdout
     assert "7 deployments and 2 incidents forwarded" in result.stdout
+
+
+def test_demo_waits_for_the_baselines_of_a_slow_starting_daemon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded machine starts the ArgoCD watch late: the script must wait for the baselines.
+
+    A sync the daemon first sees already done is its baseline, never a deployment
+    (detect.py, first sight). When the demo played step 1 before the daemon had
+    listed the apps (its readiness wait passed before the "argocd" condition was
+    even declared), prod-east-1's deployment was lost and prod-west-1's sync of
+    the same revision went out in its place: the flaky "build-service prod-east-1
+    SUCCESS" count of test_demo_table. Here the Kubernetes client takes a second
+    to build, as it did under load.
+    """
+    from doraforwarder.argocd import source
+    from doraforwarder.ops.demo import run_demo as demo
+
+    build = source.build_api_client
+
+    def slow_build(config: Any) -> Any:
+        time.sleep(1.0)  # a slow start, injected: nothing in the script may depend on it
+        return build(config)
+
+    monkeypatch.setattr(source, "build_api_client", slow_build)
+    out = io.StringIO()
+    assert asyncio.run(demo(out, pace=0.1)) == 0, out.getvalue()
+    summary = out.getvalue().split("Summary", 1)[1]
+    deployed = summary.split("Not sent, on purpose", 1)[0]
+    assert deployed.count("build-service     prod-east-1  SUCCESS") == 3, summary
+    assert "prod-west-1" not in deployed, summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from doraforwarder.daemon import Daemon
 from doraforwarder.devlake.target_ids import TARGET_SEPARATOR
@@ -42,6 +44,8 @@ TEAMS = [
      "webrca_products": ["konflux"]},
 ]
 CONNECTIONS = {1: "global", 2: "team-build", 3: "team-release"}
+IGNORED = ("monitoring",)
+"""argocd.components_to_ignore: the monitoring app is listed, never forwarded."""
 CONNECTION_NAMES = {str(k): v for k, v in CONNECTIONS.items()}
 
 
@@ -462,7 +466,7 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
             scenario = Scenario(world)
             scenario.prepare()
             config = world.config({
-                "argocd": {"known_clusters": CLUSTERS, "components_to_ignore": ["monitoring"]},
+                "argocd": {"known_clusters": CLUSTERS, "components_to_ignore": list(IGNORED)},
                 "webrca": {"interval": "1s", "products": ["konflux"]},
                 "integration": {"devlake": {"teams": TEAMS}},
             })
@@ -470,7 +474,14 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
             task = asyncio.create_task(daemon.run())
             delivered = False
             try:
-                await _until(lambda: daemon.context.readiness.is_ready("argocd"), 30)
+                # Each scripted sync must find its app's baseline already stored: a sync
+                # the daemon first sees already done is its baseline, never a deployment
+                # (detect.py: first sight). Readiness alone is not that: "argocd" is not
+                # even declared until the source starts, and a listed app is not yet decided.
+                if not await _until(partial(_baselined, daemon, scenario), 30):
+                    print("demo: the daemon did not record the applications' baselines "
+                          "within 30s", file=sys.stderr, flush=True)
+                    return 1
                 reporter.header()
 
                 def poll() -> None:
@@ -479,8 +490,12 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
                 begin = time.monotonic()
                 for step in scenario.timeline():
                     await _until(lambda: False, begin + step.at * pace - time.monotonic(), poll)
-                    await _until(partial(reporter.has_deployments, step.after_deployments),
-                                 30, poll)
+                    if not await _until(partial(reporter.has_deployments,
+                                                step.after_deployments), 30, poll):
+                        print(f"demo: step {step.at:g} waits for {step.after_deployments} "
+                              "deployment(s) in DevLake, not there within 30s",
+                              file=sys.stderr, flush=True)
+                        return 1
                     reporter.note(step.when, step.text)
                     step.action()
                 delivered = await _until(lambda: _delivered(world), 30, poll)
@@ -491,6 +506,20 @@ async def run_demo(out: TextIO, as_json: bool = False, pace: float = 1.0) -> int
             model = DoraModel(world.devlake, world.github)
             reporter.dora([model.project(name) for name in world.devlake.project_names()])
     return 0 if delivered else 1
+
+
+async def _baselined(daemon: Daemon, scenario: Scenario) -> bool:
+    """Whether the daemon stored the state of every scripted app it forwards.
+
+    The ignored component's app gets no state (nothing is decided for it).
+    """
+    keys = daemon.context.keys
+    names = [keys.app_state(app.namespace, app.name) for app in scenario.apps.values()
+             if not app.name.startswith(tuple(IGNORED))]
+    try:
+        return bool(await daemon.context.redis.exists(*names) == len(names))
+    except (RedisError, OSError):
+        return False  # the store is still starting
 
 
 def _delivered(world: FakeWorld) -> bool:
