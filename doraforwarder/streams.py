@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -259,6 +260,19 @@ class GroupConsumer:
     consumer: str
     claim_idle_s: float = field(kw_only=True)
     read_block_s: float = field(default=0.5, kw_only=True)
+    _reclaim_after: float = field(default=0.0, init=False, repr=False)
+    """Monotonic time before which :meth:`take_one` does not look for entries to reclaim."""
+
+    @property
+    def reclaim_every_s(self) -> float:
+        """How often :meth:`take_one` looks for entries to reclaim while none are found.
+
+        An entry becomes reclaimable only after ``claim_idle_s``, so looking on
+        every read (each worker every ``read_block_s``: most of an idle
+        daemon's Redis commands) finds nothing; a tenth of it takes a crashed
+        worker's entry over at most ``1.1 * claim_idle_s`` after its last refresh.
+        """
+        return self.claim_idle_s / 10
 
     @property
     def _claim_idle_ms(self) -> int:
@@ -309,11 +323,15 @@ class GroupConsumer:
         """One entry to work on: a reclaimed one first, else a new one.
 
         Returns the entry (None when nothing came within the read block) and
-        whether it was reclaimed from another member.
+        whether it was reclaimed from another member. Reclaims are looked for
+        at most every :attr:`reclaim_every_s` while none are found.
         """
-        _, claimed = await self.reclaim(1)
-        if claimed:
-            return claimed[0], True
+        now = time.monotonic()
+        if now >= self._reclaim_after:
+            _, claimed = await self.reclaim(1)
+            if claimed:
+                return claimed[0], True  # more may be waiting: look again next time
+            self._reclaim_after = now + self.reclaim_every_s
         entries = await self.read_new(1)
         return (entries[0] if entries else None), False
 

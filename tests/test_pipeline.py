@@ -12,7 +12,7 @@ from doraforwarder.commits.stage import ResolverPool
 from doraforwarder.devlake.plan import DRY_RUN_TARGET
 from doraforwarder.keys import DEPLOYMENTS_GROUP
 from doraforwarder.records import DetectedDeployment, ResolvedCommit
-from doraforwarder.streams import read_detected, stage_detected
+from doraforwarder.streams import GroupConsumer, read_detected, stage_detected
 from tests.devlake_support import (
     RunningService,
     commit,
@@ -231,3 +231,38 @@ async def test_dry_run_without_devlake_shows_records_anyway(redis_client) -> Non
         await eventually(lambda: stream_done(redis_client, context))
     items = await outbox.read_stream(redis_client, context.keys.outbox_stream)
     assert [i.entry.target for i in items] == [DRY_RUN_TARGET]
+
+
+async def test_an_idle_worker_looks_for_reclaims_a_tenth_of_claim_idle_not_every_read(
+        redis_client) -> None:
+    """Nothing is reclaimable before ``claim_idle``: an idle daemon's resolvers asked
+    XAUTOCLAIM on every read (each worker twice a second, most of its idle Redis
+    commands); now once per ``claim_idle / 10``, and again at once after one was found."""
+    context = make_context(redis_client, devlake_section("http://devlake"),
+                           delivery={"claim_idle": "60s", "resolvers": 1})
+    stream = GroupConsumer(redis_client, context.keys.deployments_stream, DEPLOYMENTS_GROUP,
+                           "idle", claim_idle_s=60.0, read_block_s=0.01)
+    await stream.ensure_group()
+
+    async def autoclaims() -> int:
+        stats = await redis_client.info("commandstats")
+        return int(stats.get("cmdstat_xautoclaim", {}).get("calls", 0))
+
+    before = await autoclaims()
+    for _ in range(5):
+        assert await stream.take_one() == (None, False)
+    assert await autoclaims() - before == 1
+
+    # An entry left pending by a crashed member is still taken over once it may be.
+    await detect(redis_client, context, detected())
+    crashed = GroupConsumer(redis_client, context.keys.deployments_stream, DEPLOYMENTS_GROUP,
+                            "crashed", claim_idle_s=0.05, read_block_s=0.01)
+    [(entry_id, _)] = await crashed.read_new(1)
+    survivor = GroupConsumer(redis_client, context.keys.deployments_stream, DEPLOYMENTS_GROUP,
+                             "survivor", claim_idle_s=0.05, read_block_s=0.01)
+
+    async def reclaimed() -> bool:
+        taken, was_reclaimed = await survivor.take_one()
+        return taken is not None and taken[0] == entry_id and was_reclaimed
+
+    await eventually(reclaimed, what="the crashed member's entry taken over")
