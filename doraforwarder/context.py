@@ -70,14 +70,19 @@ class Readiness:
         self._reasons[name] = reason
         self._unmet_since.setdefault(name, self._clock())
 
-    def forget(self, name: str) -> None:
-        self._reasons.pop(name, None)
+    def forget(self, name: str) -> str | None:
+        """Drop a condition; returns why it was unmet (None if it was met or never declared)."""
         self._unmet_since.pop(name, None)
+        return self._reasons.pop(name, None)
 
     def is_ready(self, name: str | None = None) -> bool:
-        """With a name: whether that condition holds. Without: whether ``/readyz`` is 200."""
+        """With a name: whether that condition is declared and met. Without: ``/readyz`` is 200.
+
+        A name never declared (or forgotten) is not ready: a caller waiting on a
+        condition before its owner declared it must keep waiting, not pass.
+        """
         if name is not None:
-            return self._reasons.get(name) is None
+            return name in self._reasons and self._reasons[name] is None
         return not self.blocking_reasons()
 
     def reasons(self) -> list[str]:

@@ -18,6 +18,7 @@ from doraforwarder.context import Dependencies, Readiness
 from doraforwarder.devlake.delivery import DeliveryPool
 from doraforwarder.server import bound_port, start_http
 from doraforwarder.testing.fake_devlake import FakeDevLake
+from doraforwarder.testing.fake_kube import FakeKube
 from tests.devlake_support import (
     TOKEN,
     RunningService,
@@ -76,6 +77,48 @@ def test_which_conditions_make_readyz_503(steps: list[tuple[str, bool, float]],
     assert set(readiness.reasons()) == set(readiness.blocking_reasons()) | set(
         readiness.advisory_reasons())
     assert len(readiness.reasons()) <= len(unmet)
+
+
+# (steps, name asked, is_ready(name)). A step is (name, "met" | "unmet" | "require" | "forget").
+NAMED_CASES = [
+    ([], "argocd", False),                                  # never declared: keep waiting
+    ([("webrca", "met")], "argocd", False),                 # another condition says nothing
+    ([("argocd", "require")], "argocd", False),
+    ([("argocd", "require"), ("argocd", "met")], "argocd", True),
+    ([("argocd", "met")], "argocd", True),
+    ([("argocd", "met"), ("argocd", "unmet")], "argocd", False),
+    ([("argocd", "met"), ("argocd", "require")], "argocd", True),  # require keeps what is
+    ([("argocd", "unmet"), ("argocd", "met")], "argocd", True),
+    ([("argocd", "met"), ("argocd", "forget")], "argocd", False),  # forgotten: undeclared
+    ([("config", "unmet")], "config", False),
+]
+
+
+@pytest.mark.parametrize(("steps", "name", "ready"), NAMED_CASES)
+def test_a_named_condition_is_ready_only_once_declared_and_met(
+        steps: list[tuple[str, str]], name: str, ready: bool) -> None:
+    readiness = Readiness(grace_seconds=30, clock=Clock())
+    for step_name, step in steps:
+        if step == "met":
+            readiness.ready(step_name)
+        elif step == "unmet":
+            readiness.not_ready(step_name, "broken")
+        elif step == "require":
+            readiness.require(step_name, "starting")
+        else:
+            readiness.forget(step_name)
+    assert readiness.is_ready(name) is ready
+
+
+def test_forget_says_why_the_condition_was_unmet() -> None:
+    readiness = Readiness()
+    assert readiness.forget("config") is None               # never declared
+    readiness.not_ready("config", "no kubeconfig")
+    assert readiness.forget("config") == "no kubeconfig"
+    assert readiness.forget("config") is None
+    readiness.ready("config")
+    assert readiness.forget("config") is None                # met
+    assert readiness.is_ready()                              # /readyz: nothing left
 
 
 def test_dependency_changes_are_logged_once_with_their_cause() -> None:
@@ -199,8 +242,9 @@ async def test_unusable_kubeconfig_is_one_error_line_retried_quietly_and_in_stat
         with capture_logs() as logs:
             async with httpx.AsyncClient(
                     base_url=f"http://127.0.0.1:{bound_port(runner)}") as http, \
-                    RunningService(source):
-                await eventually(lambda: not context.readiness.is_ready("config"),
+                    RunningService(source) as running:
+                await eventually(lambda: any(reason.startswith("config: ")
+                                             for reason in context.readiness.reasons()),
                                  what="kubeconfig problem noticed")
                 answer = await http.get("/readyz")
                 assert answer.status_code == 503
@@ -209,8 +253,18 @@ async def test_unusable_kubeconfig_is_one_error_line_retried_quietly_and_in_stat
                 assert f"KUBECONFIG {broken}" in reason
                 status = (await http.get("/api/v1/status")).json()
                 assert status["dependencies"]["kubernetes"]["state"] == "down"
+                assert "kubernetes configuration usable again" not in [
+                    e["event"] for e in logs]
+                with FakeKube() as kube:  # the operator fixes the kubeconfig
+                    kube.write_kubeconfig(broken)
+                    await eventually(lambda: context.readiness.is_ready("argocd"), timeout=15,
+                                     what="the first list with the fixed kubeconfig")
+                    assert (await http.get("/readyz")).status_code == 200
+                    assert context.readiness.reasons() == []
+                    await running.stop()
         errors = [e for e in logs if e["log_level"] == "error"]
         assert len(errors) == 1 and "retrying quietly" in errors[0]["event"]
         assert not any("exc_info" in e for e in logs)
+        assert [e["event"] for e in logs].count("kubernetes configuration usable again") == 1
     finally:
         await runner.cleanup()

@@ -71,7 +71,10 @@ def build_api_client(config: ArgoCDConfig) -> ApiClient:
             try:
                 load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             except ConfigException:
+                # KUBECONFIG as it is now, as kubeconfig_source names it: the client
+                # library's own default was read once, when it was imported.
                 load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=os.environ.get("KUBECONFIG") or None,
                     client_configuration=configuration, persist_config=False
                 )
     except KubeAccessError:

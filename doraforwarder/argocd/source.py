@@ -114,9 +114,8 @@ class ArgoCDSource:
         api_client = await self._api_client(stop)
         if api_client is None:
             return
-        if not readiness.is_ready("config"):
+        if readiness.forget("config") is not None:
             log.info("kubernetes configuration usable again")
-        readiness.forget("config")
         self.context.status.sources[self.name] = "running"
         loop = asyncio.get_running_loop()
         metrics = self.context.metrics
