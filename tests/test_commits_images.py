@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from doraforwarder.commits.images import ImageReference, TagMatcher, parse_image
+from doraforwarder.commits.images import ImageReference, TagMatcher, parse_image, skipped_image
 
 SHA = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39"
 DIGEST = "sha256:" + "ab" * 32
@@ -95,3 +95,24 @@ def test_round_trip_to_text() -> None:
     reference = f"registry.local:5000/org/svc:{SHA}@{DIGEST}"
     image = parse_image(reference)
     assert image is not None and str(image) == reference
+
+
+SKIP = ["*/istio/proxyv2", "quay.io/oauth2-proxy/*", "registry.redhat.io/*/ose-oauth-proxy*"]
+
+
+@pytest.mark.parametrize(("reference", "patterns", "skipped"), [
+    ("docker.io/istio/proxyv2:1.20.1", SKIP, True),
+    (f"gcr.io/istio-release/istio/proxyv2@{DIGEST}", SKIP, True),      # digest-pinned
+    ("istio/proxyv2:1.20.1", SKIP, False),             # as written: no registry before it
+    ("quay.io/oauth2-proxy/oauth2-proxy:v7.5.1", SKIP, True),
+    ("quay.io/oauth2-proxy-fork/oauth2-proxy:v7", SKIP, False),
+    ("registry.redhat.io/openshift4/ose-oauth-proxy-rhel9:v4.14", SKIP, True),
+    ("registry.local:5000/istio/proxyv2:1.20", SKIP, True),           # a port is no tag
+    ("quay.io/org/svc:v1.2.3", SKIP, False),
+    ("QUAY.IO/OAUTH2-PROXY/x:v1", SKIP, False),        # case-sensitive, as registries are
+    ("quay.io/org/svc:v1.2.3", [], False),
+    ("docker.io/istio/proxyv2:1.20.1", ["*"], True),
+    ("", SKIP, False),
+])
+def test_skipped_image(reference: str, patterns: list[str], skipped: bool) -> None:
+    assert skipped_image(reference, patterns) is skipped

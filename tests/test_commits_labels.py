@@ -10,12 +10,15 @@ the registry once; a tag is turned into its digest with a ``HEAD`` every time
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from structlog.testing import capture_logs
 
 from doraforwarder.commits.oci import OCI_REVISION, OCI_SOURCE, OPENSHIFT_REVISION
@@ -70,6 +73,17 @@ async def resolver_for(redis_client: aioredis.Redis, github: FakeGitHub,
 async def resolve(resolver: CommitResolver, *args: Any, **kwargs: Any) -> list[ResolvedCommit]:
     return await asyncio.wait_for(resolver.resolve(deployment(*args, **kwargs), asyncio.Event()),
                                   timeout=20)
+
+
+@contextmanager
+def debug_logs() -> Iterator[None]:
+    """Debug lines kept, whatever level an earlier test configured the process at."""
+    before = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=before)
 
 
 def labels(sha: str, repo: str = "org/app") -> dict[str, str]:
@@ -158,3 +172,27 @@ async def test_disabled_registry_is_never_asked(
     commits = await resolve(resolver_for(enabled=False), gitops,
                             [f"{registry.host}/org/app:v1"])
     assert len(commits) == 1
+
+
+@pytest.mark.parametrize("skip", [[], ["*/mesh/proxy*"]])
+async def test_skipped_images_never_reach_the_registry(
+        github: FakeGitHub, registry: Registry, resolver_for: Any, skip: list[str]) -> None:
+    gitops = github.add_repo("org/gitops", commits=1)[-1]
+    app = github.add_repo("org/app", commits=1)
+    registry.push_image("org/app", "v1", labels(app[-1]))
+    sidecar = f"{registry.host}/mesh/proxyv2:1.20"  # never pushed: a look-up fails
+    resolver = resolver_for(skip_images=skip)
+    want = [*expected(github, "org/gitops", gitops), *expected(github, "org/app", app[-1])]
+    with debug_logs(), capture_logs() as logs:
+        for n in (1, 2):
+            assert await resolve(resolver, gitops, [f"{registry.host}/org/app:v1", sidecar],
+                                 id=f"s:{n}") == want
+    failed = resolver.context.metrics.registry.get_sample_value(
+        "doraforwarder_commits_unresolved_total", {"reason": "registry"})
+    skipped = [e for e in logs if e["event"] == "image matches registry.skip_images: its "
+               "labels are not read"]
+    if skip:
+        assert failed is None
+        assert [(e["image"], e["log_level"]) for e in skipped] == [(sidecar, "debug")]
+    else:
+        assert failed == 2 and skipped == []

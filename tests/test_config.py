@@ -103,6 +103,10 @@ BAD_FILES = [
     ("star mixed", "argocd:\n  namespaces: ['*', a]\n", "cannot be combined"),
     ("bad redis address", "storage:\n  redis:\n    address: 'redis host:6379'\n",
      "storage.redis.address: 'redis host:6379' is not host:port"),
+    ("skip_images with a tag", "registry:\n  skip_images: ['quay.io/istio/proxyv2:1.20']\n",
+     "registry.skip_images: pattern 'quay.io/istio/proxyv2:1.20' has a tag or digest"),
+    ("skip_images empty", "registry:\n  skip_images: ['']\n",
+     "registry.skip_images: pattern '' is empty"),
     ("redis address port 0", "storage:\n  redis:\n    address: 'redis:0'\n",
      "storage.redis.address: 'redis:0' is not host:port"),
 ]

@@ -109,6 +109,14 @@ async def test_nothing_to_check(setup: Setup, tmp_path: Path) -> None:
     assert "has a SHA tag" in checks["registry"].detail
 
 
+async def test_skipped_images_are_left_out(setup: Setup, tmp_path: Path) -> None:
+    """The plain image (a sidecar, say) would warn "no commit label"; skipped, it is not read."""
+    checks = await registry_checks(setup, [setup.images["plain"], setup.images["sha"]], tmp_path,
+                                   skip_images=["*/org/plain"])
+    assert list(checks) == ["registry"] and checks["registry"].outcome == "skip"
+    assert "or matches registry.skip_images" in checks["registry"].detail
+
+
 async def test_unreadable_credentials_file_is_a_failed_line(setup: Setup,
                                                             tmp_path: Path) -> None:
     checks = await registry_checks(setup, [setup.images["labelled"]], tmp_path,

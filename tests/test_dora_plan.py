@@ -133,8 +133,13 @@ def test_head_images_include_unchanged_ones_once_per_sha() -> None:
     # With registry.enabled, an image without a SHA tag may carry its commit in its labels.
     ([], ["quay.io/o/x:v1"], True, "unresolved"),
     ([], [], True, "no_source"),
+    # ... unless registry.skip_images names it: its labels are never read.
+    ([], ["quay.io/mesh/proxyv2:1.20"], True, "no_source"),
+    ([], ["quay.io/mesh/proxyv2:1.20", "quay.io/o/x:v1"], True, "unresolved"),
+    ([], ["quay.io/mesh/proxyv2:" + "a" * 40], True, "unresolved"),
 ])
 def test_no_commit_reason(sources: list[GitSource], images: list[str], labels: bool,
                           reason: str) -> None:
     deployment = detected().model_copy(update={"sources": sources, "images": images})
-    assert no_commit_reason(deployment, TagMatcher(), labels=labels) == reason
+    assert no_commit_reason(deployment, TagMatcher(), labels=labels,
+                            skip_images=["*/mesh/*"]) == reason

@@ -15,8 +15,9 @@ named group ``sha``. Tags such as ``latest`` or ``v1.2.3`` carry no commit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 DEFAULT_TAG_PATTERN = r"^[0-9a-f]{7,40}$"
 _HEX_SHA = re.compile(r"[0-9a-f]{7,40}", re.IGNORECASE)
@@ -59,6 +60,18 @@ def parse_image(reference: str) -> ImageReference | None:
     if not name:
         return None
     return ImageReference(name=name, tag=tag, digest=digest)
+
+
+def skipped_image(reference: str, patterns: Sequence[str]) -> bool:
+    """Whether a ``registry.skip_images`` glob matches the image's name (no tag, no digest).
+
+    Sidecars and infrastructure images (a service mesh proxy, an auth proxy) never carry
+    source labels: without this each of them would cost a registry ``HEAD`` per deployment.
+    """
+    if not patterns:
+        return False
+    image = parse_image(reference)
+    return image is not None and any(fnmatchcase(image.name, glob) for glob in patterns)
 
 
 class TagMatcher:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from doraforwarder.commits.images import TagMatcher, parse_image
+from doraforwarder.commits.images import TagMatcher, parse_image, skipped_image
 from doraforwarder.commits.repos import GITHUB_WEB, normalize_repo_url
 from doraforwarder.records import DetectedDeployment
 
@@ -42,15 +42,18 @@ def row_repo_url(url: str, web_base: str = GITHUB_WEB) -> str | None:
 
 
 def no_commit_reason(deployment: DetectedDeployment, matcher: TagMatcher, *,
-                     labels: bool = False) -> str:
+                     labels: bool = False, skip_images: Sequence[str] = ()) -> str:
     """Why a deployment has nothing to send as a commit, for the metric and its dead letter.
 
     ``no_source``: no gitops source and no image that could give a commit (a
-    tag carrying a SHA; any image when ``labels``, ``registry.enabled``, may read
-    one from its labels); ``unresolved``: there were candidates but every one
-    was blacklisted, had no usable repository, or could not be found.
+    tag carrying a SHA; when ``labels``, ``registry.enabled``, any image but those
+    ``skip_images`` names may read one from its labels); ``unresolved``: there were
+    candidates but every one was blacklisted, had no usable repository, or could
+    not be found.
     """
-    has_image_sha = any(labels or matcher.sha_of(reference) for reference in deployment.images)
+    has_image_sha = any(
+        matcher.sha_of(reference) or (labels and not skipped_image(reference, skip_images))
+        for reference in deployment.images)
     if not deployment.sources and not has_image_sha:
         return "no_source"
     return "unresolved"

@@ -48,7 +48,7 @@ from doraforwarder.commits.github import (
     GitHubError,
     NotFound,
 )
-from doraforwarder.commits.images import TagMatcher, parse_image
+from doraforwarder.commits.images import TagMatcher, parse_image, skipped_image
 from doraforwarder.commits.oci import (
     CredentialError,
     commit_from_labels,
@@ -80,6 +80,8 @@ from doraforwarder.records import DetectedDeployment, GitSource, ResolvedCommit
 
 CONCURRENCY = 4
 """Look-ups of one deployment running at once (gitops sources and images)."""
+SKIPPED_LOGGED = 4096
+"""Image references remembered as logged once for ``registry.skip_images``."""
 T = TypeVar("T")
 
 
@@ -105,6 +107,9 @@ class CommitResolver:
         self.log = get_logger("github")
         self.registry = _registry_client(context)
         self.label_rules = [(rule.revision, rule.source) for rule in settings.registry.labels]
+        self.skip_images = settings.registry.skip_images
+        self.skipped_seen: set[str] = set()
+        """References ``registry.skip_images`` matched, logged once each."""
         for repo in self.rules.invalid:
             self.log.error("github.image_repositories: not a repository URL, rule ignored",
                            repo=repo)
@@ -269,13 +274,24 @@ class _Resolution:
         previous = (list(dict.fromkeys(self.deployment.previous_images))
                     if self.r.rows == "range" else [])
         references = [ref for ref in dict.fromkeys([*current, *previous])
-                      if self.r.matcher.sha_of(ref) is None]
+                      if self.r.matcher.sha_of(ref) is None and not self._skipped(ref)]
         if not references:
             return {}
         results = await asyncio.gather(*(
             self._limited_label(ref, ref in current) for ref in references))
         return {ref: found for ref, found in zip(references, results, strict=True)
                 if found is not None}
+
+    def _skipped(self, reference: str) -> bool:
+        if not skipped_image(reference, self.r.skip_images):
+            return False
+        if reference not in self.r.skipped_seen:
+            if len(self.r.skipped_seen) >= SKIPPED_LOGGED:
+                self.r.skipped_seen.clear()  # bounded: a long run may see many sidecar tags
+            self.r.skipped_seen.add(reference)
+            self.log.debug("image matches registry.skip_images: its labels are not read",
+                           image=reference)
+        return True
 
     async def _limited_label(self, reference: str, deployed: bool) -> KnownCommit | None:
         async with self._slots:

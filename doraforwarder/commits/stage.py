@@ -222,8 +222,9 @@ class ResolverPool:
         if self._after_resolve is not None:
             await self._after_resolve(deployment)
         if not commits:
-            reason = no_commit_reason(deployment, self.matcher,
-                                      labels=self.context.settings.registry.enabled)
+            registry = self.context.settings.registry
+            reason = no_commit_reason(deployment, self.matcher, labels=registry.enabled,
+                                      skip_images=registry.skip_images)
             self.context.metrics.deployments_without_commits.labels(reason).inc()
             log.error("deployment has nothing DevLake accepts as a commit: moved to dead "
                       "letters (replay it once its sources are fixed)", deployment=deployment.id,

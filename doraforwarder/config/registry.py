@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from datetime import timedelta
 
 from pydantic import (
@@ -44,6 +46,10 @@ class RegistryConfig(Section):
     """Per registry (``host[:port]`` -> seconds), for a slow one."""
     max_retry_after: Duration = timedelta(seconds=60)
     """Longest wait a registry's ``429 Retry-After`` is obeyed for (the deadline bounds it too)."""
+    skip_images: list[str] = Field(default_factory=list)
+    """Glob patterns (``fnmatch``) on the image name without tag or digest, as the Application
+    shows it (``*/istio/proxyv2``, ``quay.io/oauth2-proxy/*``): images that never carry source
+    labels (sidecars, infrastructure), never looked up in a registry."""
 
     @field_validator("platform")
     @classmethod
@@ -52,6 +58,23 @@ class RegistryConfig(Section):
         if value.strip() and not (2 <= len(parts) <= 3 and all(parts)):
             raise ValueError(f"platform {value!r} is not os/arch or os/arch/variant")
         return value.strip()
+
+    @field_validator("skip_images")
+    @classmethod
+    def _image_name_globs(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            last = pattern.rsplit("/", 1)[-1]
+            if not pattern.strip() or pattern != pattern.strip():
+                raise ValueError(f"pattern {pattern!r} is empty or has spaces "
+                                 "around it")
+            if "@" in pattern or ":" in last:
+                raise ValueError(f"pattern {pattern!r} has a tag or digest: "
+                                 "patterns match the image name without them")
+            try:
+                re.compile(fnmatch.translate(pattern))
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a glob: {exc}") from None
+        return value
 
     @field_validator("timeouts")
     @classmethod

@@ -21,7 +21,7 @@ from kubernetes.client import CustomObjectsApi
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import iter_applications
 from doraforwarder.commits.github import Call
-from doraforwarder.commits.images import TagMatcher, parse_image
+from doraforwarder.commits.images import TagMatcher, parse_image, skipped_image
 from doraforwarder.commits.oci import (
     CredentialError,
     commit_from_labels,
@@ -40,7 +40,8 @@ MAX_APPLICATIONS = 2000
 DEADLINE_S = 60.0
 LABEL_HINT = ("build with the labels org.opencontainers.image.revision and "
               "org.opencontainers.image.source (docker/metadata-action and buildah write them), "
-              "or name yours in registry.labels")
+              "or name yours in registry.labels; an image that never has them (a sidecar): "
+              "registry.skip_images")
 
 ImageSource = Callable[[LoadedConfig], Awaitable[list[str]]]
 
@@ -104,13 +105,14 @@ async def check_registries(config: LoadedConfig,
             parsed = parse_image(reference)
             where = registry_image(parsed.name) if parsed is not None else None
             if where is None or parsed is None or matcher.sha_of(reference) is not None \
-                    or manifest_reference(parsed.tag, parsed.digest) is None:
+                    or manifest_reference(parsed.tag, parsed.digest) is None \
+                    or skipped_image(reference, registry.skip_images):
                 continue
             by_registry.setdefault(where.registry, []).append(reference)
         if not by_registry:
             return [*checks, Check("registry", "skip",
-                                   f"every one of the {len(images)} images seen has a SHA tag: "
-                                   "no registry needed")]
+                                   f"every one of the {len(images)} images seen has a SHA tag "
+                                   "or matches registry.skip_images: no registry needed")]
         rules = [(rule.revision, rule.source) for rule in registry.labels]
         results = await asyncio.gather(*(
             _check_one(client, host, references, rules)
