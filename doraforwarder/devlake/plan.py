@@ -28,6 +28,7 @@ from doraforwarder.devlake.issues import (
 )
 from doraforwarder.devlake.payloads import (
     CommitRows,
+    IssuePayload,
     build_deployment_payload,
     unchecked_deployment_body,
 )
@@ -175,12 +176,7 @@ class Planner:
         """Entries for each target of ``incident`` (raises ValidationError: the contract fails)."""
         payload = build_issue_payload(incident, component, self.incident_url)
         targets = self.router.for_products(incident.products) if self.router else []
-        body = payload.body()
-        entries = [e for target in targets
-                   for e in self._issue_entries(target, incident.incident_id, body,
-                                                resolved=incident.is_resolved)]
-        return IncidentPlan(incident, targets, entries,
-                            fingerprint(incident, payload, [t.key for t in targets]))
+        return self._incident_plan(incident, payload, targets)
 
     def plan_component_incident(self, incident: Incident, component: str | None,
                                 url: str | None = None) -> IncidentPlan:
@@ -194,6 +190,11 @@ class Planner:
         payload = build_issue_payload(incident, component, "{incident_id}")
         payload = payload.model_copy(update={"url": url or None})
         targets = self.router.for_component(component or "") if self.router else []
+        return self._incident_plan(incident, payload, targets)
+
+    def _incident_plan(self, incident: Incident, payload: IssuePayload,
+                       targets: list[Target]) -> IncidentPlan:
+        """The issue entries of ``payload`` for each target, and what they fingerprint."""
         body = payload.body()
         entries = [e for target in targets
                    for e in self._issue_entries(target, incident.incident_id, body,
