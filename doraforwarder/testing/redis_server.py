@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 
@@ -256,7 +256,28 @@ def make_tls_files(directory: Path) -> TlsFiles:
     )
 
 
-class SentinelGroup:
+class _Group:
+    """``with Group() as group:`` for servers started together: a start that fails halfway
+    (one server up, the next refused) still closes what it started."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SentinelGroup(_Group):
     """A master, one replica and three Sentinels watching them, all on loopback.
 
     :meth:`kill_master` SIGKILLs the master and returns once the Sentinels
@@ -281,7 +302,7 @@ class SentinelGroup:
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{port}" for port in self.sentinel_ports]
 
-    def start(self) -> SentinelGroup:
+    def start(self) -> Self:
         for server in (self.master, self.replica):
             server.directory.mkdir(parents=True, exist_ok=True)
         self.master.start()
@@ -373,18 +394,8 @@ class SentinelGroup:
         self.replica.close()
         self._tmp.cleanup()
 
-    def __enter__(self) -> SentinelGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ClusterGroup:
+class ClusterGroup(_Group):
     """A three-master Redis Cluster (no replicas) on loopback, with AOF on every node.
 
     :meth:`restart_node` stops one node and starts it again on the same port
@@ -409,7 +420,7 @@ class ClusterGroup:
     def addresses(self) -> list[str]:
         return [node.address for node in self.nodes]
 
-    def start(self) -> ClusterGroup:
+    def start(self) -> Self:
         for node in self.nodes:
             node.start()
         cli = shutil.which("redis-cli")
@@ -449,16 +460,6 @@ class ClusterGroup:
         for node in self.nodes:
             node.close()
         self._tmp.cleanup()
-
-    def __enter__(self) -> ClusterGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _ask(client: redis.Redis, *args: object) -> Any:
