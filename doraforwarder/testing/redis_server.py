@@ -287,9 +287,12 @@ class SentinelGroup(_Group):
 
     MASTER_NAME = "doramaster"
 
-    def __init__(self, *, sentinel_password: str | None = None) -> None:
+    def __init__(self, *, sentinel_password: str | None = None,
+                 keep_logs_in: Path | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="doraforwarder-sentinel-")
         root = Path(self._tmp.name)
+        self.keep_logs_in = keep_logs_in
+        """Where :meth:`close` copies every server's and Sentinel's log (a test's tmp_path)."""
         self.sentinel_password = sentinel_password
         self.master = RedisServer(directory=str(root / "master"), appendonly=True)
         self.replica = RedisServer(directory=str(root / "replica"), appendonly=True)
@@ -354,12 +357,17 @@ class SentinelGroup(_Group):
         peers = _ask(client, "SENTINEL", "sentinels", self.MASTER_NAME)
         return bool(master) and len(replicas) >= 1 and len(peers) >= 2
 
-    def kill_master(self, *, rejoin: bool = True) -> str:
+    def kill_master(self, *, rejoin: bool = True,
+                    while_rejoining: Callable[[RedisServer, RedisServer], None] | None = None,
+                    ) -> str:
         """SIGKILL the master; return the promoted replica's address once all agree.
 
         With ``rejoin`` the killed server starts again (as Kubernetes restarts a
         pod) and the call returns once it has become the new master's replica.
+        ``while_rejoining(rejoining, master)`` runs after that restart, before its
+        first sync is awaited.
         """
+        self._wait_promotable_replica()
         old = self.master_address()
         current = self.master if old == self.master.address else self.replica
         promoted = self.replica if current is self.master else self.master
@@ -376,20 +384,61 @@ class SentinelGroup(_Group):
         wait_for(promoted_everywhere, f"the Sentinels to promote {promoted.address}", 60)
         if rejoin:
             # As a Sentinel-managed pod does: start as the replica of the master the
-            # Sentinels name, never as the master it was (on a loaded machine the
-            # Sentinels could otherwise fail back to it, and its writes since be lost).
-            current.extra_args = ["--replicaof", "127.0.0.1", str(promoted.port)]
+            # Sentinels name, never as the master it was. And not promotable
+            # (replica-priority 0) until its first sync is done: until then it holds
+            # the data it had when it was killed. A switch resets a Sentinel's failover
+            # timer, and on a loaded machine a Sentinel whose fresh link to the new
+            # master got no answer for down-after-milliseconds (1 s) fails over again
+            # at once; with this server promotable it picked it, unsynced, and every
+            # write the new master took was lost (a CI run: +switch-master, +sdown of
+            # the new master 1 s later, +selected-slave of the restarted server).
+            current.extra_args = ["--replicaof", "127.0.0.1", str(promoted.port),
+                                  "--replica-priority", "0"]
             current.start()
-            wait_for(lambda: _info(current.client(), "replication").get(
-                "master_link_status") == "up" and _info(promoted.client(), "replication").get(
-                "connected_slaves") == 1, f"{current.address} to rejoin as a replica", 60)
+            if while_rejoining is not None:
+                while_rejoining(current, promoted)
+
+            def rejoined() -> bool:
+                named = self.master_address()
+                if named != promoted.address:
+                    raise RuntimeError(f"the Sentinels failed over again, to {named}, while "
+                                       f"{current.address} rejoined (see their logs)")
+                return _info(current.client(), "replication").get(
+                    "master_link_status") == "up" and _info(promoted.client(), "replication").get(
+                    "connected_slaves") == 1
+
+            wait_for(rejoined, f"{current.address} to rejoin as a replica", 60)
+            current.client().config_set("replica-priority", 100)
+            current.extra_args = ["--replicaof", "127.0.0.1", str(promoted.port)]
         return promoted.address
+
+    def _wait_promotable_replica(self) -> None:
+        """Every Sentinel sees the master's replica connected and promotable (priority > 0).
+
+        A server that rejoined is made promotable once synced; the Sentinels learn its
+        new priority from their next INFO (every 10 s), which a second kill awaits here.
+        """
+        def promotable() -> bool:
+            for port in self.sentinel_ports:
+                replicas = _ask(self.sentinel_client(port),
+                                "SENTINEL", "replicas", self.MASTER_NAME)
+                if not any(_promotable(_pairs(replica)) for replica in replicas):
+                    return False
+            return True
+
+        wait_for(promotable, "the Sentinels to see a promotable replica", 60)
 
     def close(self) -> None:
         for process in self.sentinel_processes:
             process.kill()
             process.wait()
         self.sentinel_processes = []
+        self.master.stop(kill=True)
+        self.replica.stop(kill=True)
+        if self.keep_logs_in is not None:
+            self.keep_logs_in.mkdir(parents=True, exist_ok=True)
+            for log_file in sorted(self.root.glob("*/*.log")):
+                shutil.copyfile(log_file, self.keep_logs_in / f"{log_file.parent.name}.log")
         self.master.close()
         self.replica.close()
         self._tmp.cleanup()
@@ -465,6 +514,19 @@ class ClusterGroup(_Group):
 def _ask(client: redis.Redis, *args: object) -> Any:
     """One command through the synchronous client (redis-py leaves it untyped)."""
     return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A Sentinel's flat ``[name, value, ...]`` answer about one instance, as a dict."""
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    return {str(reply[i]): str(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+
+
+def _promotable(replica: dict[str, str]) -> bool:
+    flags = set(replica.get("flags", "").split(","))
+    return (not flags & {"s_down", "o_down", "disconnected"}
+            and int(replica.get("slave-priority", "0")) > 0)
 
 
 def _info(client: redis.Redis, section: str) -> dict[str, object]:

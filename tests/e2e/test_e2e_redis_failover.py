@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,8 +67,9 @@ def drive(estate: Estate, failure: threading.Thread) -> None:
 
 
 @pytest.fixture
-def sentinels() -> Iterator[SentinelGroup]:
-    with SentinelGroup(sentinel_password=SENTINEL_SECRET) as group:
+def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
+    with SentinelGroup(sentinel_password=SENTINEL_SECRET,
+                       keep_logs_in=tmp_path / "redis-logs") as group:
         yield group
 
 
