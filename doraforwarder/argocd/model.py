@@ -319,12 +319,6 @@ def _identify(obj: Any) -> tuple[str, str]:
     )
 
 
-def object_key(obj: Any) -> str:
-    """``namespace/name`` of a raw object (raises :class:`MalformedApplication`)."""
-    namespace, name = _identify(obj)
-    return app_key(namespace, name)
-
-
 def parse_application(obj: Any) -> AppView:
     """Validate the fields detection uses.
 
