@@ -51,10 +51,13 @@ def build_services(context: AppContext) -> list[Service]:
     """
     settings = context.settings
     planner = Planner.from_settings(settings, context.dry_run)
-    services: list[Service] = [RedisWatch(context)]
+    watch = RedisWatch(context)
+    services: list[Service] = [watch]
     if settings.argocd.enabled:
         staging = PipelineStaging(context.keys, planner)
-        services.append(ArgoCDSource(context, stage=staging))
+        source = ArgoCDSource(context, stage=staging)
+        watch.on_master_change.append(source.relist)
+        services.append(source)
         services.append(ResolverPool(context, planner=planner))
     if settings.webrca.enabled:
         services.append(WebRCAPoller(context, planner=planner))

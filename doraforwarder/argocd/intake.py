@@ -122,6 +122,10 @@ class Intake:
         self._warned: dict[Key, str] = {}
         self._listing: dict[WatchScope, set[tuple[str, str]]] = {}
         """Keys seen so far by each scope's list in progress."""
+        self._decide_all: set[WatchScope] = set()
+        """Scopes whose next list hands every object over (:meth:`decide_all_next_list`)."""
+        self._deciding_all: set[WatchScope] = set()
+        """Scopes whose list in progress hands every object over."""
         self._seen = {
             kind: metrics.events_seen.labels(kind) for kind in ("ADDED", "MODIFIED", "DELETED")
         }
@@ -130,6 +134,18 @@ class Intake:
     @property
     def apps_tracked(self) -> int:
         return len(self._fingerprints)
+
+    def decide_all_next_list(self, scope: WatchScope) -> None:
+        """Hand every object of ``scope``'s next list over, even one whose fingerprint is known.
+
+        After a Redis failover the new master may hold older application
+        states than the ones this process decided (a detection the previous
+        master acknowledged and never passed on). The fingerprints say the
+        objects did not change, so a plain list would skip them; deciding
+        them again against what Redis holds now detects those syncs again
+        (the rest decides to nothing, as after a restart).
+        """
+        self._decide_all.add(scope)
 
     def tracks(self, namespace: str, name: str) -> bool:
         """Whether the app was met (listed or watched) and not deleted since."""
@@ -147,13 +163,17 @@ class Intake:
     ) -> bool:
         if first or scope not in self._listing:
             self._listing[scope] = set()  # a list cut short before is forgotten
+            if scope in self._decide_all:
+                self._decide_all.discard(scope)
+                self._deciding_all.add(scope)
         present = self._listing[scope]
+        every = scope in self._deciding_all
         jobs: list[tuple[str, Job]] = []
         for obj in objects:
             key = _raw_key(obj)
             if key is not None and isinstance(key[0], str) and isinstance(key[1], str):
                 present.add(key)
-            job = self._changed(obj)
+            job = self._changed(obj, every=every)
             if job is None:
                 continue
             if self._submit_many is not None:
@@ -164,6 +184,7 @@ class Intake:
 
     def listed_done(self, scope: WatchScope, stop: threading.Event) -> bool:
         present = self._listing.pop(scope, set())
+        self._deciding_all.discard(scope)
         # Deleted while we were not watching (a 410 gap): no DELETED event will come.
         # Only now: until the list completed, an absent app may be on a later page.
         # list(): other scopes' threads add apps meanwhile (a C-level copy, atomic).
@@ -186,12 +207,15 @@ class Intake:
         job = self._changed(obj)
         return job is None or self._submit(job.key, job, stop)
 
-    def _changed(self, obj: Any) -> Observed | None:
-        """The job deciding ``obj``, or None when it changes nothing (a refresh, malformed)."""
+    def _changed(self, obj: Any, *, every: bool = False) -> Observed | None:
+        """The job deciding ``obj``, or None when it changes nothing (a refresh, malformed).
+
+        ``every``: decide it even if its fingerprint is the one last handed over."""
         key = _raw_key(obj)
         document = isinstance(obj, AppDocument)
         current = document_fingerprint(obj) if document else fingerprint(obj)
-        if key is not None and current is not None and self._fingerprints.get(key) == current:
+        if (not every and key is not None and current is not None
+                and self._fingerprints.get(key) == current):
             self._noop.inc()
             return None
         try:

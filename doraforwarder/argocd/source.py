@@ -251,6 +251,26 @@ class ArgoCDSource:
             except Exception:
                 log.exception("argocd sweeper round failed; the next one comes")
 
+    def relist(self) -> None:
+        """Decide every Application again from a fresh list (the daemon calls it after a Redis
+        master change).
+
+        A failover can lose what the previous master acknowledged and never
+        passed on: a detection (state, dedupe claim and stream entry, one
+        transaction) is then simply absent from the new master. The syncs are
+        still in the Applications' ``status.history``, and the objects did not
+        change, so only a list that decides every object again finds them;
+        the apps whose state survived decide to nothing. Costs one list per
+        watched scope.
+        """
+        if self.intake is None:
+            return
+        for watcher in self.watchers:
+            self.intake.decide_all_next_list(watcher.scope)
+            watcher.request_relist()
+        log.info("listing applications again to decide each against the new redis master",
+                 namespaces=[watcher.scope.label for watcher in self.watchers])
+
     async def drained(self) -> None:
         """Wait until every event queued so far is decided (tests, benchmarks)."""
         if self._forgetting:  # the scan after a first list queues deletions too

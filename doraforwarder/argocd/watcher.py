@@ -122,11 +122,25 @@ class ApplicationWatcher:
         self.last_error = ""
         self._response: Any = None
         self._lock = threading.Lock()
+        self._relist = threading.Event()
+        """Set by :meth:`request_relist`: list again instead of resuming the watch."""
 
     # --- lifecycle ------------------------------------------------------------------
     def interrupt(self) -> None:
         """Unblock a read in progress (called from another thread at stop)."""
         self.stop.set()
+        self._shut_response()
+
+    def request_relist(self) -> None:
+        """List the scope again as soon as possible (from any thread); the watch resumes after.
+
+        The read in progress is cut; a list in progress completes, then the
+        next one starts at once.
+        """
+        self._relist.set()
+        self._shut_response()
+
+    def _shut_response(self) -> None:
         with self._lock:
             response = self._response
         if response is not None:
@@ -139,6 +153,9 @@ class ApplicationWatcher:
         """Thread target: list/watch/resume until stop."""
         while not self.stop.is_set():
             try:
+                if self._relist.is_set():
+                    self._relist.clear()
+                    self.resource_version = None
                 if self.resource_version is None:
                     self.resource_version = self._list()
                     if self.resource_version is None:
@@ -163,13 +180,18 @@ class ApplicationWatcher:
             except Exception as exc:  # refused, dropped, timeouts, garbage: all retried
                 if self.stop.is_set():
                     return
-                reason = type(exc).__name__
-                delay = self.backoff.next_delay()
-                self._failed(f"{reason}: {exc}")
+                if self._relist.is_set():  # request_relist() cut the read
+                    reason, delay = "relist", 0.0
+                else:
+                    reason = type(exc).__name__
+                    delay = self.backoff.next_delay()
+                    self._failed(f"{reason}: {exc}")
             if self.stop.is_set():
                 return
+            if self._relist.is_set():
+                reason, delay = "relist", 0.0
             self.metrics.watch_restarts.labels(self.scope.label, reason).inc()
-            log_method = log.debug if reason == "ended" else log.warning
+            log_method = log.debug if reason in ("ended", "relist") else log.warning
             log_method(
                 "watch restarting",
                 namespace=self.scope.label,
@@ -250,8 +272,8 @@ class ApplicationWatcher:
         with self._lock:
             self._response = response
         try:
-            if self.stop.is_set():
-                return  # interrupted while connecting: interrupt() found no response to shut
+            if self.stop.is_set() or self._relist.is_set():
+                return  # interrupted while connecting: there was no response to shut yet
             self._healthy()
             for line in _lines(response):
                 if not self._handle(line):
