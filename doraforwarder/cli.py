@@ -1,23 +1,25 @@
 """Command line: ``doraforwarder run | check-config | status | doctor | backfill | outbox | ...``.
 
-Each command lives in ``doraforwarder/commands/<name>.py`` and exposes
-``add_parser(subparsers)``; this module only assembles them and maps every
-operator mistake to one line on stderr, never a traceback: configuration
-problems (and a bad command line) exit 2, anything else that stops a
-command exits 1.
+Each command's arguments are in :mod:`doraforwarder.commands.parsers`, which
+names the module that runs it (``doraforwarder/commands/<name>.py``); this
+module assembles the parsers, imports the one command's module that the
+arguments name, and maps every operator mistake to one line on stderr, never a
+traceback: configuration problems (and a bad command line) exit 2, anything
+else that stops a command exits 1. It imports nothing heavy itself, so
+``--help`` and ``version`` do not pay for the daemon (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 
 from doraforwarder import __version__
-from doraforwarder.argocd.kube import KubeAccessError
-from doraforwarder.commands import COMMANDS
-from doraforwarder.commands.common import GLOBAL, Parser, fill_global_defaults
-from doraforwarder.config import ConfigError, load_dotenv_file
-from doraforwarder.logging import redactor
+from doraforwarder.commands.parsers import COMMANDS, GLOBAL, Parser, fill_global_defaults
+from doraforwarder.env_file import load_dotenv_file
+from doraforwarder.errors import ConfigError, KubeAccessError
+from doraforwarder.redaction import redactor
 
 EXIT_CONFIG = 2
 
@@ -31,8 +33,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"doraforwarder {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for command in COMMANDS:
-        command.add_parser(subparsers)
+    for add_parser in COMMANDS:
+        add_parser(subparsers)
     return parser
 
 
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fill_global_defaults(args)
     try:
         args.dotenv = load_dotenv_file()
-        code: int = args.handler(args)
+        code: int = import_module(args.module).handle(args)
     except (ConfigError, KubeAccessError) as exc:
         print(f"doraforwarder: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG

@@ -23,15 +23,12 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from doraforwarder import __version__
 from doraforwarder.config import ArgoCDConfig
+from doraforwarder.errors import KubeAccessError as KubeAccessError  # its old home, still exported
 from doraforwarder.logging import get_logger
 
 log = get_logger("argocd")
 
 USER_AGENT = f"doraforwarder/{__version__}"
-
-
-class KubeAccessError(Exception):
-    """No usable Kubernetes configuration; the message is one line for the operator."""
 
 
 def kubeconfig_source(config: ArgoCDConfig) -> str:

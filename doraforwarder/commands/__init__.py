@@ -1,16 +1,6 @@
-"""CLI commands, one module each; :data:`COMMANDS` is the order ``--help`` shows."""
+"""CLI commands, one module each, exposing ``handle(args) -> int`` (the exit code).
 
-from types import ModuleType
-
-from doraforwarder.commands import (
-    backfill,
-    check_config,
-    demo,
-    doctor,
-    outbox,
-    run,
-    status,
-    version,
-)
-
-COMMANDS: list[ModuleType] = [run, demo, check_config, doctor, status, backfill, outbox, version]
+Their arguments are in :mod:`.parsers`, which names each module instead of
+importing it: a command's module, and what it needs, is imported only when that
+command runs.
+"""

@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import UTC, datetime
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from doraforwarder.argocd.kube import KubeAccessError
-from doraforwarder.commands.common import (
-    add_command,
-    load_and_configure,
-)
+from doraforwarder.commands.common import load_and_configure
 from doraforwarder.config import ConfigError, LoadedConfig
 from doraforwarder.context import AppContext
 from doraforwarder.keys import Keys
@@ -22,35 +17,6 @@ from doraforwarder.ops.backfill import Backfill, Selection, list_applications, r
 from doraforwarder.ops.checks import error_text
 from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect
-
-
-def _date(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date: use YYYY-MM-DD or an ISO 8601 time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = add_command(
-        subparsers, "backfill", handle,
-        help="send the syncs ArgoCD still remembers (status.history) as deployments",
-        description="Deployments get the ids the live path uses, so running backfill twice "
-        "or next to the daemon creates no duplicates in DevLake.",
-    )
-    parser.set_defaults(logs_to_stderr=True)  # stdout is the report
-    parser.add_argument("--since", required=True, type=_date, metavar="DATE",
-                        help="only syncs deployed at or after DATE (e.g. 2025-01-01)")
-    parser.add_argument("--namespace", help="only Applications in this namespace")
-    parser.add_argument("--component", help="only this component")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print each payload as a JSON line instead of sending it")
-    parser.add_argument("--wait", type=float, default=600.0, metavar="SECONDS",
-                        help="how long to wait for delivery before leaving the rest to the "
-                        "daemon (default 600)")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import yaml
 
-from doraforwarder.commands.common import add_command, warn_file_secrets
+from doraforwarder.commands.common import warn_file_secrets
 from doraforwarder.config import LoadedConfig, load_config
-
-DESCRIPTION = "Exit 0 and print the effective configuration, or exit 2 naming the problem."
-
-
-def add_parser(subparsers: Any) -> None:
-    add_command(subparsers, "check-config", handle, description=DESCRIPTION,
-                help="validate the configuration and print it (secrets as ***)")
 
 
 def behaviour_notes(config: LoadedConfig) -> list[str]:

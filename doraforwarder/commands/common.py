@@ -1,73 +1,15 @@
-"""Options and set-up shared by the commands that read the configuration.
-
-``--config``, ``--log-level`` and ``--log-format`` are global: accepted before
-the command (``doraforwarder --config F doctor``) as well as after it
-(``doraforwarder doctor --config F``); after the command wins.
-"""
+"""Set-up and output shared by the commands' handlers (their arguments are in
+:mod:`doraforwarder.commands.parsers`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from doraforwarder.config import LoadedConfig, file_secret_warnings, load_config
 from doraforwarder.logging import configure_logging, get_logger
-
-GLOBAL_DEFAULTS: dict[str, Any] = {"config": None, "log_level": None, "log_format": None}
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (exit 2), never the usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
-def global_options() -> argparse.ArgumentParser:
-    """The options every command accepts, before or after its name (defaults suppressed,
-    so a value given before the command is not reset by the sub-command's parser)."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--config", "-c", metavar="FILE", default=argparse.SUPPRESS,
-        help="configuration file (default: $DORAFORWARDER_CONFIG, else configs/config.yaml "
-             "in the working directory as the reference, else config/config.yaml)",
-    )
-    parent.add_argument(
-        "--log-format", choices=["auto", "json", "console"], default=argparse.SUPPRESS,
-        help="log rendering (default: server.log_format; auto = console on a terminal)",
-    )
-    parent.add_argument("--log-level", default=argparse.SUPPRESS,
-                        choices=["debug", "info", "warning", "warn", "error"],
-                        help="override server.log_level")
-    return parent
-
-
-GLOBAL = global_options()
-
-
-def fill_global_defaults(args: argparse.Namespace) -> None:
-    for name, value in GLOBAL_DEFAULTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, value)
-
-
-def add_command(subparsers: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
-                help: str, description: str, output: bool = False) -> argparse.ArgumentParser:
-    """One sub-command: its help, the global options, ``-o`` when it has JSON, its handler."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, help=help, description=description, parents=[GLOBAL])
-    if output:
-        add_output_argument(parser)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def add_output_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
-                        help="text for people (default) or json for scripts")
 
 
 def print_json(data: Any) -> None:

@@ -6,22 +6,10 @@ import argparse
 import asyncio
 import dataclasses
 import time
-from typing import Any
 
-from doraforwarder.commands.common import (
-    add_command,
-    print_json,
-    warn_file_secrets,
-)
+from doraforwarder.commands.common import print_json, warn_file_secrets
 from doraforwarder.config import load_config
 from doraforwarder.ops.doctor import render, run_checks
-
-
-def add_parser(subparsers: Any) -> None:
-    add_command(subparsers, "doctor", handle, output=True,
-                help="check every dependency the configuration names",
-                description="One pass/fail line per check, with a hint. Exit 0 only "
-                "if every required check passes.")
 
 
 def handle(args: argparse.Namespace) -> int:

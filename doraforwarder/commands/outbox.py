@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,53 +18,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from doraforwarder import outbox
-from doraforwarder.commands.common import GLOBAL, add_command, print_json
+from doraforwarder.commands.common import print_json
 from doraforwarder.config import RedisConfig, format_duration, load_config
 from doraforwarder.keys import Keys
 from doraforwarder.redis_errors import redis_failure
 from doraforwarder.storage import connect
-
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-
-
-def entry_id(value: str) -> str:
-    """An entry id as ``outbox list``/``dead`` print it (``1733600000000-0``), else one line
-    saying so (Redis would answer "Invalid stream ID", and ``-``/``+`` mean "any entry")."""
-    text = value.strip()
-    if not _ENTRY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an entry id: ids look like 1733600000000-0, as "
-            "'doraforwarder outbox list' and 'outbox dead' print them")
-    return text
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = add_command(
-        subparsers, "outbox", handle, output=True,
-        help="inspect and repair DevLake delivery (outbox and dead letters)",
-        description="Show what waits for DevLake, what it refused, and put entries back.",
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-
-    def action(name: str, help: str) -> argparse.ArgumentParser:
-        # ``outbox list --config FILE`` works as well as ``outbox --config FILE list``.
-        sub: argparse.ArgumentParser = actions.add_parser(name, help=help, parents=[GLOBAL])
-        sub.add_argument("-o", "--output", choices=["text", "json"], default=argparse.SUPPRESS,
-                         help="text (default) or json")
-        return sub
-
-    action("stats", "counts: waiting, in delivery, dead letters")
-    listing = action("list", "entries waiting for delivery, oldest first")
-    listing.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    dead = action("dead", "dead letters with the reason DevLake refused them")
-    dead.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    requeue = action("requeue", "move dead letters back to the outbox")
-    which = requeue.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", type=entry_id, help="dead-letter id (see 'outbox dead')")
-    which.add_argument("--all", action="store_true", help="requeue every dead letter")
-    drop = action("drop", "delete an outbox entry or a dead letter for good")
-    drop.add_argument("id", type=entry_id, help="entry id (see 'outbox list' or 'outbox dead')")
 
 
 def handle(args: argparse.Namespace) -> int:

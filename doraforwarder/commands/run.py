@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
 
-from doraforwarder.commands.common import add_command, load_and_configure
+from doraforwarder.commands.common import load_and_configure
 from doraforwarder.config import ConfigError, LoadedConfig, missing_devlake_keys
 from doraforwarder.daemon import Daemon
 from doraforwarder.logging import get_logger
 
 log = get_logger("run")
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = add_command(subparsers, "run", handle, help="run the daemon",
-                         description="Watch, resolve, deliver until stopped.")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print each DevLake payload as a JSON line on stdout instead of sending it",
-    )
 
 
 def check_forwarding(config: LoadedConfig, dry_run: bool) -> None:

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from doraforwarder import outbox
 from doraforwarder.alertmanager.episodes import Episode
-from doraforwarder.commands.common import add_command, print_json
+from doraforwarder.commands.common import print_json
 from doraforwarder.config import load_config
 from doraforwarder.keys import Keys
 from doraforwarder.redis_errors import redis_failure
@@ -30,13 +30,6 @@ from doraforwarder.storage import connect, read_marker
 OFFLINE = ["ready", "dependencies", "last_deployments", "sources",
            "alertmanager.last_accepted", "alertmanager.last_refused"]
 """Fields of ``/api/v1/status`` only the running daemon knows."""
-
-
-def add_parser(subparsers: Any) -> None:
-    add_command(subparsers, "status", handle, output=True,
-                help="what /api/v1/status shows, read from Redis (no daemon needed)",
-                description="Outbox depth and age, dead letters, last WebRCA poll, "
-                "applications with stored state, open Alertmanager incidents.")
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -18,12 +18,10 @@ from pydantic import (
     PlainSerializer,
 )
 
+from doraforwarder.errors import ConfigError as ConfigError  # its old home, still exported
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased for the operator (exit code 2)."""
 
 
 def parse_duration(value: object) -> timedelta:

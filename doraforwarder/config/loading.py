@@ -34,12 +34,12 @@ from doraforwarder.config.fields import (
 )
 from doraforwarder.config.settings import LoadedConfig, Secrets, Settings, migrate_old_keys
 from doraforwarder.config_file import read_document
+from doraforwarder.env_file import load_dotenv_file as load_dotenv_file
 
 DEFAULT_CONFIG_PATH = "config/config.yaml"
 REFERENCE_CONFIG_PATH = "configs/config.yaml"
 """Where the reference reads its file (from the working directory, always)."""
 CONFIG_ENV_VAR = "DORAFORWARDER_CONFIG"
-DOTENV_FILE = ".env"
 
 
 def file_secret_warnings(config: LoadedConfig) -> list[str]:
@@ -167,26 +167,3 @@ def default_config_path(cwd: Path | None = None) -> str:
     if (directory / REFERENCE_CONFIG_PATH).is_file():
         return REFERENCE_CONFIG_PATH
     return DEFAULT_CONFIG_PATH
-
-
-def load_dotenv_file(cwd: Path | None = None) -> list[str]:
-    """Set the variables of ``.env`` in the working directory that are not set already,
-    as the reference does at start (godotenv); returns their names (never the values).
-
-    A variable set in the environment, even to an empty string, always wins.
-    """
-    from dotenv import dotenv_values
-
-    path = (cwd or Path.cwd()) / DOTENV_FILE
-    if not path.is_file():
-        return []
-    try:
-        values = dotenv_values(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    loaded = []
-    for name, value in values.items():
-        if name not in os.environ and value is not None:
-            os.environ[name] = value
-            loaded.append(name)
-    return loaded
