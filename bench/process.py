@@ -43,6 +43,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _wakeups(pid: int) -> int:
+    """Times the process's threads went to sleep and were woken (voluntary context switches)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -86,8 +100,14 @@ def _stream_bytes(world: FakeWorld, since: int) -> bytes:
 
 
 def bench_refresh_process(apps: int = 500, events: int = 20_000, rounds: int = 3,
-                          env_extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """Daemon CPU per refresh event (whole process) against bare ``json.loads`` per event."""
+                          env_extra: dict[str, str] | None = None,
+                          idle_s: float = 0.0) -> dict[str, Any]:
+    """Daemon CPU per refresh event (whole process) against bare ``json.loads`` per event.
+
+    Also the daemon's wake-ups per event (voluntary context switches of all its
+    threads) and, with ``idle_s``, its CPU and wake-ups per second over that
+    long a window with nothing happening, after the rounds.
+    """
     lives = [live_app(i) for i in range(apps)]
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmp, \
             FakeWorld(Path(tmp), redis_appendonly=False) as world:
@@ -126,12 +146,14 @@ def bench_refresh_process(apps: int = 500, events: int = 20_000, rounds: int = 3
                 before_events = _noop_events(port)
                 since = world.kube.resource_version
                 cpu_before = _cpu_s(process.pid)
+                wakeups_before = _wakeups(process.pid)
                 for start in range(0, events, 2000):
                     world.kube.apply_all(batch[start:start + 2000])
                 target = before_events + events
                 _wait(lambda target=target: _noop_events(port) >= target, 300,  # type: ignore[misc]
                       "the daemon to read every refresh event", 0.02)
                 daemon_cpu = _cpu_s(process.pid) - cpu_before
+                wakeups = _wakeups(process.pid) - wakeups_before
                 body = _stream_bytes(world, since)
                 lines = [line for line in body.split(b"\n") if line]
                 assert len(lines) == events, (len(lines), events)
@@ -141,8 +163,20 @@ def bench_refresh_process(apps: int = 500, events: int = 20_000, rounds: int = 3
                 bare_cpu = time.process_time() - started
                 per_round.append({"daemon_us": daemon_cpu / events * 1e6,
                                   "bare_us": bare_cpu / events * 1e6,
-                                  "bytes": len(body) / events})
+                                  "bytes": len(body) / events,
+                                  "wakeups": wakeups / events})
             rss = _rss_mb(process.pid)
+            idle: dict[str, float] = {}
+            if idle_s:
+                time.sleep(1.0)
+                cpu_before, wakeups_before = _cpu_s(process.pid), _wakeups(process.pid)
+                started_idle = time.monotonic()
+                time.sleep(idle_s)
+                elapsed = time.monotonic() - started_idle
+                idle = {"idle_cpu_ms_per_s": round(
+                            (_cpu_s(process.pid) - cpu_before) / elapsed * 1000, 2),
+                        "idle_wakeups_per_s": round(
+                            (_wakeups(process.pid) - wakeups_before) / elapsed, 1)}
         finally:
             process.terminate()
             try:
@@ -164,7 +198,9 @@ def bench_refresh_process(apps: int = 500, events: int = 20_000, rounds: int = 3
         "process_ratio": round(ratios[len(ratios) // 2], 3),
         "process_ratio_per_round": [round(r["bare_us"] / r["daemon_us"], 3)
                                     for r in per_round],
+        "daemon_wakeups_per_event": [round(r["wakeups"], 3) for r in per_round],
         "rss_mb": round(rss, 1),
+        **idle,
     }
 
 

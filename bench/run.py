@@ -63,12 +63,8 @@ from scale import bench_catchup, bench_refresh_scale  # noqa: E402
 
 from doraforwarder.argocd.intake import Intake  # noqa: E402
 from doraforwarder.argocd.source import ArgoCDSource  # noqa: E402
-from doraforwarder.argocd.watcher import (  # noqa: E402
-    ApplicationWatcher,
-    WatchScope,
-    WatchTiming,
-    _lines,
-)
+from doraforwarder.argocd.watch_reader import urllib3_lines as _lines  # noqa: E402
+from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming  # noqa: E402
 from doraforwarder.config import load_config  # noqa: E402
 from doraforwarder.context import AppContext  # noqa: E402
 from doraforwarder.keys import Keys  # noqa: E402
@@ -571,6 +567,10 @@ def print_table(results: dict[str, Any]) -> None:
             sorted(r["bare_json_loads_cpu_us_per_event"])[
                 len(r["bare_json_loads_cpu_us_per_event"]) // 2], "", None)
         row("ratio bare / daemon process", r["process_ratio"], "", None)
+        if "daemon_wakeups_per_event" in r:
+            wakeups = sorted(r["daemon_wakeups_per_event"])
+            row("daemon wake-ups / refresh event (voluntary context switches)",
+                wakeups[len(wakeups) // 2], "", None)
     if "calls" in results:
         r = results["calls"]
         row("Redis commands / 1,000 refresh events", r["redis_commands_per_1000_refresh"],

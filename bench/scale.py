@@ -33,7 +33,8 @@ from aiohttp import web
 from apps import MIX, Templates
 
 from doraforwarder.argocd.intake import Intake
-from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming, _lines
+from doraforwarder.argocd.watch_reader import urllib3_lines as _lines
+from doraforwarder.argocd.watcher import ApplicationWatcher, WatchScope, WatchTiming
 from doraforwarder.metrics import Metrics
 from doraforwarder.testing.http_fake import BackgroundServer
 from doraforwarder.testing.world import FakeWorld

@@ -8,7 +8,8 @@ cluster for ``namespaces: ["*"]``) runs in its own thread:
    Applications, holding every parsed page is most of the daemon's memory):
    this is the start, and the catch-up after a 410;
 2. watch from the list's resourceVersion with bookmarks on, reading the
-   chunked response line by line (one decode per line, of only the fields
+   chunked response line by line, in batches while events flow
+   (:mod:`~doraforwarder.argocd.watch_reader`; one decode per line, of only the fields
    detection reads: :mod:`~doraforwarder.argocd.decode`; we do not use
    ``kubernetes.watch.Watch``: it decodes each line twice, hides ERROR events
    and gives up on dropped connections);
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from doraforwarder.argocd.decode import AppDocument, decode_event, decode_page
 from doraforwarder.argocd.listing import list_applications
+from doraforwarder.argocd.watch_reader import BrokenStream, watch_lines
 from doraforwarder.backoff import Backoff, parse_retry_after
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics
@@ -79,10 +80,6 @@ class WatchSink(Protocol):
 
 class Expired(Exception):
     """The resourceVersion is older than the server keeps (410): list again."""
-
-
-class BrokenStream(Exception):
-    """The watch stream said something we cannot follow; resume from the last version."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +272,7 @@ class ApplicationWatcher:
             if self.stop.is_set() or self._relist.is_set():
                 return  # interrupted while connecting: there was no response to shut yet
             self._healthy()
-            for line in _lines(response):
+            for line in watch_lines(response):
                 if not self._handle(line):
                     return
         finally:
@@ -316,21 +313,6 @@ class ApplicationWatcher:
     def _call(self, **kwargs: Any) -> Any:
         return list_applications(self.api, self.scope.namespace, _preload_content=False,
                                  **kwargs)
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    """Split a streamed body into lines as chunks arrive."""
-    rest = b""
-    for chunk in response.stream(65536, decode_content=True):
-        if rest:
-            chunk = rest + chunk
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            if line:
-                yield line
-    if rest.strip():
-        yield rest
 
 
 def _resource_version(obj: Any) -> str | None:

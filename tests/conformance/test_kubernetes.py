@@ -61,7 +61,7 @@ from doraforwarder.argocd.decode import AppDocument, decode_event, decode_page, 
 from doraforwarder.argocd.kube import build_api_client  # noqa: E402
 from doraforwarder.argocd.listing import GROUP, PLURAL, VERSION, list_applications  # noqa: E402
 from doraforwarder.argocd.model import MalformedApplication  # noqa: E402
-from doraforwarder.argocd.watcher import _lines  # noqa: E402
+from doraforwarder.argocd.watch_reader import watch_lines  # noqa: E402
 from doraforwarder.config import Settings, validate_settings  # noqa: E402
 from doraforwarder.ops.permissions import required_permissions  # noqa: E402
 from doraforwarder.ops.probes import check_permissions, may  # noqa: E402
@@ -171,7 +171,7 @@ def test_a_watch_gets_bookmarks_the_daemon_reads(client: Any, settings: Settings
     seen: list[str] = []
     bookmarks: list[str] = []
     try:
-        for line in _lines(stream):
+        for line in watch_lines(stream):
             event_type, obj = decode_event(line)
             seen.append(str(event_type))
             if event_type == "ERROR":
