@@ -113,6 +113,10 @@ def test_sentinel_failover_mid_run_loses_nothing(
     events = [line for line in daemon.lines() if line.get("event") == "redis master changed"]
     assert events and events[-1]["address"] == promoted[0]
     assert events[-1]["previous"] == first_master
+    # ... and listed every Application again to decide each against the new master.
+    relisted = [line for line in daemon.lines() if line.get("event") ==
+                "listing applications again to decide each against the new redis master"]
+    assert len(relisted) == len(events)
     # A failover to a replica that has the data is not a loss (the marker is there).
     assert not any(line.get("event") == "redis lost its data" for line in daemon.lines())
     verify(world, estate, commits="ranges")
