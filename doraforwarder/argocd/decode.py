@@ -37,7 +37,7 @@ from doraforwarder.argocd.model import (
 )
 
 
-class _Doc(Struct, omit_defaults=True, forbid_unknown_fields=False):
+class _Doc(Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
     """Base of the schema: unknown fields skipped, absent (None) fields left out of builtins.
 
     Reads like the JSON it came from (``doc["metadata"]["name"]``, ``.get``) for
@@ -193,7 +193,7 @@ class AppDocument(_Doc):
         return (metadata.uid or "") if metadata is not None else ""
 
 
-class WatchEvent(Struct, forbid_unknown_fields=False):
+class WatchEvent(Struct, forbid_unknown_fields=False, gc=False):
     type: str
     object: AppDocument
 

@@ -51,23 +51,47 @@ class BrokenFraming(ValueError):
 
 
 class ChunkDecoder:
-    """Cuts HTTP/1.1 chunked framing and splits the body into lines, across any reads."""
+    """Cuts HTTP/1.1 chunked framing and splits the body into lines, across any reads.
+
+    Copies as little as it can: an API server sends each event as one chunk
+    holding one line, and such a chunk becomes its line with one copy (no
+    joining of chunks, no splitting of a joined body); a chunk that a read cut
+    in two is completed with just the bytes it lacks.
+    """
 
     def __init__(self) -> None:
-        self._framed = b""  # from the start of an unfinished chunk header or body
+        self._framed = b""  # an unfinished chunk (header or body) from the reads before
         self._partial = b""  # body after the last newline: the start of a line
         self.ended = False
         """The last chunk (size 0) was seen: the body is complete."""
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete, non-empty lines ``data`` finishes (raises :class:`BrokenFraming`)."""
+        lines: list[bytes] = []
         if self.ended:
-            return []
-        framed = self._framed + data if self._framed else data
-        pieces = [self._partial] if self._partial else []
+            return lines
         position = 0
-        size_end = framed.find(b"\r\n")
-        while size_end >= 0:
+        pending, self._framed = self._framed, b""
+        if pending:
+            lacking = _chunk_length(pending) - len(pending)
+            if 0 < lacking <= len(data):  # the header is in: complete that one chunk alone
+                if self._cut(pending + data[:lacking], 0, lines) != lacking + len(pending):
+                    raise BrokenFraming("chunk framing lost")  # pragma: no cover - cannot happen
+                position = lacking
+            else:  # a header cut in two, or a chunk longer than this read: rare
+                data = pending + data
+        if not self.ended:
+            self._framed = data[self._cut(data, position, lines):]
+        return lines
+
+    def _cut(self, framed: bytes, position: int, lines: list[bytes]) -> int:
+        """Appends the lines of the complete chunks from ``position``; returns where they end."""
+        while True:
+            size_end = framed.find(b"\r\n", position)
+            if size_end < 0:
+                if len(framed) - position > MAX_CHUNK_HEADER:
+                    raise BrokenFraming("chunk size line too long")
+                return position
             header = framed[position:size_end]
             try:
                 size = int(header.split(b";", 1)[0], 16)
@@ -78,27 +102,39 @@ class ChunkDecoder:
             start = size_end + 2
             if size == 0:
                 self.ended = True
-                break
-            if start + size + 2 > len(framed):
-                break  # the chunk is not all in yet
-            if framed[start + size:start + size + 2] != b"\r\n":
+                return start
+            end = start + size
+            if end + 2 > len(framed):
+                return position  # the chunk is not all in yet
+            if not framed.startswith(b"\r\n", end):
                 raise BrokenFraming("chunk not followed by CRLF")
-            pieces.append(framed[start:start + size])
-            position = start + size + 2
-            size_end = framed.find(b"\r\n", position)
-        else:
-            if len(framed) - position > MAX_CHUNK_HEADER:
-                raise BrokenFraming("chunk size line too long")
-        self._framed = b"" if self.ended else framed[position:]
-        body = b"".join(pieces) if len(pieces) != 1 else pieces[0]
-        lines = body.split(b"\n")
-        self._partial = lines.pop()
-        return [line for line in lines if line]
+            if (not self._partial and framed[end - 1] == 10  # b"\n"
+                    and framed.find(b"\n", start, end - 1) < 0):
+                if end - 1 > start:
+                    lines.append(framed[start:end - 1])  # one chunk, one line: the usual
+            else:
+                body = framed[start:end]
+                pieces = (self._partial + body if self._partial else body).split(b"\n")
+                self._partial = pieces.pop()
+                lines.extend(piece for piece in pieces if piece)
+            position = end + 2
 
     def rest(self) -> bytes | None:
         """An unterminated last line, once the stream is over (None if there is none)."""
         partial, self._partial = self._partial, b""
         return partial if partial.strip() else None
+
+
+def _chunk_length(framed: bytes) -> int:
+    """Header, body and CRLF of the chunk ``framed`` starts with; 0 while its header is not in."""
+    size_end = framed.find(b"\r\n")
+    if size_end < 0:
+        return 0
+    try:
+        size = int(framed[:size_end].split(b";", 1)[0], 16)
+    except ValueError:
+        return 0  # the general path names the fault
+    return size_end + 2 + size + 2 if size > 0 else 0
 
 
 class Gatherer:
