@@ -20,7 +20,8 @@ from doraforwarder.argocd.decode import (
     to_view,
 )
 from doraforwarder.argocd.intake import Intake, Observed
-from doraforwarder.argocd.model import MalformedApplication, parse_application
+from doraforwarder.argocd.model import MalformedApplication
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.metrics import Metrics
 from doraforwarder.testing.argocd_objects import (

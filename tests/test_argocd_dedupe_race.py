@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from doraforwarder.argocd.detect import Decision, decide
-from doraforwarder.argocd.model import parse_application
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.persist import Committed, commit_decision
 from doraforwarder.argocd.state import AppState
 from doraforwarder.config import ArgoCDConfig

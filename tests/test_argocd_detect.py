@@ -12,7 +12,8 @@ import pytest
 from doraforwarder.argocd.dedupe import apply_dedupe
 from doraforwarder.argocd.deployment_records import history_deployments
 from doraforwarder.argocd.detect import decide, dedupe_key, deployment_id, mark_deleted
-from doraforwarder.argocd.model import parse_application, parse_time
+from doraforwarder.argocd.model import parse_time
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.state import AppState
 from doraforwarder.config import ArgoCDConfig
 from doraforwarder.records import DetectedDeployment, GitSource

@@ -15,7 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from doraforwarder.argocd.detect import decide
-from doraforwarder.argocd.model import parse_application, parse_time
+from doraforwarder.argocd.model import parse_time
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.persist import Pending, commit_batch, commit_decision
 from doraforwarder.argocd.state import load_state
 from doraforwarder.config import ArgoCDConfig

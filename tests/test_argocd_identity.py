@@ -14,7 +14,7 @@ from doraforwarder.argocd.identity import (
     resolve_identity,
     split_known_cluster,
 )
-from doraforwarder.argocd.model import parse_application
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.config import ArgoCDConfig, ConfigError, validate_settings
 from doraforwarder.testing.argocd_objects import application
 

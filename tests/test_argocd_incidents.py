@@ -9,7 +9,8 @@ import pytest
 
 from doraforwarder.argocd.deployment_records import history_deployments
 from doraforwarder.argocd.detect import Decision, decide, mark_deleted
-from doraforwarder.argocd.model import parse_application, parse_time
+from doraforwarder.argocd.model import parse_time
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.state import AppState, DegradedSpell, load_state
 from doraforwarder.config import ArgoCDConfig
 from doraforwarder.devlake.issues import build_detected_issue_payload

@@ -11,12 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from doraforwarder.argocd.intake import Intake, Observed, metric_field
-from doraforwarder.argocd.model import (
-    MalformedApplication,
-    fingerprint,
-    parse_application,
-    parse_time,
-)
+from doraforwarder.argocd.model import MalformedApplication, parse_time
+from doraforwarder.argocd.parse import fingerprint, parse_application
 from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.metrics import Metrics
 from doraforwarder.testing.argocd_objects import LiveApp, image, sha

@@ -12,7 +12,8 @@ from doraforwarder.argocd.dedupe import apply_dedupe
 from doraforwarder.argocd.detect import decide
 from doraforwarder.argocd.ids import revision_key
 from doraforwarder.argocd.intake import Intake, Observed
-from doraforwarder.argocd.model import MalformedApplication, SourceView, parse_application
+from doraforwarder.argocd.model import MalformedApplication, SourceView
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.state import AppState
 from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.config import ArgoCDConfig

@@ -34,7 +34,7 @@ def test_sized_templates_are_valid_applications_of_their_size() -> None:
         from apps import MIX, Templates
 
         from doraforwarder.argocd.decode import AppDocument, decode_object, to_view
-        from doraforwarder.argocd.model import parse_application
+        from doraforwarder.argocd.parse import parse_application
     finally:
         sys.path.remove(str(ROOT / "bench"))
     small, large = Templates("3KB"), Templates("30KB")

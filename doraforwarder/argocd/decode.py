@@ -5,7 +5,7 @@ resourceVersion) moved, and the event ends in the intake's fingerprint check.
 Building a Python dict of every field of such an object (``status.resources``
 alone is most of its bytes) is most of the cost of the no-op path, so lines
 are decoded with msgspec into the typed :class:`AppDocument` below: its
-Structs declare exactly the fields :func:`~doraforwarder.argocd.model.parse_application`
+Structs declare exactly the fields :func:`~doraforwarder.argocd.parse.parse_application`
 reads, unknown fields are skipped in C without building objects, and the
 fingerprint is taken from the Structs.
 
@@ -15,7 +15,7 @@ declared fields, or a ``null`` where the model tells "present" from "absent")
 is decoded again with ``json.loads`` and goes down the model's own path, so
 every malformed object is reported exactly as before. A document that fits is
 turned into builtins (only the declared fields) and handed to the same
-:func:`~doraforwarder.argocd.model.parse_application`: one set of rules, and the
+:func:`~doraforwarder.argocd.parse.parse_application`: one set of rules, and the
 same :class:`~doraforwarder.argocd.model.AppView`.
 """
 
@@ -33,8 +33,8 @@ from doraforwarder.argocd.model import (
     ANNOTATION_COMPONENT,
     ANNOTATION_ENVIRONMENT,
     AppView,
-    parse_application,
 )
+from doraforwarder.argocd.parse import parse_application
 
 
 class _Doc(Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
@@ -257,7 +257,7 @@ def to_view(document: AppDocument) -> AppView:
 
 
 def document_fingerprint(document: AppDocument) -> bytes | None:
-    """:func:`~doraforwarder.argocd.model.fingerprint` taken from a document.
+    """:func:`~doraforwarder.argocd.parse.fingerprint` taken from a document.
 
     The same values, so equal digests mean the same decision; only the
     bytes hashed differ (this digest is never compared with the model's).

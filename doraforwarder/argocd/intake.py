@@ -4,7 +4,7 @@ Runs in the watch threads, before anything reaches asyncio. Objects come
 decoded by the watcher (:class:`~doraforwarder.argocd.decode.AppDocument`, only
 the fields detection reads) or, when they did not fit that schema, as plain
 JSON for the model's tolerant checks. For each object it compares a small
-fingerprint (:func:`~doraforwarder.argocd.model.fingerprint`) with the last one
+fingerprint (:func:`~doraforwarder.argocd.parse.fingerprint`) with the last one
 handed over for that app: equal means the decision would be the same (a
 refresh), so the event ends here, costing no parse, no Redis command and no
 API request. Anything else is parsed into an
@@ -26,13 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from doraforwarder.argocd.decode import AppDocument, document_fingerprint, to_view
-from doraforwarder.argocd.model import (
-    AppView,
-    MalformedApplication,
-    app_key,
-    fingerprint,
-    parse_application,
-)
+from doraforwarder.argocd.model import AppView, MalformedApplication, app_key
+from doraforwarder.argocd.parse import fingerprint, parse_application
 from doraforwarder.argocd.watcher import WatchScope
 from doraforwarder.logging import get_logger
 from doraforwarder.metrics import Metrics

@@ -43,7 +43,8 @@ from doraforwarder.argocd.detect import deployment_dedupe_key
 from doraforwarder.argocd.ids import claim_deployed_at
 from doraforwarder.argocd.kube import build_api_client
 from doraforwarder.argocd.listing import iter_applications
-from doraforwarder.argocd.model import MalformedApplication, parse_application
+from doraforwarder.argocd.model import MalformedApplication
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.argocd.reference_marks import (
     ReferenceMark,
     mark_from_pttl,

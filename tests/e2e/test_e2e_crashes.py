@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import redis
 
 from doraforwarder.argocd.detect import decide
-from doraforwarder.argocd.model import parse_application
+from doraforwarder.argocd.parse import parse_application
 from doraforwarder.config import ArgoCDConfig
 from doraforwarder.testing.argocd_objects import LiveApp, image, sha
 from doraforwarder.testing.world import FakeWorld
