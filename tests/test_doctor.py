@@ -389,3 +389,48 @@ def test_cli_exit_codes(world: FakeWorld, clean_env: dict[str, str]) -> None:
     broken = subprocess.run([*command[:-1], str(world.directory / "missing.yaml")],
                             capture_output=True, text=True, timeout=60, env=clean_env)
     assert broken.returncode == 2 and "cannot read configuration file" in broken.stderr
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_behind_config_ui_password(world: FakeWorld) -> None:
+    """config-ui with ADMIN_USER/ADMIN_PASS (real nginx in front of DevLake v1.0.3): its
+    /api/version asks for the password, the targets under /api/rest still pass."""
+    world.devlake.config_ui_login = ("admin", "s3cret")
+    try:
+        checks = await checks_for(world)
+    finally:
+        world.devlake.config_ui_login = None
+    version = checks["devlake version"]
+    assert version.outcome == "warn"
+    assert "asks for a password: config-ui's basic auth" in version.detail
+    assert "s3cret" not in render(list(checks.values()))
+    assert checks[GLOBAL_LABEL].outcome == "pass"
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_backend_down_behind_config_ui(world: FakeWorld) -> None:
+    """DevLake's backend down, config-ui's nginx up: 502 is named as such, not as a wrong
+    api_prefix (what doctor said on real nginx before)."""
+    world.devlake.backend_down = True
+    try:
+        checks = await checks_for(world)
+    finally:
+        world.devlake.backend_down = False
+    reachable = checks["devlake reachable"]
+    assert reachable.outcome == "fail"
+    assert "HTTP 502" in reachable.detail and "DevLake's backend" in reachable.detail
+    assert GLOBAL_LABEL not in checks
+    assert not any("api_prefix" in check.hint for check in checks.values())
+
+
+@pytest.mark.usefixtures("secrets_env")
+async def test_devlake_server_error_on_a_target_is_not_a_prefix_problem(
+        world: FakeWorld) -> None:
+    world.devlake.fail_next(2, 500)  # /api/version, then the global target's probe
+    try:
+        checks = await checks_for(world)
+    finally:
+        world.devlake.clear_faults()
+    assert checks[GLOBAL_LABEL].outcome == "fail"
+    assert "api_prefix" not in checks[GLOBAL_LABEL].hint
+    assert "DevLake's log" in checks[GLOBAL_LABEL].hint

@@ -322,3 +322,46 @@ def test_no_token_no_check() -> None:
     with FakeDevLake(token=None) as fake:
         assert call(fake, "POST", "/rest/plugins/webhook/connections/1/deployments",
                     deployment_payload("d"))[0] == 200
+
+
+def _basic(user: str, password: str) -> str:
+    import base64
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_config_ui_password_leaves_api_rest_open(devlake: FakeDevLake) -> None:
+    """As config-ui's nginx.conf with ADMIN_USER/ADMIN_PASS (checked on nginx 1.22 in front
+    of DevLake v1.0.3): ``/api/`` asks for the password, ``/api/rest/`` is ``auth_basic off``
+    so the API key's ``Bearer`` reaches DevLake untouched; the backend's own door has none."""
+    devlake.config_ui_login = ("admin", "s3cret")
+    status, page, headers = call(devlake, "GET", "/api/version", key=GLOBAL_KEY)
+    assert status == 401 and "401 Authorization Required" in page
+    assert headers["WWW-Authenticate"] == 'Basic realm="DevLake Config UI"'
+    assert call(devlake, "GET", "/api/version", header=_basic("admin", "wrong"))[0] == 401
+    assert call(devlake, "GET", "/api/version", header=_basic("admin", "s3cret"))[1] == {
+        "version": devlake.version}
+    assert call(devlake, "POST", "/api/rest/plugins/webhook/connections/6/deployments",
+                deployment_payload("d1"), key=GLOBAL_KEY)[0] == 200
+    assert call(devlake, "POST", "/api/rest/plugins/webhook/connections/6/deployments",
+                deployment_payload("d1"))[0] == 401  # DevLake's own: token is missing
+    assert call(devlake, "GET", "/version")[0] == 200
+
+
+def test_config_ui_body_limit_and_backend_down(devlake: FakeDevLake) -> None:
+    """config-ui's nginx answers 413 past client_max_body_size (20m) and 502 while the
+    backend is down, with its own HTML pages; the backend's door has no limit."""
+    path = "/plugins/webhook/connections/6/deployments"
+    big = deployment_payload("big")
+    big["deploymentCommits"][0]["commitMsg"] = "x" * (20 * 1024 * 1024)
+    status, page, _ = call(devlake, "POST", "/api/rest" + path, big, key=GLOBAL_KEY)
+    assert status == 413 and "413 Request Entity Too Large" in page
+    assert call(devlake, "POST", "/rest" + path, big, key=GLOBAL_KEY)[0] == 200
+    devlake.backend_down = True
+    status, page, _ = call(devlake, "POST", "/api/rest" + path, deployment_payload("d"),
+                           key=GLOBAL_KEY)
+    assert status == 502 and "502 Bad Gateway" in page
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        call(devlake, "POST", "/rest" + path, deployment_payload("d"), key=GLOBAL_KEY)
+    devlake.backend_down = False
+    assert call(devlake, "POST", "/api/rest" + path, deployment_payload("d"),
+                key=GLOBAL_KEY)[0] == 200

@@ -221,6 +221,22 @@ async def _check_version(base_url: str, api_prefix: str, client: DevLakeClient
         return ("unreachable", None), [Check(
             "devlake reachable", "fail", f"{base_url}: {answer.error}",
             "check integration.devlake.base_url and the network policy")]
+    if answer.status in (502, 503, 504):
+        return ("unreachable", None), [Check(
+            "devlake reachable", "fail",
+            f"HTTP {answer.status} from GET {url}: the proxy in front of DevLake (config-ui's "
+            "nginx) cannot reach DevLake's backend",
+            "check that DevLake's backend is running, and config-ui's DEVLAKE_ENDPOINT")]
+    if answer.status == 401:
+        # DevLake's /version checks no key and no user: a 401 is a proxy's own password
+        who = ("config-ui's basic auth (ADMIN_USER/ADMIN_PASS), which leaves /api/rest, "
+               "where deliveries go, open" if normalize_prefix(api_prefix) == "/api/rest"
+               else "a proxy in front of DevLake")
+        return None, [Check(
+            "devlake version", "warn",
+            f"not checked: GET {url} asks for a password: {who}",
+            "by-name targets need DevLake 1.0.2 or later, project targets 1.0.3: check the "
+            "version in DevLake yourself")]
     text = ""
     if answer.status == 200:
         try:
@@ -298,6 +314,10 @@ async def _check_target(base_url: str, api_prefix: str, target: Target, env: str
         detail = "exists; the key covers it" if target.kind != "project_name" else (
             f"connection {project_connection_name(target.value)} exists; the key covers it")
         return [*checks, Check(label, "pass", detail)]
+    if answer.status >= 500:
+        return [*checks, Check(label, "fail", f"DevLake answered {answer.status} to POST {path}",
+                               "DevLake's backend, or the proxy in front of it, is failing: "
+                               "check DevLake's log (deliveries retry meanwhile)")]
     return [*checks, Check(label, "fail", f"DevLake answered {answer.status} to POST {path}",
                            "check api_prefix: /api/rest when base_url is config-ui, /rest "
                            "when it is the DevLake backend")]

@@ -29,6 +29,14 @@ default 503), :meth:`rate_limit_next` (429 with ``Retry-After``),
 :meth:`release` (requests wait until released: a client can be killed
 mid-request), and :meth:`stop` / :meth:`start` (connection refused).
 
+config-ui's nginx answers some requests itself, as the real one does (its
+nginx.conf run on nginx 1.22 in front of DevLake v1.0.3): 413 past
+``config_ui_max_body`` (``client_max_body_size 20m``), 401 asking for basic
+auth when ``config_ui_login`` is set (its ``ADMIN_USER``/``ADMIN_PASS``:
+every ``/api/`` path but ``/api/rest/``, which is ``auth_basic off``, so the
+API key's ``Bearer`` passes untouched), and 502 while ``backend_down`` (the
+backend's own door then cuts the connection).
+
 The server is here (the doors, path handling, faults, holding requests); the
 tables, keys and route handlers behind it in :mod:`.fake_devlake_store` (its
 base class); its pure parts beside them: :mod:`.fake_devlake_routing` (paths
@@ -39,6 +47,7 @@ and routes), :mod:`.fake_devlake_bodies` (dates, decoding, validation),
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -50,6 +59,7 @@ from aiohttp import web
 
 from doraforwarder.testing.fake_devlake_records import Posted
 from doraforwarder.testing.fake_devlake_routing import (
+    CONFIG_UI_MAX_BODY,
     BadEscape,
     HandlerError,
     Route,
@@ -58,6 +68,7 @@ from doraforwarder.testing.fake_devlake_routing import (
     gin_404,
     match_route,
     middleware_error,
+    nginx_page,
     peek_route,
     record_id_of,
     redirects,
@@ -100,7 +111,14 @@ class FakeDevLake(DevLakeStore):
         self._held = threading.Condition(self._lock)
         self.waiting = 0
         """Requests currently held by :meth:`hold`."""
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.config_ui_login: tuple[str, str] | None = None
+        """config-ui's ``ADMIN_USER``/``ADMIN_PASS``: its nginx asks for them on ``/api/``
+        paths other than ``/api/rest/``."""
+        self.config_ui_max_body = CONFIG_UI_MAX_BODY
+        """config-ui's ``client_max_body_size``: a larger body is answered 413 there."""
+        self.backend_down = False
+        """DevLake's backend is down behind a running config-ui: 502 through ``/api/``."""
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # the backend sets no limit
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.server = BackgroundServer(app, port=port)
         self._gate: asyncio.Event = self.server.call(self._new_open_gate())
@@ -186,7 +204,28 @@ class FakeDevLake(DevLakeStore):
 
     # --- serving ----------------------------------------------------------------------
 
+    def _config_ui_answer(self, request: web.Request) -> web.Response | None:
+        """What config-ui's nginx answers itself, in its order: size, password, backend."""
+        raw = request.raw_path
+        if not raw.startswith("/api/"):
+            if self.backend_down and request.transport is not None:
+                request.transport.abort()
+                return web.Response(status=503)  # never reaches the client
+            return None
+        if (request.content_length or 0) > self.config_ui_max_body:
+            return nginx_page(413)
+        login = self.config_ui_login
+        if login is not None and not raw.startswith("/api/rest/"):
+            given = request.headers.get("Authorization", "")
+            wanted = "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+            if given != wanted:
+                return nginx_page(401)
+        return nginx_page(502) if self.backend_down else None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        answered = self._config_ui_answer(request)
+        if answered is not None:
+            return answered
         body_text = await request.text()
         with self._lock:
             self._arrivals += 1

@@ -179,6 +179,27 @@ def devlake_error(status: int, message: str, causes: list[str] | None = None
                               "causes": causes, "data": None}, status=status)
 
 
+CONFIG_UI_MAX_BODY = 20 * 1024 * 1024
+"""config-ui's nginx.conf: ``client_max_body_size 20m`` (its ``m`` is MiB)."""
+
+_NGINX_TITLES = {401: "Authorization Required", 413: "Request Entity Too Large",
+                 502: "Bad Gateway", 504: "Gateway Time-out"}
+
+
+def nginx_page(status: int) -> web.Response:
+    """An answer config-ui's nginx gives itself: its HTML error page (seen on nginx 1.22).
+
+    A 401 asks for basic auth (config-ui's ``ADMIN_USER``/``ADMIN_PASS``)
+    with the realm its nginx.conf names.
+    """
+    title = f"{status} {_NGINX_TITLES[status]}"
+    text = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+            "</body>\r\n</html>\r\n")
+    headers = {"WWW-Authenticate": 'Basic realm="DevLake Config UI"'} if status == 401 else None
+    return web.Response(status=status, text=text, content_type="text/html", headers=headers)
+
+
 def gin_404() -> web.Response:
     """gin's own answer when no route matches: plain text, not DevLake's JSON."""
     return web.Response(status=404, text="404 page not found", content_type="text/plain")
