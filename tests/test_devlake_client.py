@@ -35,6 +35,7 @@ CLASSIFY = [
     (Answer(400), "dead", "rejected"),
     (Answer(422), "dead", "rejected"),
     (Answer(404), "dead", "not_found"),
+    (Answer(413), "dead", "too_large"),  # a proxy's body limit (config-ui's nginx: 20m)
     (Answer(405), "dead", "client_error"),
     (Answer(302), "retry", "unexpected_status"),
 ]

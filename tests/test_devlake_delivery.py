@@ -216,6 +216,29 @@ async def test_400_goes_to_dead_letters_and_requeue_delivers_it(redis_client, de
     assert await redis_client.xlen(context.keys.dead_stream) == 0
 
 
+async def test_a_body_past_config_ui_limit_is_dead_lettered_as_too_large(
+        redis_client, devlake) -> None:
+    """config-ui's nginx answers 413 past its client_max_body_size (20m; smaller here, as a
+    user's proxy may set it): retrying cannot pass it, the dead letter says why and what to do."""
+    context = make_context(redis_client, devlake_section(devlake.url))
+    big = deployment_payload("svc:big")
+    big["deploymentCommits"][0]["commitMsg"] = "x" * 2000
+    devlake.config_ui_max_body = 1500
+    await stage(redis_client, context.keys, [
+        OutboxEntry(kind="deployment", target=GLOBAL, record_id="svc:big", payload=big),
+        deployment_entry("svc:small")])
+    async with RunningService(DeliveryPool(context)):
+        await eventually(lambda: outbox_empty(redis_client, context))
+    dead = await outbox.read_stream(redis_client, context.keys.dead_stream)
+    assert len(dead) == 1 and dead[0].fields["status"] == "413"
+    reason = dead[0].fields["reason"]
+    assert reason.startswith("too_large: HTTP 413 from POST ")
+    size = len(json.dumps(big, separators=(",", ":")))
+    assert f"the body ({size} bytes)" in reason and "client_max_body_size" in reason
+    assert counter(context, "doraforwarder_dead_lettered_total", reason="too_large") == 1
+    assert devlake.deployment_ids(1) == {"svc:small"}
+
+
 async def test_unknown_connection_is_dead_lettered_until_fixed(redis_client, devlake) -> None:
     context = make_context(redis_client, devlake_section(devlake.url))
     missing = Target(kind="connection_id", value="42", team="ghost")

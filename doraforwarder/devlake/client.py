@@ -53,7 +53,7 @@ class Verdict:
     action: Action
     reason: str
     """Metric label: sent, timeout, network, rate_limited, server_error, auth, rejected,
-    not_found, client_error, unexpected_status."""
+    not_found, too_large, client_error, unexpected_status."""
 
 
 def classify(answer: Answer) -> Verdict:
@@ -69,7 +69,9 @@ def classify(answer: Answer) -> Verdict:
     also answers 500 for a body that is not a JSON object, but every body is
     checked against the contract before it is sent, so a 500 here is
     DevLake's own trouble). 401/403: the target's key is
-    refused, keep the entry (the target waits, see :func:`refusal`). Other
+    refused, keep the entry (the target waits, see :func:`refusal`). 413:
+    a proxy's body limit (config-ui's nginx: ``client_max_body_size 20m``;
+    DevLake's backend has none), dead-letter, named ``too_large``. Other
     4xx: retrying cannot help, dead-letter. Anything else (a redirect): retry,
     it is most likely a proxy in the way.
     """
@@ -92,6 +94,8 @@ def classify(answer: Answer) -> Verdict:
         return Verdict("dead", "rejected")
     if status == 404:
         return Verdict("dead", "not_found")
+    if status == 413:
+        return Verdict("dead", "too_large")
     if 400 <= status < 500:
         return Verdict("dead", "client_error")
     return Verdict("retry", "unexpected_status")

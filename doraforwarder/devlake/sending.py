@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -150,6 +151,8 @@ class Sending(TargetWaits):
         elif (entry.target.kind == "project_name" and entry.kind == "deployment"
               and connection_just_created(answer)):
             await self._retry(held, verdict, answer, url)
+        elif verdict.reason == "too_large":
+            await self._dead(held, verdict.reason, _too_large(answer, url, body), answer)
         elif verdict.action == "dead":
             await self._dead(held, verdict.reason, _describe(answer, url), answer)
         else:
@@ -226,6 +229,15 @@ def _describe(answer: Answer, url: str) -> str:
     text = " ".join(answer.body.split())[:300]
     return f"HTTP {answer.status} from POST {url}: {text}" if text else \
         f"HTTP {answer.status} from POST {url}"
+
+def _too_large(answer: Answer, url: str, body: dict[str, Any] | None) -> str:
+    """A 413's detail: the body's size and where the limit is (no retry can pass it)."""
+    size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+    return (f"HTTP 413 from POST {url}: the body ({size} bytes) is larger than the proxy "
+            "in front of DevLake accepts (config-ui's nginx: client_max_body_size 20m, "
+            "DevLake itself has no limit); raise that limit, or lower github.max_commits, "
+            "then requeue it")
+
 
 def _summary(entry: Any) -> dict[str, Any]:
     payload = entry.payload
