@@ -392,9 +392,11 @@ def report_data_lost(context: AppContext, evidence: str, detail: str) -> None:
         "detail": detail, "times": int(previous.get("times", 0)) + 1}
     context.metrics.redis_data_lost.labels(evidence).inc()
     log.error("redis lost its data", evidence=evidence, detail=detail,
-              hint="records staged and not yet delivered before the loss are gone, and "
-                   "applications look new (their next sync is a baseline); run Redis with "
-                   "appendonly and a replica, see docs/redis.md")
+              hint="records staged and not yet delivered before the loss are gone (`doraforwarder "
+                   "backfill --since <a time before the loss>` sends the syncs ArgoCD still keeps "
+                   "again, under the same ids), and applications look new (their next event, or "
+                   "the relist after a master change, is a baseline: nothing sent); run Redis "
+                   "with appendonly and a replica, see docs/redis.md")
 
 
 def read_marker(raw: str | bytes | None) -> dict[str, Any] | None:

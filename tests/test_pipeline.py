@@ -266,3 +266,43 @@ async def test_an_idle_worker_looks_for_reclaims_a_tenth_of_claim_idle_not_every
         return taken is not None and taken[0] == entry_id and was_reclaimed
 
     await eventually(reclaimed, what="the crashed member's entry taken over")
+
+
+async def test_a_staging_a_failover_lost_is_staged_again(redis_client) -> None:
+    """The resolver stages a deployment's outbox entries and removes its stream entry in one
+    transaction. A failover that loses that transaction (the replica got every write before
+    it, none after: replication is a prefix) leaves the stream entry on the new master,
+    still pending for the worker that read it: it is reclaimed after ``claim_idle`` and
+    staged again under the same record ids. docs/redis.md, "what a failover can lose"."""
+    context = make_context(redis_client, devlake_section("http://devlake", teams=TEAMS),
+                           delivery={"claim_idle": "200ms", "resolvers": 1})
+    stream, outbox_stream = context.keys.deployments_stream, context.keys.outbox_stream
+    deployment = detected("build-service")
+    await detect(redis_client, context, deployment)
+    replica: list[bytes] = []
+
+    async def replica_has_everything_before_staging(_: DetectedDeployment) -> None:
+        if not replica:
+            replica.append(await redis_client.dump(stream))
+
+    async def staged() -> list[tuple[str, str]]:
+        items = await outbox.read_stream(redis_client, outbox_stream)
+        return sorted((i.entry.record_id, i.entry.target.key) for i in items if i.entry)
+
+    async def done() -> bool:
+        return await stream_done(redis_client, context) and len(await staged()) == 2
+
+    pool = ResolverPool(context, StubResolver({}),
+                        after_resolve=replica_has_everything_before_staging)
+    async with RunningService(pool):
+        await eventually(done, what="the first staging")
+        first = await staged()
+        assert await redis_client.xlen(outbox_stream) == 2
+        # The failover: the new master holds what the replica had before the staging.
+        await redis_client.restore(stream, 0, replica[0], replace=True)
+        await redis_client.delete(outbox_stream)
+        pending = await redis_client.xpending(stream, DEPLOYMENTS_GROUP)
+        assert pending["pending"] == 1
+        await eventually(done, what="the entry staged again")
+    assert await staged() == first == sorted([(deployment.id, "connection_id:1"),
+                                              (f"{deployment.id}@build", "connection_id:6")])

@@ -372,16 +372,8 @@ class SentinelGroup(_Group):
         current = self.master if old == self.master.address else self.replica
         promoted = self.replica if current is self.master else self.master
         current.stop(kill=True)
-
-        def promoted_everywhere() -> bool:
-            for port in self.sentinel_ports:
-                host, master_port = _ask(self.sentinel_client(port),
-                    "SENTINEL", "get-master-addr-by-name", self.MASTER_NAME)
-                if f"{host}:{master_port}" != promoted.address:
-                    return False
-            return _info(promoted.client(), "replication").get("role") == "master"
-
-        wait_for(promoted_everywhere, f"the Sentinels to promote {promoted.address}", 60)
+        wait_for(lambda: self._promoted_everywhere(promoted),
+                 f"the Sentinels to promote {promoted.address}", 60)
         if rejoin:
             # As a Sentinel-managed pod does: start as the replica of the master the
             # Sentinels name, never as the master it was. And not promotable
@@ -411,6 +403,71 @@ class SentinelGroup(_Group):
             current.client().config_set("replica-priority", 100)
             current.extra_args = ["--replicaof", "127.0.0.1", str(promoted.port)]
         return promoted.address
+
+    def _promoted_everywhere(self, promoted: RedisServer) -> bool:
+        """Every Sentinel names ``promoted`` as the master, and it says it is one."""
+        for port in self.sentinel_ports:
+            host, master_port = _ask(self.sentinel_client(port),
+                "SENTINEL", "get-master-addr-by-name", self.MASTER_NAME)
+            if f"{host}:{master_port}" != promoted.address:
+                return False
+        return _info(promoted.client(), "replication").get("role") == "master"
+
+    def fail_over_to_empty_replica(self) -> str:
+        """The replica restarts without its data and the Sentinels promote it before it syncs.
+
+        What happens in Kubernetes when a replica pod without persistence restarts and a
+        failover picks it before its first full sync is done: the new master is empty, and
+        the old one, made its replica, flushes what it held. Deterministic: the master is
+        told to hold full syncs (a diskless sync waits ``repl-diskless-sync-delay`` for more
+        replicas to join) so the restarted replica stays empty, connected and promotable;
+        then ``SENTINEL FAILOVER`` promotes it. Returns its address once every Sentinel
+        names it and the old master has become its replica (and so lost the data too).
+        """
+        self._wait_promotable_replica()
+        master = self.master if self.master_address() == self.master.address else self.replica
+        replica = self.replica if master is self.master else self.master
+        master.client().config_set("repl-diskless-sync", "yes")
+        master.client().config_set("repl-diskless-sync-delay", 3600)
+        replica.stop(kill=True)
+        shutil.rmtree(replica.directory / "appendonlydir", ignore_errors=True)  # no persistence
+        (replica.directory / "dump.rdb").unlink(missing_ok=True)
+        replica.extra_args = ["--replicaof", "127.0.0.1", str(master.port)]
+        replica.start()
+
+        def waiting_for_its_first_sync() -> bool:
+            replicas = [value for name, value in _info(master.client(), "replication").items()
+                        if name.startswith("slave") and isinstance(value, dict)]
+            return (any(value.get("port") == replica.port and value.get("state") == "wait_bgsave"
+                        for value in replicas)
+                    and replica.client().dbsize() == 0)
+
+        wait_for(waiting_for_its_first_sync, f"{replica.address} to wait for its first sync")
+
+        def failover_started() -> bool:
+            try:
+                _ask(self.sentinel_client(self.sentinel_ports[0]),
+                     "SENTINEL", "FAILOVER", self.MASTER_NAME)
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" in str(exc):  # no fresh INFO of the restarted replica yet
+                    return False
+                raise
+            return True
+
+        wait_for(failover_started, f"a Sentinel to accept failing over to {replica.address}")
+        wait_for(lambda: self._promoted_everywhere(replica),
+                 f"the Sentinels to promote the empty {replica.address}", 60)
+        master.client().config_set("repl-diskless-sync-delay", 5)
+        replica.client().config_set("repl-diskless-sync-delay", 0)
+
+        def old_master_flushed() -> bool:
+            return _info(master.client(), "replication").get(
+                "master_link_status") == "up" and _info(replica.client(), "replication").get(
+                "connected_slaves") == 1
+
+        wait_for(old_master_flushed, f"{master.address} to become the empty master's replica",
+                 60)
+        return replica.address
 
     def _wait_promotable_replica(self) -> None:
         """Every Sentinel sees the master's replica connected and promotable (priority > 0).

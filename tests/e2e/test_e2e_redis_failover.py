@@ -9,10 +9,14 @@ happened and ``/api/v1/status`` must show the new state of Redis.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +24,20 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from doraforwarder.keys import Keys
+from doraforwarder.keys import DEPLOYMENTS_GROUP, Keys
+from doraforwarder.testing.dora import DoraModel
 from doraforwarder.testing.redis_server import ClusterGroup, SentinelGroup
 from doraforwarder.testing.world import FakeWorld
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.harness import (
+    GLOBAL,
     KEY_PREFIX,
     DaemonProcess,
     Estate,
     base_overrides,
+    missing_records,
+    pipeline_idle,
+    sent_id,
     verify,
     wait_baselined,
     wait_delivered,
@@ -39,11 +48,15 @@ SYNCS = 120
 SENTINEL_SECRET = "failover-sentinel-secret"  # a throw-away test server's password
 
 
-def status(daemon: DaemonProcess) -> dict[str, Any]:
+def get(daemon: DaemonProcess, path: str) -> str:
     port = daemon.port()
     assert port is not None
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/status", timeout=5) as answer:
-        body: dict[str, Any] = json.loads(answer.read())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def status(daemon: DaemonProcess) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(get(daemon, "/api/v1/status"))
     return body
 
 
@@ -159,3 +172,115 @@ def test_cluster_node_restart_mid_run_loses_nothing(
     verify(world, estate, commits="ranges")
     store.close()
 
+
+
+@pytest.mark.timeout(300)
+def test_sentinel_failover_to_an_empty_replica_mid_run(
+    world: FakeWorld, daemons: DaemonFactory, clean_env: dict[str, str],
+    sentinels: SentinelGroup,
+) -> None:
+    """The Sentinels promote a replica that restarted without its data, before its first sync.
+
+    DevLake answers 503 from the start of the run to the failover, so what is detected then
+    waits in the outbox when the data goes. The daemon reports the loss (log line, both
+    counters, status), recreates its consumer groups, lists every Application again (each
+    is new to the empty master: a baseline, nothing sent) and delivers the syncs after that.
+    What was delivered before stays in DevLake untouched; what waited is lost until
+    ``doraforwarder backfill`` sends ``status.history`` again: under the same ids, so
+    DevLake updates the records it had and the dashboard counts each deployment once.
+    """
+    clean_env["REDIS_SENTINEL_PASSWORD"] = SENTINEL_SECRET
+    store = Sentinel(
+        [("127.0.0.1", port) for port in sentinels.sentinel_ports],
+        sentinel_kwargs={"password": SENTINEL_SECRET},
+    ).master_for(sentinels.MASTER_NAME, decode_responses=True, socket_timeout=5)
+    estate = Estate(world, seed=23)
+    # Every sync of the run after every app's first (baseline) history entry, so that
+    # `backfill --since` can name the run's start (ArgoCD times here are the estate's own).
+    since = max(play.live.now for play in estate.apps) + timedelta(minutes=1)
+    for play in estate.apps:
+        play.live.now = since
+    daemon = daemons(base_overrides(storage={"redis": {
+        "mode": "sentinel", "key_prefix": KEY_PREFIX,
+        "sentinel": {"master": sentinels.MASTER_NAME, "addresses": sentinels.addresses},
+    }}))
+    daemon.wait_ready()
+    wait_baselined(store, estate)
+    for _ in range(20):
+        estate.sync(degrade_allowed=False, failures_required=False)
+    wait_delivered(world, estate, store, timeout=90)
+    delivered_before = {key: dict(body) for key, body in world.devlake.deployments.items()}
+    assert delivered_before
+
+    world.devlake.fail_always(503)
+    promoted: list[str] = []
+
+    def empty_failover() -> None:
+        promoted.append(sentinels.fail_over_to_empty_replica())
+        world.devlake.clear_faults()
+
+    drive(estate, threading.Thread(target=empty_failover))
+    assert promoted
+    wait_for(lambda: (status(daemon).get("redis_data_lost") or {}).get("times", 0) >= 1, 30,
+             lambda: f"the loss was never reported: {status(daemon)}")
+    wait_for(lambda: redis_status(daemon).get("address") == promoted[0], 30,
+             lambda: f"status never showed the new master: {redis_status(daemon)}")
+    # The daemon drains what it detected after the loss ...
+    wait_for(lambda: pipeline_idle(store), 60, lambda: "the daemon's queues never drained")
+    # ... and what waited in the outbox when the data went is not in DevLake.
+    lost = missing_records(world, estate)
+    assert lost, "nothing was lost: the scenario did not catch entries waiting for DevLake"
+    for key, body in delivered_before.items():
+        assert world.devlake.deployments.get(key) == body, f"{key} changed before backfill"
+
+    keys = Keys(KEY_PREFIX)
+    groups = {group["name"] for group in store.xinfo_groups(keys.deployments_stream)}
+    assert {DEPLOYMENTS_GROUP, "resolvers"} & groups, groups
+    assert store.xinfo_groups(keys.outbox_stream), "the delivery group was not recreated"
+    shown = redis_status(daemon)
+    assert shown["healthy"] is True and shown["master_changes"] >= 1
+    metrics = get(daemon, "/metrics")
+    for evidence in ("marker", "group"):
+        assert re.search(rf'^doraforwarder_redis_data_lost_total{{evidence="{evidence}"}} '
+                         r"[1-9]", metrics, re.M), f"no {evidence} loss counted"
+    assert get(daemon, "/readyz")
+
+    # The operator's remedy, as the log line's hint says: send what ArgoCD still keeps again.
+    [hint] = {line["hint"] for line in daemon.lines()
+              if line.get("event") == "redis lost its data" and line.get("evidence") == "marker"}
+    assert "doraforwarder backfill --since" in hint
+    posted_before = len(world.devlake.accepted("deployment"))
+    lost_global = {e.id for e in estate.required()
+                   if world.devlake.deployment(GLOBAL, e.id) is None}
+    backfill = subprocess.run(
+        [sys.executable, "-m", "doraforwarder", "backfill", "--config", str(daemon.config),
+         "--since", since.isoformat()],
+        env=daemon.env, capture_output=True, text=True, timeout=180, check=False)
+    assert backfill.returncode == 0, backfill.stderr[-3000:]
+    wait_delivered(world, estate, store, timeout=120)
+    verify(world, estate, commits="gitops")
+    # Under the same ids: DevLake updated what it had (more POSTs than records) ...
+    wanted = {sent_id(connection, expected.id) for expected in estate.expected
+              for connection in expected.connections
+              if world.devlake.deployment(connection, sent_id(connection, expected.id))}
+    assert set(world.devlake.cicd_deployments) == wanted
+    resent = len(world.devlake.accepted("deployment")) - posted_before
+    assert resent > len(lost), (resent, len(lost))
+    # ArgoCD keeps no images in its history: a lost sync comes back with its gitops commit
+    # only, unless it is its application's latest (backfill gives that one today's images).
+    latest = {play.history[-1].id for play in estate.apps if play.history}
+    for deployment_id in lost_global - latest:
+        body = world.devlake.deployment(GLOBAL, deployment_id)
+        assert body is not None and len(body["deploymentCommits"]) == 1, body
+    # ... and the dashboard counts each successful deployment once.
+    world.devlake.add_project("global", connections=[GLOBAL])
+    numbers = DoraModel(world.devlake, world.github).project("global")
+    assert numbers.deployments == len({e.id for e in estate.required() if e.result == "SUCCESS"})
+
+    assert daemon.alive, "the daemon died in the failover to an empty replica"
+    assert daemon.terminate() == 0
+    events = [line.get("event") for line in daemon.lines()]
+    assert "redis lost its data" in events and "redis master changed" in events
+    assert ("listing applications again to decide each against the new redis master"
+            in events)
+    store.close()
