@@ -76,6 +76,20 @@ def test_a_killed_master_is_not_promoted_before_its_first_sync(group: SentinelGr
     assert rejoined.client().info("replication")["master_link_status"] == "up"
 
 
+@pytest.mark.timeout(120)
+def test_a_failover_to_an_empty_replica_leaves_no_data_anywhere(group: SentinelGroup) -> None:
+    first = group.master_address()
+    writer = (group.master if first == group.master.address else group.replica).client()
+    writer.set("kept?", "no")
+    assert writer.wait(1, 5000) == 1
+    promoted = group.fail_over_to_empty_replica()
+    assert promoted != first and group.master_address() == promoted
+    for server in (group.master, group.replica):
+        assert server.client().dbsize() == 0, server.address
+    new_master = group.master if promoted == group.master.address else group.replica
+    assert new_master.client().info("replication")["role"] == "master"
+
+
 def test_the_logs_are_kept_where_asked(tmp_path: Path) -> None:
     try:
         with SentinelGroup(keep_logs_in=tmp_path / "logs"):
