@@ -215,8 +215,11 @@ def test_sentinel_failover_to_an_empty_replica_mid_run(
     world.devlake.fail_always(503)
     promoted: list[str] = []
 
+    after_failover: list[int] = []
+
     def empty_failover() -> None:
         promoted.append(sentinels.fail_over_to_empty_replica())
+        after_failover.append(len(estate.expected))  # later syncs come after the relist
         world.devlake.clear_faults()
 
     drive(estate, threading.Thread(target=empty_failover))
@@ -230,6 +233,8 @@ def test_sentinel_failover_to_an_empty_replica_mid_run(
     # ... and what waited in the outbox when the data went is not in DevLake.
     lost = missing_records(world, estate)
     assert lost, "nothing was lost: the scenario did not catch entries waiting for DevLake"
+    later = {e.id for e in estate.expected[after_failover[0]:] if e.required}
+    assert later and not [m for m in lost if m.rsplit("/", 1)[-1] in later], lost
     for key, body in delivered_before.items():
         assert world.devlake.deployments.get(key) == body, f"{key} changed before backfill"
 
