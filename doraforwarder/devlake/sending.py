@@ -234,9 +234,9 @@ def _too_large(answer: Answer, url: str, body: dict[str, Any] | None) -> str:
     """A 413's detail: the body's size and where the limit is (no retry can pass it)."""
     size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
     return (f"HTTP 413 from POST {url}: the body ({size} bytes) is larger than the proxy "
-            "in front of DevLake accepts (config-ui's nginx: client_max_body_size 20m, "
-            "DevLake itself has no limit); raise that limit, or lower github.max_commits, "
-            "then requeue it")
+            "in front of DevLake accepts (config-ui's nginx.conf sets client_max_body_size "
+            "20m; DevLake itself sets no limit): raise that limit, or lower "
+            "github.max_commits, then requeue it")
 
 
 def _summary(entry: Any) -> dict[str, Any]:
