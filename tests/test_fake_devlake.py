@@ -282,6 +282,25 @@ def test_path_helpers() -> None:
     assert through_config_ui("/api/rest/x/a%28b") == "/rest/x/a(b"
     assert through_config_ui("/api/x/a%28b") == "/x/a%28b"
     assert through_config_ui("/rest/x") is None
+    # nginx normalizes before its rewrite on /api/rest/ (seen on nginx 1.22), not on /api/
+    assert through_config_ui("/api/rest/x//1/../2/./y") == "/rest/x/2/y"
+    assert through_config_ui("/api/rest/x/%2E%2E/y/..") == "/rest/"
+    assert through_config_ui("/api/x//1/../2") == "/x//1/../2"
+
+
+def test_normalized_paths_and_public_routes_as_real_config_ui(devlake: FakeDevLake) -> None:
+    """Raw paths sent to config-ui's real nginx in front of DevLake v1.0.3 and to the fake."""
+    path = "/plugins/webhook/connections/{}/deployments"
+    assert call(devlake, "POST", "/api/rest" + path.format("1/../6"), {}, key=WIDE_KEY)[0] == 400
+    assert call(devlake, "POST", "/api/rest" + path.format("/6"), {}, key=WIDE_KEY)[0] == 400
+    assert call(devlake, "POST", "/api" + path.format("1/../6"), {})[0] == 404
+    assert call(devlake, "POST", "/api/rest/../../../x", {})[0] == 400  # above the root
+    assert call(devlake, "GET", "/api/rest/version", key=WIDE_KEY)[1] == {
+        "version": devlake.version}
+    assert call(devlake, "GET", "/api/rest/version", key=GLOBAL_KEY)[0] == 403  # out of scope
+    assert call(devlake, "GET", "/api/rest/ping")[0] == 401
+    assert call(devlake, "GET", "/api/ping")[0] == 200
+    assert call(devlake, "GET", "/ping")[0] == 200
 
 
 def test_storage_as_devlake_keeps_it(devlake: FakeDevLake) -> None:

@@ -204,6 +204,14 @@ class FakeDevLake(DevLakeStore):
 
     # --- serving ----------------------------------------------------------------------
 
+    def _public(self, method: str, path: str) -> web.Response | None:
+        """DevLake's ``GET /version`` and ``GET /ping``; None for any other request."""
+        if method != "GET":
+            return None
+        if path == "/version":
+            return web.json_response({"version": self.version})
+        return web.Response(status=200) if path == "/ping" else None
+
     def _config_ui_answer(self, request: web.Request) -> web.Response | None:
         """What config-ui's nginx answers itself, in its order: size, password, backend."""
         raw = request.raw_path
@@ -296,8 +304,9 @@ class FakeDevLake(DevLakeStore):
             path, raw_path = backend_view(forwarded if forwarded is not None else raw)
         except BadEscape:
             return web.Response(status=400, text="400 Bad Request"), None, None
-        if path == "/version" and request.method == "GET":  # no key, outside /rest
-            return web.json_response({"version": self.version}), None, None
+        public = self._public(request.method, path)
+        if public is not None:  # no key, outside /rest
+            return public, None, None
         if path.startswith("/rest"):
             path = path[len("/rest"):]
             refused = self._check_key(request.headers.get("Authorization"), path)
@@ -305,6 +314,9 @@ class FakeDevLake(DevLakeStore):
                 return refused, None, None
             if raw_path is not None:  # gin routes on the raw path, which still says /rest
                 return gin_404(), None, None
+            public = self._public(request.method, path)
+            if public is not None:  # /rest/version: a key whose scope covers it
+                return public, None, None
             route = match_route(request.method, path)
         elif raw_path is not None:
             route, path = match_route(request.method, raw_path, raw=True), raw_path

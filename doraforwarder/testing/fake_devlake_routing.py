@@ -64,16 +64,36 @@ def nginx_escape(path: str) -> str:
                    for b in path.encode("utf-8", "surrogateescape"))
 
 
+def nginx_normalize(path: str) -> str:
+    """nginx's own normalization of a decoded path: slashes merged, ``.``/``..`` resolved.
+
+    A ``..`` above the root is nginx's 400 (raised as :class:`BadEscape`).
+    """
+    kept: list[str] = []
+    segments = re.sub("/{2,}", "/", path).split("/")[1:]
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment in (".", ".."):
+            if segment == "..":
+                if not kept:
+                    raise BadEscape(path)
+                kept.pop()
+            if last:
+                kept.append("")  # "/a/b/.." is "/a/"
+            continue
+        kept.append(segment)
+    return "/" + "/".join(kept)
+
+
 def through_config_ui(raw_path: str) -> str | None:
     """The raw path config-ui's nginx sends to the backend; None when it serves it itself.
 
-    ``/api/rest/...``: the decoded path, re-escaped by nginx when the client
-    used escapes, without ``/api``. ``/api/...``: the raw path without ``/api``.
+    ``/api/rest/...``: the decoded path, normalized and re-escaped by nginx
+    (its rewrite works on the normalized URI), without ``/api``. ``/api/...``:
+    the raw path without ``/api`` (its rewrite starts from ``$request_uri``).
     """
     if raw_path.startswith("/api/rest/"):
-        if "%" in raw_path:
-            return nginx_escape(go_unescape(raw_path))[len("/api"):]
-        return raw_path[len("/api"):]
+        return nginx_escape(nginx_normalize(go_unescape(raw_path)))[len("/api"):]
     if raw_path.startswith("/api/"):
         return raw_path[len("/api"):]
     return None
