@@ -36,6 +36,10 @@ CLASSIFY = [
     (Answer(422), "dead", "rejected"),
     (Answer(404), "dead", "not_found"),
     (Answer(413), "dead", "too_large"),  # a proxy's body limit (config-ui's nginx: 20m)
+    (Answer(500, body='{"code":0,"success":false,"message":"Error 1390 (HY000): Prepared '
+                      'statement contains too many placeholders (500)\\nWraps: (2) Error 1390 '
+                      '(HY000): Prepared statement contains too many placeholders"}'),
+     "dead", "too_many_commits"),  # v1.0.3 and main 420e494b, past 2114 commit rows
     (Answer(405), "dead", "client_error"),
     (Answer(302), "retry", "unexpected_status"),
 ]

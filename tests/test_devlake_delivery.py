@@ -239,6 +239,29 @@ async def test_a_body_past_config_ui_limit_is_dead_lettered_as_too_large(
     assert devlake.deployment_ids(1) == {"svc:small"}
 
 
+async def test_more_commit_rows_than_devlake_stores_are_dead_lettered(redis_client,
+                                                                     devlake) -> None:
+    """DevLake v1.0.3 and main 420e494b answer 500 (MySQL: too many placeholders) to a
+    deployment of more than 2114 commit rows, every time: dead letter, not retried forever."""
+    context = make_context(redis_client, devlake_section(devlake.url))
+    big = deployment_payload("svc:big")
+    row = big["deploymentCommits"][0]
+    big["deploymentCommits"] = [row | {"commitSha": f"{n:040x}"} for n in range(2115)]
+    fits = deployment_payload("svc:fits")
+    fits["deploymentCommits"] = big["deploymentCommits"][:2114]
+    await stage(redis_client, context.keys, [
+        OutboxEntry(kind="deployment", target=GLOBAL, record_id="svc:big", payload=big),
+        OutboxEntry(kind="deployment", target=GLOBAL, record_id="svc:fits", payload=fits)])
+    async with RunningService(DeliveryPool(context)):
+        await eventually(lambda: outbox_empty(redis_client, context))
+    dead = await outbox.read_stream(redis_client, context.keys.dead_stream)
+    assert len(dead) == 1 and dead[0].fields["status"] == "500"
+    reason = dead[0].fields["reason"]
+    assert reason.startswith("too_many_commits: HTTP 500 from POST ")
+    assert "cannot store 2115 commit rows" in reason and "github.max_commits" in reason
+    assert devlake.deployment_ids(1) == {"svc:fits"}
+
+
 async def test_unknown_connection_is_dead_lettered_until_fixed(redis_client, devlake) -> None:
     context = make_context(redis_client, devlake_section(devlake.url))
     missing = Target(kind="connection_id", value="42", team="ghost")

@@ -384,3 +384,18 @@ def test_config_ui_body_limit_and_backend_down(devlake: FakeDevLake) -> None:
     devlake.backend_down = False
     assert call(devlake, "POST", "/api/rest" + path, deployment_payload("d"),
                 key=GLOBAL_KEY)[0] == 200
+
+
+def test_more_commit_rows_than_one_insert_holds(devlake: FakeDevLake) -> None:
+    """As DevLake v1.0.3 and main 420e494b: 2114 rows stored, 2115 answered 500, none stored."""
+    rows = deployment_payload("x")["deploymentCommits"]
+    body = deployment_payload("many")
+    body["deploymentCommits"] = [rows[0] | {"commitSha": f"{n:040x}"} for n in range(2115)]
+    status, answer, _ = call(devlake, "POST", "/plugins/webhook/connections/6/deployments", body)
+    assert status == 500
+    assert answer["message"] == ("Error 1390 (HY000): Prepared statement contains too many "
+                                 "placeholders (500)")
+    assert "many" not in devlake.cicd_deployments
+    body["deploymentCommits"] = body["deploymentCommits"][:2114]
+    assert call(devlake, "POST", "/plugins/webhook/connections/6/deployments", body)[0] == 200
+    assert len(devlake.commit_rows()) == 2114

@@ -53,7 +53,7 @@ class Verdict:
     action: Action
     reason: str
     """Metric label: sent, timeout, network, rate_limited, server_error, auth, rejected,
-    not_found, too_large, client_error, unexpected_status."""
+    not_found, too_large, too_many_commits, client_error, unexpected_status."""
 
 
 def classify(answer: Answer) -> Verdict:
@@ -71,7 +71,9 @@ def classify(answer: Answer) -> Verdict:
     DevLake's own trouble). 401/403: the target's key is
     refused, keep the entry (the target waits, see :func:`refusal`). 413:
     a proxy's body limit (config-ui's nginx: ``client_max_body_size 20m``;
-    DevLake's backend has none), dead-letter, named ``too_large``. Other
+    DevLake's backend has none), dead-letter, named ``too_large``; so is
+    DevLake's 500 for more commit rows than one MySQL statement holds
+    (``too_many_commits``: it fails the same way every time). Other
     4xx: retrying cannot help, dead-letter. Anything else (a redirect): retry,
     it is most likely a proxy in the way.
     """
@@ -89,6 +91,8 @@ def classify(answer: Answer) -> Verdict:
     if status == 428:
         return Verdict("retry", "migrating")
     if status >= 500:
+        if TOO_MANY_ROWS in answer.body:
+            return Verdict("dead", "too_many_commits")
         return Verdict("retry", "server_error")
     if status in (400, 422):
         return Verdict("dead", "rejected")
@@ -99,6 +103,14 @@ def classify(answer: Answer) -> Verdict:
     if 400 <= status < 500:
         return Verdict("dead", "client_error")
     return Verdict("retry", "unexpected_status")
+
+
+TOO_MANY_ROWS = "Prepared statement contains too many placeholders"
+"""DevLake's 500 for a deployment of more than :data:`MAX_DEPLOYMENT_COMMITS` commit rows."""
+
+MAX_DEPLOYMENT_COMMITS = 65535 // 31
+"""2114: DevLake writes a deployment's commit rows in one INSERT; MySQL takes 65535
+placeholders, ``cicd_deployment_commits`` has 31 columns (v1.0.3 and main 420e494b)."""
 
 
 RefusalCause = Literal["missing_key", "malformed_key", "invalid_key", "expired_key", "scope",

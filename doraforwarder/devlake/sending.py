@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from doraforwarder.devlake.client import (
+    MAX_DEPLOYMENT_COMMITS,
     Answer,
     Sender,
     awaits_connection,
@@ -153,6 +154,14 @@ class Sending(TargetWaits):
             await self._retry(held, verdict, answer, url)
         elif verdict.reason == "too_large":
             await self._dead(held, verdict.reason, _too_large(answer, url, body), answer)
+        elif verdict.reason == "too_many_commits":
+            rows = len((body or {}).get("deploymentCommits") or [])
+            await self._dead(held, verdict.reason, (
+                f"HTTP 500 from POST {url}: DevLake cannot store {rows} commit rows in one "
+                f"deployment (at most {MAX_DEPLOYMENT_COMMITS}: one MySQL statement of 65535 "
+                "placeholders), and fails so every time: lower github.max_commits (per "
+                "repository) so that later deployments fit"),
+                answer)
         elif verdict.action == "dead":
             await self._dead(held, verdict.reason, _describe(answer, url), answer)
         else:
@@ -235,8 +244,8 @@ def _too_large(answer: Answer, url: str, body: dict[str, Any] | None) -> str:
     size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
     return (f"HTTP 413 from POST {url}: the body ({size} bytes) is larger than the proxy "
             "in front of DevLake accepts (config-ui's nginx.conf sets client_max_body_size "
-            "20m; DevLake itself sets no limit): raise that limit, or lower "
-            "github.max_commits, then requeue it")
+            "20m; DevLake itself sets no limit): raise that limit, then requeue it (or "
+            "lower github.max_commits so that later deployments fit)")
 
 
 def _summary(entry: Any) -> dict[str, Any]:

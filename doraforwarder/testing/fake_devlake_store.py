@@ -47,6 +47,12 @@ GLOBAL_ALLOWED_PATH = "/plugins/webhook/.*"
 NAME_LIMIT = 100
 
 
+MAX_DEPLOYMENT_COMMITS = 65535 // 31
+"""2114: DevLake saves a deployment's commit rows in one INSERT, MySQL takes at most 65535
+placeholders and ``cicd_deployment_commits`` has 31 columns (2115 rows answered 500 on the
+real v1.0.3 and main 420e494b, 2114 stored)."""
+
+
 class DevLakeStore(FakeServer):
     """Connections, keys, projects and the rows DevLake keeps; subclasses set ``self.server``."""
 
@@ -345,7 +351,14 @@ class DevLakeStore(FakeServer):
                                   "apiKey": {"apiKey": key}})
 
     def _store_deployment(self, connection_id: int, body: dict[str, Any]) -> None:
-        """Rows as DevLake writes them (called with the lock held, after the checks)."""
+        """Rows as DevLake writes them (called with the lock held, after the checks).
+
+        More rows than one MySQL statement can hold fail as on v1.0.3 and main
+        420e494b: 500, nothing stored (:data:`MAX_DEPLOYMENT_COMMITS`).
+        """
+        if len(body["deploymentCommits"]) > MAX_DEPLOYMENT_COMMITS:
+            raise HandlerError(500, "Error 1390 (HY000): Prepared statement contains too many "
+                                    "placeholders")
         deployment_id: str = body["id"]
         environment = body.get("environment") or "PRODUCTION"
         started = parse_devlake_date(body["startedDate"])
