@@ -9,14 +9,17 @@ import pytest
 from pydantic import ValidationError
 
 from doraforwarder.devlake.payloads import (
+    MAX_DEPLOYMENT_COMMITS,
     DeploymentPayload,
     IssuePayload,
     build_deployment_payload,
     contract_body,
+    fit_commit_rows,
     format_devlake_date,
     row_started,
     unchecked_deployment_body,
 )
+from doraforwarder.records import ResolvedCommit
 from doraforwarder.testing.fake_devlake_bodies import check_deployment, check_issue
 from tests.devlake_support import T0, commit, deployment_payload, detected, issue_payload
 
@@ -195,3 +198,41 @@ def test_issue_model_output_passes_the_fake_checks() -> None:
 def test_deployment_model_accepts_python_names_too() -> None:
     payload = DeploymentPayload.model_validate(deployment_payload("x"))
     assert payload.deployment_commits[0].commit_sha == "a" * 40
+
+
+def _ranged(repo: str, count: int, newest_minutes_before: int = 0) -> list[ResolvedCommit]:
+    """``count`` commits of ``repo``, oldest first as a compare lists them (the head last)."""
+    return [ResolvedCommit(repo_url=f"https://github.com/org/{repo}", sha=f"{repo}{n:039x}",
+                           author_date=T0 - timedelta(minutes=newest_minutes_before + count - n))
+            for n in range(count)]
+
+
+@pytest.mark.parametrize(("sizes", "limit", "expected"), [
+    ({"a": 3}, 5, ["a0", "a1", "a2"]),                     # fits: untouched
+    ({"a": 5}, 5, ["a0", "a1", "a2", "a3", "a4"]),         # exactly the limit
+    ({"a": 6}, 5, ["a1", "a2", "a3", "a4", "a5"]),         # the oldest goes, the head stays
+    ({"a": 4, "b": 4}, 5, ["a3", "b0", "b1", "b2", "b3"]),  # a keeps its head, b is newer
+    ({"a": 6, "b": 1}, 3, ["a4", "a5", "b0"]),             # a lone head is kept, however old
+    ({"a": 1, "b": 1, "c": 1}, 2, ["b0", "c0"]),           # more repositories than rows
+])
+def test_fit_commit_rows_keeps_heads_then_the_newest_in_order(
+        sizes: dict[str, int], limit: int, expected: list[str]) -> None:
+    commits: list[ResolvedCommit] = []
+    for offset, (repo, count) in enumerate(sizes.items()):  # each repository newer than the last
+        commits += _ranged(repo, count, newest_minutes_before=1000 * (len(sizes) - offset))
+    kept = fit_commit_rows(commits, limit)
+    assert [f"{c.sha[0]}{int(c.sha[1:], 16)}" for c in kept] == expected
+
+
+def test_a_deployment_past_devlake_row_limit_is_sent_with_its_newest_rows() -> None:
+    """DevLake refuses more than 2114 rows every time (500, nothing stored): the body keeps
+    the heads and the newest commits, so the deployment still counts on the dashboard."""
+    commits = _ranged("a", 2000, newest_minutes_before=5) + _ranged("b", 300)
+    body = build_deployment_payload(detected(), commits, "range").body()
+    check_deployment(body)
+    shas = [row["commitSha"] for row in body["deploymentCommits"]]
+    assert len(shas) == MAX_DEPLOYMENT_COMMITS == 2114
+    assert commits[1999].sha in shas and commits[-1].sha in shas  # both heads
+    assert commits[0].sha not in shas  # the oldest of the range is what goes
+    assert unchecked_deployment_body(detected(), commits, "range")["deploymentCommits"] == \
+        body["deploymentCommits"]

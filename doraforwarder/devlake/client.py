@@ -106,11 +106,10 @@ def classify(answer: Answer) -> Verdict:
 
 
 TOO_MANY_ROWS = "Prepared statement contains too many placeholders"
-"""DevLake's 500 for a deployment of more than :data:`MAX_DEPLOYMENT_COMMITS` commit rows."""
+"""DevLake's 500 for a deployment of more commit rows than it can store (the planner keeps
+at most :data:`~doraforwarder.devlake.payloads.MAX_DEPLOYMENT_COMMITS`; a DevLake whose table
+has more columns could still refuse fewer)."""
 
-MAX_DEPLOYMENT_COMMITS = 65535 // 31
-"""2114: DevLake writes a deployment's commit rows in one INSERT; MySQL takes 65535
-placeholders, ``cicd_deployment_commits`` has 31 columns (v1.0.3 and main 420e494b)."""
 
 
 RefusalCause = Literal["missing_key", "malformed_key", "invalid_key", "expired_key", "scope",

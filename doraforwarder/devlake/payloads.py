@@ -163,10 +163,40 @@ def row_started(deployment: DetectedDeployment, commit: ResolvedCommit,
     return min(start, finished)
 
 
+MAX_DEPLOYMENT_COMMITS = 65535 // 31
+"""2114: the most commit rows DevLake can store for one deployment. It writes them in
+one INSERT, MySQL takes at most 65535 placeholders and ``cicd_deployment_commits`` has
+31 columns: 2115 rows answered 500 "Prepared statement contains too many placeholders"
+on the real v1.0.3 and main 420e494b, and nothing was stored."""
+
+
+def fit_commit_rows(commits: Sequence[ResolvedCommit],
+                    limit: int = MAX_DEPLOYMENT_COMMITS) -> list[ResolvedCommit]:
+    """At most ``limit`` of ``commits``, in their order: every repository's last (its head).
+
+    A deployment with more rows than DevLake can store would be refused every
+    time, and a refused deployment is missing from every DORA number; one
+    that keeps its heads and its newest commits counts as deployed, keeps the
+    lead time of what it shipped last, and loses only its oldest commits' rows
+    (as ``github.max_commits`` already cuts a long range). Ranges are listed
+    oldest first, so each repository's last row is the commit it deployed.
+    """
+    if len(commits) <= limit:
+        return list(commits)
+    heads = {commit.repo_url: index for index, commit in enumerate(commits)}
+    kept = set(sorted(heads.values(), reverse=True)[:limit])
+    others = sorted((index for index in range(len(commits)) if index not in kept),
+                    key=lambda index: (commits[index].author_date, index), reverse=True)
+    kept.update(others[:limit - len(kept)])
+    return [commits[index] for index in sorted(kept)]
+
+
 def _deployment_fields(
     deployment: DetectedDeployment, commits: Sequence[ResolvedCommit], mode: CommitRows
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Field values (python names) of the deployment and of its commit rows."""
+    """Field values (python names) of the deployment and of its commit rows (at most
+    :data:`MAX_DEPLOYMENT_COMMITS`, :func:`fit_commit_rows`)."""
+    commits = fit_commit_rows(commits)
     title = display_title(deployment)
     name = deployment_name(deployment)
     finished = deployment.deployed_at

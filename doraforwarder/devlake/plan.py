@@ -27,6 +27,7 @@ from doraforwarder.devlake.issues import (
     fingerprint,
 )
 from doraforwarder.devlake.payloads import (
+    MAX_DEPLOYMENT_COMMITS,
     CommitRows,
     IssuePayload,
     build_deployment_payload,
@@ -35,6 +36,7 @@ from doraforwarder.devlake.payloads import (
 from doraforwarder.devlake.routing import Router, Target
 from doraforwarder.devlake.target_ids import target_deployment_id
 from doraforwarder.keys import Keys
+from doraforwarder.logging import get_logger
 from doraforwarder.outbox.entries import OutboxEntry, dead_fields
 from doraforwarder.outbox.staging import stage_dead, stage_entries
 from doraforwarder.records import DetectedDeployment, DetectedIncident, Incident, ResolvedCommit
@@ -60,6 +62,9 @@ def planning_router(devlake: DevLakeConfig, dry_run: bool) -> Router | None:
         placeholder = DevLakeConfig(enabled=False, connection_name=DRY_RUN_TARGET.value,
                                     teams=devlake.teams)
         return Router(placeholder)
+
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,10 @@ class Planner:
         refused by DevLake: see :meth:`plan_without_commits`.
         """
         targets = self.deployment_targets(deployment)
+        if len(commits) > MAX_DEPLOYMENT_COMMITS:
+            log.warning("more commit rows than DevLake stores for one deployment: the oldest "
+                        "left out (heads kept)", deployment=deployment.id, rows=len(commits),
+                        kept=MAX_DEPLOYMENT_COMMITS)
         try:
             body = build_deployment_payload(deployment, commits, self.commit_rows).body()
         except ValidationError as exc:

@@ -19,14 +19,13 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from doraforwarder.devlake.client import (
-    MAX_DEPLOYMENT_COMMITS,
     Answer,
     Sender,
     awaits_connection,
     classify,
     connection_just_created,
 )
-from doraforwarder.devlake.payloads import contract_body
+from doraforwarder.devlake.payloads import MAX_DEPLOYMENT_COMMITS, contract_body
 from doraforwarder.devlake.routing import (
     endpoint,
 )
@@ -158,8 +157,9 @@ class Sending(TargetWaits):
             rows = len((body or {}).get("deploymentCommits") or [])
             await self._dead(held, verdict.reason, (
                 f"HTTP 500 from POST {url}: DevLake cannot store {rows} commit rows in one "
-                f"deployment (at most {MAX_DEPLOYMENT_COMMITS}: one MySQL statement of 65535 "
-                "placeholders), and fails so every time: lower github.max_commits (per "
+                "deployment (it writes them in one MySQL statement of at most 65535 "
+                f"placeholders; {MAX_DEPLOYMENT_COMMITS} fit v1.0.3 and main 420e494b, the most "
+                "the forwarder sends), and fails so every time: lower github.max_commits (per "
                 "repository) so that later deployments fit"),
                 answer)
         elif verdict.action == "dead":
