@@ -21,6 +21,7 @@ from doraforwarder.config import LoadedConfig, Settings
 from doraforwarder.inventory import Inventory
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
+from doraforwarder.loss_window import Unconfirmed
 from doraforwarder.metrics import Metrics
 
 log = get_logger("daemon")
@@ -200,6 +201,8 @@ class StatusBoard:
     """DevLake targets whose entries wait (refused key, connection not created yet), by key."""
     redis_data_lost: dict[str, Any] | None = None
     """The last time this process found Redis had lost its data (see storage.report_data_lost)."""
+    redis_loss_backfill: dict[str, Any] | None = None
+    """The backfill this process ran after the last loss (see ops.loss_backfill)."""
     alertmanager: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``last_accepted`` and ``last_refused`` notification of this process (server.py)."""
 
@@ -217,6 +220,8 @@ class StatusBoard:
             **({"redis": dict(self.redis)} if self.redis is not None else {}),
             "devlake_targets": {key: dict(value) for key, value in self.devlake_targets.items()},
             "redis_data_lost": dict(self.redis_data_lost) if self.redis_data_lost else None,
+            "redis_loss_backfill": (dict(self.redis_loss_backfill)
+                                    if self.redis_loss_backfill else None),
             **({"alertmanager": {key: dict(value) for key, value in self.alertmanager.items()}}
                if self.alertmanager else {}),
         }
@@ -237,6 +242,9 @@ class AppContext:
     """Print payloads as JSON lines instead of sending them to DevLake."""
     started_at: float = field(default_factory=time.time)
     inventory: Inventory = field(default_factory=Inventory)
+    unconfirmed: Unconfirmed = field(default_factory=Unconfirmed)
+    """Deployments this process staged and has not seen delivered (for the backfill after a
+    Redis data loss, see loss_window)."""
     """What the ArgoCD watch last saw of each Application (served by the inventory API)."""
     github_rate_limits: RateLimitBoard = field(init=False)
     """GitHub's rate limits as this daemon learnt them, shared by all its GitHub clients."""

@@ -32,6 +32,7 @@ from doraforwarder.devlake.plan import Planner
 from doraforwarder.dryrun import DryRunSpace, dry_run_keys
 from doraforwarder.keys import Keys
 from doraforwarder.logging import get_logger
+from doraforwarder.ops.loss_backfill import LossBackfill
 from doraforwarder.server import AlertInbox, alert_inbox, bound_port, start_http
 from doraforwarder.storage import RedisWatch, connect
 from doraforwarder.webrca.poller import WebRCAPoller
@@ -58,6 +59,11 @@ def build_services(context: AppContext) -> list[Service]:
         source = ArgoCDSource(context, stage=staging)
         watch.on_master_change.append(source.relist)
         services.append(source)
+        if settings.storage.redis.backfill_on_data_loss and not context.dry_run:
+            autofill = LossBackfill(context)
+            watch.on_data_lost.append(lambda _seen: source.relist())
+            watch.on_data_lost.append(autofill.trigger)
+            services.append(autofill)
         services.append(ResolverPool(context, planner=planner))
     if settings.webrca.enabled:
         services.append(WebRCAPoller(context, planner=planner))

@@ -242,6 +242,18 @@ class Metrics:
         )
         for evidence in ("marker", "group"):  # exported at 0, so increase() sees the first
             self.redis_data_lost.labels(evidence)
+        self.redis_loss_backfills = Counter(
+            "doraforwarder_redis_loss_backfills",
+            "Backfills of ArgoCD's kept history this process ran by itself after Redis lost "
+            "its data, by outcome: requested (a loss found), done, failed.", ["outcome"],
+            registry=r,
+        )
+        for outcome in ("requested", "done", "failed"):
+            self.redis_loss_backfills.labels(outcome)
+        self.redis_loss_backfill_staged = Counter(
+            "doraforwarder_redis_loss_backfill_staged",
+            "Deployments staged again by the backfills after a Redis data loss.", registry=r,
+        )
 
     def mark_success(self, source: str) -> None:
         """Record that ``source`` (argocd, webrca, devlake, github) just worked."""

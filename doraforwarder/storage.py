@@ -392,11 +392,12 @@ def report_data_lost(context: AppContext, evidence: str, detail: str) -> None:
         "detail": detail, "times": int(previous.get("times", 0)) + 1}
     context.metrics.redis_data_lost.labels(evidence).inc()
     log.error("redis lost its data", evidence=evidence, detail=detail,
-              hint="records staged and not yet delivered before the loss are gone (`doraforwarder "
-                   "backfill --since <a time before the loss>` sends the syncs ArgoCD still keeps "
-                   "again, under the same ids), and applications look new (their next event, or "
-                   "the relist after a master change, is a baseline: nothing sent); run Redis "
-                   "with appendonly and a replica, see docs/redis.md")
+              hint="records staged and not yet delivered before the loss are gone; unless "
+                   "storage.redis.backfill_on_data_loss is false, the daemon lists every "
+                   "application again and sends the syncs ArgoCD still keeps from before the "
+                   "loss again, under the same ids (`backfilling after redis lost its data`); "
+                   "otherwise `doraforwarder backfill --since <a time before the loss>` does; "
+                   "run Redis with appendonly and a replica, see docs/redis.md")
 
 
 def read_marker(raw: str | bytes | None) -> dict[str, Any] | None:
@@ -432,12 +433,17 @@ class RedisWatch:
         self._epoch: str | None = None
         """The marker's epoch as this process last saw it (None before the first look)."""
         self._missing_reported = False
+        self.marker_seen_at: datetime | None = None
+        """When this process last read the marker with the epoch it knew (Redis had its data)."""
+        self.on_data_lost: list[Callable[[datetime | None], None]] = []
+        """Called (in the event loop) when the marker shows a loss, with :attr:`marker_seen_at`
+        from before it: the ArgoCD source lists again, the daemon backfills (loss_backfill)."""
         self.on_master_change: list[Callable[[], None]] = []
         """Called (in the event loop) after a master change, once the connections to the
         previous master are dropped: the ArgoCD source lists every Application again, so
         a detection the previous master acknowledged and never passed on is made again."""
 
-    async def check_marker(self) -> None:
+    async def check_marker(self) -> bool:
         """Find out whether Redis lost its data since the last look.
 
         A small marker (``keys.redis_marker``: an epoch, when it was written,
@@ -447,16 +453,21 @@ class RedisWatch:
         a restart without persistence, ``FLUSHALL``, a failover to an empty
         replica. Absent at the first look is a first start on this Redis (or
         a loss while no replica ran: nothing can tell them apart). A refused
-        write (a full Redis) is tried again on the next look.
+        write (a full Redis) is tried again on the next look. True when this
+        look found a loss (reported, and :attr:`on_data_lost` called).
         """
         redis, key = self.context.redis, self.context.keys.redis_marker
+        looked_at = datetime.now(UTC)
         marker = read_marker(await redis.get(key))
+        found = False
         if marker is None:
             lost = self._epoch is not None
             if lost and not self._missing_reported:
                 self._missing_reported = True
                 report_data_lost(self.context, "marker",
                                  "the marker key written at start is gone")
+                self._lost()
+                found = True
             now = datetime.now(UTC).isoformat(timespec="seconds")
             fresh = {"epoch": uuid.uuid4().hex, "since": now,
                      "lost_at": now if lost else None,
@@ -465,16 +476,35 @@ class RedisWatch:
                 await redis.set(key, json.dumps(fresh), nx=True)
             except aioredis.ResponseError as exc:  # OOM: a full Redis; try again next look
                 log.debug("could not write the redis marker", error=str(exc))
-                return
+                return found
             marker = read_marker(await redis.get(key))
             if marker is None:
-                return
+                return found
         epoch = str(marker.get("epoch"))
         if self._epoch is not None and epoch != self._epoch and not self._missing_reported:
             report_data_lost(self.context, "marker",
                              "the marker key was written again by another replica")
+            self._lost()
+            found = True
+        elif epoch == self._epoch and not found:
+            self.marker_seen_at = looked_at
         self._missing_reported = False
         self._epoch = epoch
+        return found
+
+    def _lost(self) -> None:
+        for callback in self.on_data_lost:
+            callback(self.marker_seen_at)
+        self.marker_seen_at = None
+
+    async def _queues_empty(self) -> bool:
+        """Both queues (deployments stream, outbox) empty: what was staged was delivered."""
+        keys = self.context.keys
+        async with self.context.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.deployments_stream)
+            pipe.xlen(keys.outbox_stream)
+            lengths = await pipe.execute()
+        return not any(int(length) for length in lengths)
 
     async def check(self) -> None:
         health = self.health
@@ -503,7 +533,12 @@ class RedisWatch:
                     callback()
             health.address = address
             try:
-                await self.check_marker()
+                # The queues before the marker: a loss between the two shows in the marker,
+                # so queues emptied by a loss never count as delivered.
+                looked_at = time.time()
+                empty = await self._queues_empty()
+                if not await self.check_marker() and empty:
+                    self.context.unconfirmed.settled(looked_at)
             except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("could not check the redis marker", error=f"{type(exc).__name__}: {exc}")
         self.context.status.redis = health.snapshot()

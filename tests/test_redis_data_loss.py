@@ -11,6 +11,7 @@ strict fake DevLake over HTTP.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -163,3 +164,34 @@ async def test_the_outbox_age_gauge_moves_while_the_group_cannot_be_recreated(
                          what="delivered once memory frees")
     assert [g["name"] for g in await own_client.xinfo_groups(
         context.keys.outbox_stream)] == [OUTBOX_GROUP]
+
+
+async def test_the_watch_hands_the_last_marker_look_to_the_loss_backfill(
+    redis_client: aioredis.Redis
+) -> None:
+    """Both replicas learn of the loss and are told when they last saw the data kept; queues
+    emptied by the loss never count as delivered (the ledger keeps what waited)."""
+    first, second = RedisWatch(make_context(redis_client)), RedisWatch(make_context(redis_client))
+    told: dict[str, list[datetime | None]] = {"first": [], "second": []}
+    first.on_data_lost.append(told["first"].append)
+    second.on_data_lost.append(told["second"].append)
+    for watch in (first, second, first, second):  # the second look sees the same epoch
+        await watch.check()
+    seen = first.marker_seen_at
+    assert seen is not None and second.marker_seen_at is not None
+    waited = datetime(2026, 1, 1, tzinfo=UTC)
+    first.context.unconfirmed.staged("waiting", waited)
+    await stage_ids(redis_client, first.context, "queued", 1)
+    await first.check()  # the queue is not empty: what waits stays unconfirmed
+    assert first.context.unconfirmed.oldest() == waited
+    later_seen = first.marker_seen_at
+    assert later_seen is not None and later_seen >= seen
+
+    await redis_client.flushall()
+    await first.check()  # the queues are empty now, but because the data went
+    await second.check()
+    assert told["first"] == [later_seen] and len(told["second"]) == 1
+    assert first.context.unconfirmed.oldest() == waited
+    await first.check()  # Redis keeps its data again, and the queues are empty: delivered
+    assert first.context.unconfirmed.oldest() is None
+    assert told["first"] == [later_seen]

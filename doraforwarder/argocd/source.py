@@ -498,6 +498,7 @@ class ArgoCDSource:
             self._pending_counts.pop(key, None)
         metrics.deployments_pending.set(sum(self._pending_counts.values()))
         for deployment in committed.staged:
+            self.context.unconfirmed.staged(deployment.id, deployment.deployed_at)
             metrics.deployments_detected.labels(deployment.result).inc()
             log.info(
                 "deployment detected",

@@ -81,6 +81,10 @@ class RedisConfig(Section):
     and 0 otherwise.
     """
     wait_timeout: Duration = timedelta(seconds=2)
+    backfill_on_data_loss: bool = True
+    """When the running daemon finds Redis lost its data, send ArgoCD's kept history again
+    from before the loss (the same as ``doraforwarder backfill --since``; see docs/redis.md).
+    Off only to run that backfill by hand (say, to review ``--dry-run`` first)."""
     sentinel_password: SecretStr | None = Field(default=None, repr=False, exclude=True)
     """From ``REDIS_SENTINEL_PASSWORD`` or ``REDIS_SENTINEL_PASSWORD_FILE``, never the file."""
 

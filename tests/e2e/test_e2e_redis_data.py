@@ -3,9 +3,10 @@
 - ``FLUSHALL`` mid-run, and a restart of a Redis without persistence: the
   consumer groups, application states and fingerprints are gone. The daemon
   says so (log line, metric, ``/api/v1/status``, ``doraforwarder status``),
-  stays ready, and what is detected afterwards reaches DevLake. What the loss
-  took cannot come back: each application's first sync after it is its new
-  baseline (first sight), so only the syncs after that are expected.
+  stays ready, and backfills by itself: each application's first sync after
+  the loss (its new baseline, first sight: the live path sends nothing) comes
+  back from ArgoCD's history under its id, so every sync reaches DevLake, once
+  in its model, without anyone running ``doraforwarder backfill``.
 - Redis full (``maxmemory`` with ``noeviction``): the outbox still drains
   (acknowledgements are commands Redis runs over the limit), and a sync
   detected meanwhile is refused by Redis, retried, and delivered once memory
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,17 @@ import pytest
 import redis
 
 from doraforwarder.keys import Keys
+from doraforwarder.testing.dora import DoraModel
 from doraforwarder.testing.world import FakeWorld
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.harness import (
     CONNECTIONS,
+    GLOBAL,
     KEY_PREFIX,
     DaemonProcess,
     Estate,
     base_overrides,
+    sent_id,
     verify,
     wait_baselined,
     wait_delivered,
@@ -67,10 +72,15 @@ def syncs(estate: Estate, count: int) -> None:
         time.sleep(0.03)
 
 
-def start(world: FakeWorld, store: redis.Redis, daemons: DaemonFactory
-          ) -> tuple[Estate, DaemonProcess]:
+def start(world: FakeWorld, store: redis.Redis, daemons: DaemonFactory,
+          overrides: dict[str, Any] | None = None) -> tuple[Estate, DaemonProcess]:
     estate = Estate(world, seed=19, apps=APPS)
-    daemon = daemons(base_overrides())
+    # ArgoCD's times are the wall clock's here, as in production: the backfill after the
+    # loss starts from when this process last saw Redis keep its data.
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    for play in estate.apps:
+        play.live.now = max(play.live.now, now)
+    daemon = daemons(base_overrides(**(overrides or {})))
     daemon.wait_ready()
     wait_baselined(store, estate)
     syncs(estate, 10)
@@ -78,17 +88,50 @@ def start(world: FakeWorld, store: redis.Redis, daemons: DaemonFactory
     return estate, daemon
 
 
+def waiting_for_devlake(world: FakeWorld, store: redis.Redis, estate: Estate) -> None:
+    """DevLake answers 503 while the apps sync: the records wait in the outbox when the
+    data goes (what the loss takes)."""
+    world.devlake.fail_always(503)
+    syncs(estate, 10)
+    keys = Keys(KEY_PREFIX)
+
+    def resolved() -> bool:
+        groups = store.xinfo_groups(keys.deployments_stream)
+        return bool(store.xlen(keys.outbox_stream)) and not any(
+            group["pending"] or group.get("lag") for group in groups)
+
+    wait_for(resolved, 30, lambda: "the syncs never reached the outbox")
+
+
 def after_the_loss(world: FakeWorld, store: redis.Redis, estate: Estate,
                    daemon: DaemonProcess) -> None:
-    """Every app syncs once (its new baseline), then random syncs must all arrive."""
-    for play in estate.apps:
+    """DevLake answers again; every app syncs once (its new baseline), then random syncs:
+    all of them must arrive, and those that waited in the outbox when the data went too."""
+    world.devlake.clear_faults()
+    for play in estate.apps:  # each app's new baseline: the live path sends nothing
         estate.sync(fail_allowed=False, degrade_allowed=False, play=play)
-    for expected in estate.expected:
-        expected.required = False  # before the loss (delivered) or a new baseline's sync
     wait_baselined(store, estate)
     syncs(estate, 15)
+    # Every sync, the baselines included, without anyone running `doraforwarder backfill`.
     wait_delivered(world, estate, store, timeout=90)
+    wait_for(lambda: (status_of(daemon).get("redis_loss_backfill") or {}).get("state")
+             == "done", 30, lambda: f"no backfill after the loss: {status_of(daemon)}")
     verify(world, estate, commits="gitops")
+    # One row per record in DevLake's model, and the dashboard counts each deployment once.
+    wanted = {sent_id(connection, expected.id) for expected in estate.expected
+              for connection in expected.connections}
+    assert set(world.devlake.cicd_deployments) == wanted
+    world.devlake.add_project("global", connections=[GLOBAL])
+    numbers = DoraModel(world.devlake, world.github).project("global")
+    assert numbers.deployments == len({e.id for e in estate.required()
+                                       if e.result == "SUCCESS" and GLOBAL in e.connections})
+    done = status_of(daemon)["redis_loss_backfill"]
+    assert done["staged"] >= APPS, done  # at least each app's lost baseline sync
+    [line] = [line for line in daemon.lines()
+              if line.get("event") == "backfilled after redis lost its data"]
+    assert line["staged"] == done["staged"] and line["since"] and line["why"], line
+    assert any(line.get("event") == "backfilling after redis lost its data"
+               for line in daemon.lines())
 
     assert daemon.alive, "the daemon died when Redis lost its data"
     status, _ = get(daemon, "/readyz")
@@ -98,12 +141,20 @@ def after_the_loss(world: FakeWorld, store: redis.Redis, estate: Estate,
     assert lost is not None and lost["times"] >= 1, body
     _, metrics = get(daemon, "/metrics")
     assert lost_count(metrics, "group") >= 1 and lost_count(metrics, "marker") >= 1, metrics
+    assert re.search(r'^doraforwarder_redis_loss_backfills_total{outcome="done"} 1\.0$',
+                     metrics, re.M), "the backfill after the loss is not counted"
     assert any(line.get("event") == "redis lost its data" for line in daemon.lines())
     offline = subprocess.run(
         [sys.executable, "-m", "doraforwarder", "status", "--config", str(daemon.config)],
         env=daemon.env, capture_output=True, text=True, timeout=60, check=True)
     assert "redis data:       LOST at" in offline.stdout, offline.stdout
     assert daemon.terminate() == 0
+
+
+def status_of(daemon: DaemonProcess) -> dict[str, Any]:
+    _, body = get(daemon, "/api/v1/status")
+    answer: dict[str, Any] = json.loads(body)
+    return answer
 
 
 def lost_count(metrics: str, evidence: str) -> float:
@@ -118,6 +169,7 @@ def test_flushall_mid_run_is_reported_and_later_records_arrive(
     world: FakeWorld, store: redis.Redis, daemons: DaemonFactory,
 ) -> None:
     estate, daemon = start(world, store, daemons)
+    waiting_for_devlake(world, store, estate)
     store.flushall()
     after_the_loss(world, store, estate, daemon)
 
@@ -128,6 +180,7 @@ def test_a_restart_without_persistence_is_reported_and_later_records_arrive(
 ) -> None:
     assert world.redis is not None
     estate, daemon = start(world, store, daemons)
+    waiting_for_devlake(world, store, estate)
     world.redis.restart()
     after_the_loss(world, store, estate, daemon)
 
