@@ -231,10 +231,11 @@ def test_sentinel_failover_to_an_empty_replica_mid_run(
     wait_for(lambda: (status(daemon).get("redis_loss_backfill") or {}).get("state") == "done",
              30, lambda: f"no backfill after the loss: {status(daemon)}")
     done = status(daemon)["redis_loss_backfill"]
-    assert done["staged"] > 0 and "oldest deployment staged" in done["why"], done
+    assert done["staged"] > 0, done
     started = [line for line in daemon.lines()
                if line.get("event") == "backfilling after redis lost its data"]
-    assert started and started[0]["since"] == done["since"] and started[0]["why"], started
+    # From before what waited for DevLake (ArgoCD's times here are a day behind the clock).
+    assert started and "oldest deployment staged" in started[0]["why"], started
     assert any(line.get("event") == "backfilled after redis lost its data"
                and line.get("staged") for line in daemon.lines())
 
