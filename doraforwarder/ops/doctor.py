@@ -100,7 +100,9 @@ async def _redis_data_kept(client: aioredis.Redis, keys: Keys) -> Check:
         return Check(name, "warn",
                      f"Redis lost its data at {marker['lost_at']} (found by "
                      f"{marker.get('detected_by')}): what was staged and not yet delivered "
-                     "then is gone",
+                     "then was gone from Redis (a daemon with "
+                     "storage.redis.backfill_on_data_loss sent ArgoCD's kept history again; "
+                     "its log says so)",
                      "run Redis with appendonly and a replica (docs/redis.md)")
     return Check(name, "pass", f"kept since {marker.get('since')}")
 
