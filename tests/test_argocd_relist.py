@@ -23,6 +23,7 @@ from doraforwarder.context import AppContext
 from doraforwarder.daemon import build_services
 from doraforwarder.keys import Keys
 from doraforwarder.metrics import Metrics
+from doraforwarder.ops.loss_backfill import LossBackfill
 from doraforwarder.storage import RedisWatch
 from doraforwarder.testing.argocd_objects import LiveApp, image, sha
 from doraforwarder.testing.fake_kube import FakeKube
@@ -110,3 +111,32 @@ def test_the_daemon_relists_on_a_master_change(harness: Harness) -> None:
     watch = next(s for s in services if isinstance(s, RedisWatch))
     source = next(s for s in services if s.name == "argocd")
     assert watch.on_master_change == [source.relist]  # type: ignore[attr-defined]
+
+
+def test_the_daemon_relists_and_backfills_when_the_marker_shows_a_loss(harness: Harness) -> None:
+    """A loss leaves every app without state: the relist gives each its baseline at once (not
+    at its next event, which may be a sync the live path would then not send), and the
+    loss backfill sends ArgoCD's kept history from before the loss."""
+    config = harness.config()
+    context = AppContext(config=config, redis=harness.redis, keys=Keys("dora-metrics"))
+    services = build_services(context)
+    watch = next(s for s in services if isinstance(s, RedisWatch))
+    source = next(s for s in services if s.name == "argocd")
+    autofill = next(s for s in services if isinstance(s, LossBackfill))
+    relisted: list[bool] = []
+    source.relist = lambda: relisted.append(True)  # type: ignore[attr-defined]
+    watch._lost()
+    assert relisted == [True]
+    assert watch.on_data_lost[-1] == autofill.trigger
+    assert (context.status.redis_loss_backfill or {}).get("state") == "waiting"
+    # Off, or in a dry run: neither.
+    off = AppContext(config=config.model_copy(update={"settings": config.settings.model_copy(
+        update={"storage": config.settings.storage.model_copy(update={
+            "redis": config.settings.storage.redis.model_copy(
+                update={"backfill_on_data_loss": False})})})}),
+        redis=harness.redis, keys=Keys("dora-metrics"))
+    for context in (off, AppContext(config=config, redis=harness.redis,
+                                    keys=Keys("dora-metrics"), dry_run=True)):
+        services = build_services(context)
+        assert not any(isinstance(s, LossBackfill) for s in services)
+        assert next(s for s in services if isinstance(s, RedisWatch)).on_data_lost == []
