@@ -729,6 +729,8 @@ ALERTS = {
     "DoraforwarderSourceFailing": ("doraforwarder_dependency_up", "10m", "warning"),
     "DoraforwarderDevLakeRefusing": ("doraforwarder_devlake_target_refused", "5m", "critical"),
     "DoraforwarderRedisLostData": ("doraforwarder_redis_data_lost_total", "1m", "critical"),
+    "DoraforwarderRedisLossBackfillFailed": ("doraforwarder_redis_loss_backfills_total", "1m",
+                                             "critical"),
 }
 # What the dashboard must show: events, decisions, deliveries by target and outcome,
 # outbox depth and age, GitHub rate limit.
@@ -897,6 +899,7 @@ def test_prometheus_rules() -> None:
     assert re.search(r"\)\s*>\s*15 \* 60$", seen["DoraforwarderOutboxStale"]["expr"])
     assert re.search(r"\)\s*==\s*0$", seen["DoraforwarderSourceFailing"]["expr"])
     assert re.search(r"\)\s*>\s*0$", seen["DoraforwarderDevLakeRefusing"]["expr"])
+    assert 'outcome="failed"' in seen["DoraforwarderRedisLossBackfillFailed"]["expr"]
 
 
 def _panels(panels: list[Obj]) -> Iterator[Obj]:
