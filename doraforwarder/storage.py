@@ -534,9 +534,10 @@ class RedisWatch:
             health.address = address
             try:
                 # The queues before the marker: a loss between the two shows in the marker,
-                # so queues emptied by a loss never count as delivered.
+                # so queues emptied by a loss never count as delivered. Nothing unconfirmed
+                # (an idle daemon): nothing to settle, no look.
                 looked_at = time.time()
-                empty = await self._queues_empty()
+                empty = bool(self.context.unconfirmed.entries) and await self._queues_empty()
                 if not await self.check_marker() and empty:
                     self.context.unconfirmed.settled(looked_at)
             except (TimeoutError, RedisError, OSError) as exc:

@@ -195,3 +195,24 @@ async def test_the_watch_hands_the_last_marker_look_to_the_loss_backfill(
     await first.check()  # Redis keeps its data again, and the queues are empty: delivered
     assert first.context.unconfirmed.oldest() is None
     assert told["first"] == [later_seen]
+
+
+async def test_the_watch_reads_the_queues_only_while_something_is_unconfirmed(
+    redis_client: aioredis.Redis
+) -> None:
+    """An idle daemon's look at Redis costs no queue lengths: only a staged deployment not yet
+    seen delivered needs them (to settle it)."""
+    watch = RedisWatch(make_context(redis_client))
+    await watch.check()
+    before = await _xlen_calls(redis_client)
+    await watch.check()
+    assert await _xlen_calls(redis_client) == before
+    watch.context.unconfirmed.staged("waiting", datetime(2026, 1, 1, tzinfo=UTC))
+    await watch.check()
+    assert await _xlen_calls(redis_client) == before + 2
+    assert watch.context.unconfirmed.oldest() is None  # the queues were empty: settled
+
+
+async def _xlen_calls(redis_client: aioredis.Redis) -> int:
+    stats = await redis_client.info("commandstats")
+    return int(stats.get("cmdstat_xlen", {}).get("calls", 0))
